@@ -1,0 +1,254 @@
+//! Wiring and the ordered life of the daemon.
+//!
+//! Start-up: table first (closed: containers are refused), then the daemon's link and
+//! the proxy's listener, stale connections cut, and only then the DNAT rule. Shutdown:
+//! closed again first (new connections are refused), then in-flight requests drain.
+//! The table outlives the process, so a crash leaves the closed-or-refusing state too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::firewall::conntrack;
+use crate::firewall::nft::NetlinkFirewall;
+use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::{watch, Firewall, FirewallError};
+use crate::link::{self, LinkError, LinkEvent};
+use crate::proxy::{self, Proxy, ProxySettings};
+use crate::reconcile::{Event, Reconciler};
+
+/// How often the table's existence is verified, on top of change notifications.
+const VERIFY_EVERY: Duration = Duration::from_millis(500);
+/// How often the link list is re-read, on top of link notifications.
+const RELIST_LINKS_EVERY: Duration = Duration::from_secs(30);
+
+/// Errors that end the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("imds-proxy must run as root (it changes nftables and network links)")]
+    NotRoot,
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the listen address {0} is already in use by another program")]
+    ListenInUse(std::net::SocketAddrV4, #[source] std::io::Error),
+    #[error("failed to listen on {0}")]
+    Listen(std::net::SocketAddrV4, #[source] std::io::Error),
+    #[error("failed to watch for nftables changes")]
+    Watch(#[source] std::io::Error),
+    #[error("failed to install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("failed to cut pre-existing connections to the metadata address")]
+    Conntrack(#[source] std::io::Error),
+}
+
+fn require_root() -> Result<(), AppError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(AppError::NotRoot)
+    }
+}
+
+/// The snapshot for the links present now.
+pub async fn current_snapshot(
+    cfg: &Config,
+    handle: &rtnetlink::Handle,
+    mode: Mode,
+) -> Result<Snapshot, LinkError> {
+    let links = link::list_links(handle).await?;
+    Ok(Snapshot {
+        bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
+        patterns: cfg.bridges.clone(),
+        listen: cfg.listen,
+        mode,
+    })
+}
+
+/// `imds-proxy rules`: the ruleset `run` would install now.
+pub async fn rules(cfg: &Config) -> Result<String, AppError> {
+    let handle = link::connect()?;
+    Ok(plan(&current_snapshot(cfg, &handle, Mode::Open).await?).to_string())
+}
+
+/// `imds-proxy uninstall`: removes the table and the link, reopening direct access.
+pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
+    require_root()?;
+    let fw = NetlinkFirewall::open()?;
+    let table = tokio::task::spawn_blocking(move || fw.remove())
+        .await
+        .map_err(|_| FirewallError::WorkerGone)?;
+    let handle = link::connect()?;
+    let link = link::remove_own_link(&handle, &cfg.link_name).await;
+    // Keep going after the first failure and report both.
+    match (&table, &link) {
+        (Ok(t), Ok(l)) => {
+            info!(
+                table_removed = t,
+                link_removed = l,
+                "uninstalled; containers reach the metadata address directly again"
+            );
+            Ok(())
+        }
+        _ => {
+            if let Err(e) = &link {
+                warn!(error = %proxy::error_chain(e), "failed to remove the link");
+            }
+            table?;
+            link?;
+            Ok(())
+        }
+    }
+}
+
+/// `imds-proxy run`.
+pub async fn run(cfg: Config) -> Result<(), AppError> {
+    let started = Instant::now();
+    require_root()?;
+    let upstream = cfg
+        .upstream
+        .clone()
+        .expect("validated: run requires an upstream");
+    let firewall: Arc<dyn Firewall> = Arc::new(NetlinkFirewall::open()?);
+    let handle = link::connect()?;
+
+    // Subscribe before listing, so a bridge created in between is not missed.
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    link::watch_links(link_tx)?;
+    let mut rec = Reconciler::new(
+        firewall.clone(),
+        current_snapshot(&cfg, &handle, Mode::Closed).await?,
+    );
+
+    // 1. Closed: replaces any stale table, refuses containers from now on.
+    rec.apply().await?;
+    info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
+
+    // 2. The proxy's address and listener.
+    let (index, kind) = link::ensure_own_link(&handle, &cfg.link_name, *cfg.listen.ip()).await?;
+    info!(link = %cfg.link_name, index, kind, address = %cfg.listen.ip(), "own link ready");
+    let listener = bind(cfg.listen).await?;
+
+    // 3. Connections that predate the rules must not keep bypassing them.
+    let local: std::collections::HashSet<_> =
+        conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
+    let cut = conntrack::cut_stale_flows(*cfg.listen.ip(), &local).map_err(AppError::Conntrack)?;
+    if cut > 0 {
+        info!(
+            connections = cut,
+            "cut pre-existing container connections to the metadata address"
+        );
+    }
+
+    // 4. Watch for other people's changes before the table is opened.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    if let Some(portid) = firewall.writer_portid() {
+        let tx = ev_tx.clone();
+        watch::spawn(portid, move |c| {
+            let _ = tx.send(Event::Drift(c));
+        })
+        .map_err(AppError::Watch)?;
+    }
+
+    let proxy = Arc::new(Proxy::new(ProxySettings {
+        upstream: upstream.clone(),
+        request_timeout: cfg.request_timeout,
+        max_body_bytes: cfg.max_body_bytes,
+        max_header_bytes: cfg.max_header_bytes,
+    }));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy::serve(
+        listener,
+        proxy,
+        async {
+            let _ = stop_rx.await;
+        },
+        cfg.drain_timeout,
+    ));
+
+    // 5. Open.
+    rec.handle(vec![Event::SetMode(Mode::Open)]).await?;
+    info!(
+        listen = %cfg.listen,
+        upstream = %upstream,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "interception live"
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AppError::Signals)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(AppError::Signals)?;
+    let mut verify = tokio::time::interval(VERIFY_EVERY);
+    let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
+    let signal = loop {
+        let first = tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            Some(e) = link_rx.recv() => match e {
+                LinkEvent::Resync => links_event(&handle).await,
+                e => Some(Event::Link(e)),
+            },
+            Some(e) = ev_rx.recv() => Some(e),
+            _ = verify.tick() => Some(Event::Verify),
+            _ = relist.tick() => links_event(&handle).await,
+        };
+        let mut batch: Vec<Event> = first.into_iter().collect();
+        // Take whatever else is already queued: one apply for a burst.
+        while let Ok(e) = link_rx.try_recv() {
+            batch.push(Event::Link(e));
+        }
+        while let Ok(e) = ev_rx.try_recv() {
+            batch.push(e);
+        }
+        if let Err(e) = rec.handle(batch).await {
+            warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
+        }
+    };
+
+    info!(
+        signal,
+        "shutting down: refusing new container connections, draining in-flight requests"
+    );
+    if let Err(e) = rec.handle(vec![Event::SetMode(Mode::Closed)]).await {
+        warn!(error = %proxy::error_chain(&e), "failed to close the interception");
+    }
+    let _ = stop_tx.send(());
+    let report = server.await.unwrap_or(proxy::DrainReport { abandoned: 0 });
+    if cfg.remove_on_exit {
+        uninstall(&cfg).await?;
+    } else {
+        info!(abandoned = report.abandoned, "stopped; containers stay refused until the daemon runs again or `imds-proxy uninstall`");
+    }
+    Ok(())
+}
+
+async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {
+    match link::list_links(handle).await {
+        Ok(l) => Some(Event::Links(l.into_values().collect())),
+        Err(e) => {
+            warn!(error = %proxy::error_chain(&e), "failed to list links");
+            None
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddrV4) -> Result<tokio::net::TcpListener, AppError> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| AppError::Listen(addr, e))?;
+    // A restart must not wait for the previous process's sockets in TIME_WAIT.
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| AppError::Listen(addr, e))?;
+    socket.bind(addr.into()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => AppError::ListenInUse(addr, e),
+        _ => AppError::Listen(addr, e),
+    })?;
+    socket.listen(1024).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => AppError::ListenInUse(addr, e),
+        _ => AppError::Listen(addr, e),
+    })
+}

@@ -1,0 +1,106 @@
+//! Command line: subcommands and the flags that feed [`crate::config`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, RawConfig};
+
+/// Gives bridge-network Docker containers the cloud metadata service (169.254.169.254)
+/// through an embedded proxy, intercepted by one nftables table that fails closed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imds-proxy",
+    version,
+    after_help = "Every flag can also be set as IMDS_PROXY_<FLAG> (e.g. IMDS_PROXY_UPSTREAM) or as a key in the --config TOML file (e.g. upstream = \"http://169.254.169.254\"); flags win over variables, variables over the file.\nLogging: IMDS_PROXY_LOG (e.g. debug, or imds_proxy=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: install the interception and serve the proxy.
+    Run(ConfigArgs),
+    /// Print, in nft syntax, exactly the table `run` would install now.
+    Rules(ConfigArgs),
+    /// Remove the table and the link: containers reach the metadata address directly again.
+    Uninstall(ConfigArgs),
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML config file.
+    #[arg(long, env = "IMDS_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The metadata service to forward to, e.g. http://169.254.169.254.
+    #[arg(long, env = "IMDS_PROXY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Proxy address (link-local IPv4[:port]) on the daemon's own link [default: 169.254.93.254:80].
+    #[arg(long, env = "IMDS_PROXY_LISTEN")]
+    pub listen: Option<String>,
+    /// Name of the daemon's own link [default: imdsproxy0].
+    #[arg(long, env = "IMDS_PROXY_LINK_NAME")]
+    pub link_name: Option<String>,
+    /// Container bridges: comma-separated names or prefix patterns [default: docker0,br-*].
+    #[arg(long, env = "IMDS_PROXY_BRIDGES")]
+    pub bridges: Option<String>,
+    /// Deadline for one proxied request, in milliseconds [default: 10000].
+    #[arg(long, env = "IMDS_PROXY_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<String>,
+    /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
+    #[arg(long, env = "IMDS_PROXY_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<String>,
+    /// Largest request body accepted, in bytes [default: 65536].
+    #[arg(long, env = "IMDS_PROXY_MAX_REQUEST_BODY_BYTES")]
+    pub max_request_body_bytes: Option<String>,
+    /// Largest request head accepted, in bytes [default: 16384].
+    #[arg(long, env = "IMDS_PROXY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<String>,
+    /// On exit, remove table and link (containers then reach the metadata address directly)
+    /// instead of leaving them refused.
+    #[arg(long, env = "IMDS_PROXY_REMOVE_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
+    pub remove_on_exit: Option<String>,
+}
+
+impl ConfigArgs {
+    /// File, then environment and flags, validated into one [`Config`].
+    pub fn load(&self, require_upstream: bool) -> Result<Config, ConfigError> {
+        let mut raw = match &self.config {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        raw.set_text("upstream", "upstream", self.upstream.clone());
+        raw.set_text("listen", "listen", self.listen.clone());
+        raw.set_text("link_name", "link-name", self.link_name.clone());
+        raw.set_text("bridges", "bridges", self.bridges.clone());
+        raw.set_text(
+            "request_timeout_ms",
+            "request-timeout-ms",
+            self.request_timeout_ms.clone(),
+        );
+        raw.set_text(
+            "drain_timeout_ms",
+            "drain-timeout-ms",
+            self.drain_timeout_ms.clone(),
+        );
+        raw.set_text(
+            "max_request_body_bytes",
+            "max-request-body-bytes",
+            self.max_request_body_bytes.clone(),
+        );
+        raw.set_text(
+            "max_header_bytes",
+            "max-header-bytes",
+            self.max_header_bytes.clone(),
+        );
+        raw.set_text(
+            "remove_on_exit",
+            "remove-on-exit",
+            self.remove_on_exit.clone(),
+        );
+        raw.validate(require_upstream)
+    }
+}

@@ -1,0 +1,411 @@
+//! One validated [`Config`] from a TOML file, `IMDS_PROXY_*` environment variables and
+//! command-line flags (in rising precedence).
+//!
+//! Every source is reduced to raw key/value pairs first and each key is validated on its
+//! own, so a bad configuration is reported whole (every wrong key, its source and the
+//! reason) instead of one error per attempt.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
+
+/// Default address of the proxy: link-local, and used by no cloud for anything.
+pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
+/// Default name of the daemon's own link.
+pub const DEFAULT_LINK: &str = "imdsproxy0";
+
+/// Link-local addresses that clouds use for their own services; the proxy must not take
+/// them or the host would lose the service.
+const RESERVED_LINK_LOCAL: &[(Ipv4Addr, &str)] = &[
+    (IMDS_V4, "the metadata service itself"),
+    (Ipv4Addr::new(169, 254, 169, 253), "AWS DNS resolver"),
+    (Ipv4Addr::new(169, 254, 169, 123), "AWS time service"),
+    (Ipv4Addr::new(169, 254, 170, 2), "ECS task credentials"),
+    (Ipv4Addr::new(169, 254, 170, 23), "EKS pod identity"),
+    (Ipv4Addr::new(169, 254, 169, 252), "GKE metadata server"),
+    (Ipv4Addr::new(169, 254, 20, 10), "node-local DNS"),
+];
+
+/// The daemon's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Base URL of the real metadata service (`http://host[:port]`); `None` only for
+    /// commands that do not proxy.
+    pub upstream: Option<http::Uri>,
+    /// Where the proxy listens (a /32 on the daemon's own link).
+    pub listen: SocketAddrV4,
+    /// Name of the daemon's own link.
+    pub link_name: String,
+    /// Which interfaces are container bridges.
+    pub bridges: Vec<BridgePattern>,
+    /// Deadline for one proxied request, upstream answer and body included.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Largest request body accepted from a container.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted from a container.
+    pub max_header_bytes: usize,
+    /// Remove table and link on exit instead of leaving containers refused.
+    pub remove_on_exit: bool,
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File => f.write_str("config file"),
+            Source::Flag(name) => write!(
+                f,
+                "--{name} / IMDS_PROXY_{}",
+                name.replace('-', "_").to_uppercase()
+            ),
+        }
+    }
+}
+
+/// A value before validation: typed from TOML, or text from a flag or variable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    Toml(toml::Value),
+    Text(String),
+}
+
+/// One invalid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub source: Option<Source>,
+    pub reason: String,
+}
+
+/// Errors of the config module.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("invalid configuration:{}", .0.iter().map(|e| format!("\n  {}{}: {}", e.key, e.source.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default(), e.reason)).collect::<String>())]
+    Invalid(Vec<KeyError>),
+}
+
+/// Raw key/value pairs, later sources overriding earlier ones.
+#[derive(Debug, Default, Clone)]
+pub struct RawConfig {
+    values: BTreeMap<String, (Source, Raw)>,
+    /// Keys that no source may set (unknown keys, from the file).
+    unknown: Vec<String>,
+}
+
+/// Every key the daemon understands.
+pub const KEYS: &[&str] = &[
+    "upstream",
+    "listen",
+    "link_name",
+    "bridges",
+    "request_timeout_ms",
+    "drain_timeout_ms",
+    "max_request_body_bytes",
+    "max_header_bytes",
+    "remove_on_exit",
+];
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Syntax {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.message().to_owned())?;
+        let mut raw = Self::default();
+        for (k, v) in table {
+            if KEYS.contains(&k.as_str()) {
+                raw.values.insert(k, (Source::File, Raw::Toml(v)));
+            } else {
+                raw.unknown.push(k);
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Sets a key from a flag or environment variable (wins over the file).
+    pub fn set_text(&mut self, key: &'static str, flag: &'static str, value: Option<String>) {
+        if let Some(v) = value {
+            self.values
+                .insert(key.to_owned(), (Source::Flag(flag), Raw::Text(v)));
+        }
+    }
+
+    /// Validates every key; returns all problems at once.
+    pub fn validate(&self, require_upstream: bool) -> Result<Config, ConfigError> {
+        let mut errors: Vec<KeyError> = self
+            .unknown
+            .iter()
+            .map(|k| KeyError {
+                key: k.clone(),
+                source: Some(Source::File),
+                reason: format!("unknown key (known keys: {})", KEYS.join(", ")),
+            })
+            .collect();
+        let field =
+            |key: &str| -> Option<(&Source, &Raw)> { self.values.get(key).map(|(s, r)| (s, r)) };
+        let take = |key: &str,
+                    res: Result<(), String>,
+                    src: Option<&Source>,
+                    errors: &mut Vec<KeyError>| {
+            if let Err(reason) = res {
+                errors.push(KeyError {
+                    key: key.to_owned(),
+                    source: src.cloned(),
+                    reason,
+                });
+            }
+        };
+
+        macro_rules! parse {
+            ($key:literal, $parser:expr, $default:expr) => {{
+                match field($key) {
+                    None => $default,
+                    Some((src, raw)) => match $parser(raw) {
+                        Ok(v) => v,
+                        Err(reason) => {
+                            take($key, Err(reason), Some(src), &mut errors);
+                            $default
+                        }
+                    },
+                }
+            }};
+        }
+
+        let upstream = parse!("upstream", |r| parse_upstream(r).map(Some), None);
+        if require_upstream && upstream.is_none() && field("upstream").is_none() {
+            errors.push(KeyError {
+                key: "upstream".into(),
+                source: None,
+                reason: "required: the metadata service to forward to, e.g. --upstream http://169.254.169.254".into(),
+            });
+        }
+        let listen = parse!("listen", parse_listen, DEFAULT_LISTEN);
+        let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
+        let bridges = parse!("bridges", parse_bridges, default_bridges());
+        let request_timeout = parse!(
+            "request_timeout_ms",
+            |r| parse_millis(r, 1, 600_000),
+            Duration::from_secs(10)
+        );
+        let drain_timeout = parse!(
+            "drain_timeout_ms",
+            |r| parse_millis(r, 0, 600_000),
+            Duration::from_secs(5)
+        );
+        let max_body_bytes = parse!(
+            "max_request_body_bytes",
+            |r| parse_size(r, 0, 16 << 20),
+            64 * 1024
+        );
+        let max_header_bytes = parse!(
+            "max_header_bytes",
+            |r| parse_size(r, 8192, 1 << 20),
+            16 * 1024
+        );
+        let remove_on_exit = parse!("remove_on_exit", parse_bool, false);
+
+        if let Some(p) = bridges.iter().find(|p| p.matches(&link_name)) {
+            let src = field("link_name").map(|(s, _)| s);
+            take(
+                "link_name",
+                Err(format!("{link_name:?} matches bridge pattern {:?}; the daemon's own link must not count as a container bridge", p.to_string())),
+                src,
+                &mut errors,
+            );
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                upstream,
+                listen,
+                link_name,
+                bridges,
+                request_timeout,
+                drain_timeout,
+                max_body_bytes,
+                max_header_bytes,
+                remove_on_exit,
+            })
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+/// `docker0` and every user-defined Docker bridge network.
+pub fn default_bridges() -> Vec<BridgePattern> {
+    vec![
+        BridgePattern::Exact("docker0".into()),
+        BridgePattern::Prefix("br-".into()),
+    ]
+}
+
+fn text(r: &Raw) -> Result<String, String> {
+    match r {
+        Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => Ok(s.clone()),
+        Raw::Toml(v) => Err(format!("expected a string, got {}", v.type_str())),
+    }
+}
+
+fn parse_upstream(r: &Raw) -> Result<http::Uri, String> {
+    let s = text(r)?;
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: scheme {other:?} is not supported; metadata services speak plain http"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "{s:?}: missing scheme, e.g. http://169.254.169.254"
+            ))
+        }
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("{s:?}: missing host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("{s:?}: credentials in the URL are not supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?}: give only scheme, host and port; the container's path is forwarded as is"
+        ));
+    }
+    Ok(uri)
+}
+
+fn parse_listen(r: &Raw) -> Result<SocketAddrV4, String> {
+    let s = text(r)?;
+    let addr: SocketAddrV4 = match s.parse() {
+        Ok(a) => a,
+        Err(_) => s
+            .parse::<Ipv4Addr>()
+            .map(|ip| SocketAddrV4::new(ip, 80))
+            .map_err(|_| format!("{s:?} is not an IPv4 address or address:port"))?,
+    };
+    let ip = *addr.ip();
+    if !ip.is_link_local() {
+        return Err(format!("{ip} is not link-local (169.254.0.0/16); the proxy address must not be reachable from other hosts"));
+    }
+    if let Some((_, what)) = RESERVED_LINK_LOCAL.iter().find(|(a, _)| *a == ip) {
+        return Err(format!(
+            "{ip} is used by {what}; pick an address no cloud uses"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("port 0 is not a fixed port".into());
+    }
+    Ok(addr)
+}
+
+fn parse_ifname(r: &Raw) -> Result<String, String> {
+    let s = text(r)?;
+    match BridgePattern::parse(&s)? {
+        BridgePattern::Exact(n) if n.len() < IFNAMSIZ => Ok(n),
+        _ => Err(format!("{s:?} is not a plain interface name")),
+    }
+}
+
+fn parse_bridges(r: &Raw) -> Result<Vec<BridgePattern>, String> {
+    let items: Vec<String> = match r {
+        Raw::Text(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        Raw::Toml(toml::Value::Array(a)) => a
+            .iter()
+            .map(|v| text(&Raw::Toml(v.clone())))
+            .collect::<Result<_, _>>()?,
+        Raw::Toml(v) => {
+            return Err(format!(
+                "expected a list of interface names or patterns, got {}",
+                v.type_str()
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err("at least one bridge name or pattern is needed".into());
+    }
+    items.iter().map(|p| BridgePattern::parse(p)).collect()
+}
+
+fn integer(r: &Raw) -> Result<i64, String> {
+    match r {
+        Raw::Toml(toml::Value::Integer(i)) => Ok(*i),
+        Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a whole number")),
+        Raw::Toml(v) => Err(format!("expected a whole number, got {}", v.type_str())),
+    }
+}
+
+fn parse_millis(r: &Raw, min: i64, max: i64) -> Result<Duration, String> {
+    let n = integer(r)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} ms is outside {min}..={max} ms"));
+    }
+    Ok(Duration::from_millis(n as u64))
+}
+
+fn parse_size(r: &Raw, min: i64, max: i64) -> Result<usize, String> {
+    let n = integer(r)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} bytes is outside {min}..={max} bytes"));
+    }
+    Ok(n as usize)
+}
+
+fn parse_bool(r: &Raw) -> Result<bool, String> {
+    match r {
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
+        Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => {
+            match s.trim().to_ascii_lowercase().as_str() {
+                "" | "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("{s:?} is not true or false")),
+            }
+        }
+        Raw::Toml(v) => Err(format!("expected true or false, got {}", v.type_str())),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

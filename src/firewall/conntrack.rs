@@ -1,0 +1,198 @@
+//! Cuts connections to the metadata address that were set up before the DNAT rule.
+//!
+//! NAT is decided on a flow's first packet; a container connection opened before the
+//! rule existed keeps going wherever it went (kiam #284). At start-up the daemon dumps
+//! the IPv4 conntrack table and deletes every entry for 169.254.169.254 that is not
+//! bound to its proxy and does not come from the host itself. The flow's next packet
+//! then starts a new entry, which the rules send to the proxy or refuse.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::Ipv4Addr;
+
+use super::nfnl::{self, Attr};
+use super::plan::IMDS_V4;
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const AF_INET: u8 = libc::AF_INET as u8;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+
+/// The addresses of one conntrack entry that the selection needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub orig_src: Ipv4Addr,
+    pub orig_dst: Ipv4Addr,
+    pub reply_src: Ipv4Addr,
+}
+
+/// Pure selection: a flow to the metadata address, from somewhere that is not this host,
+/// that is not already going to the proxy.
+pub fn is_stale_container_flow(e: &Entry, proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> bool {
+    e.orig_dst == IMDS_V4 && e.reply_src != proxy && !local.contains(&e.orig_src)
+}
+
+fn tuple_addrs(t: Attr<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let ip = t.nested().get(CTA_TUPLE_IP)?.nested();
+    let v4 = |ty| -> Option<Ipv4Addr> {
+        let v = ip.get(ty)?.value;
+        Some(Ipv4Addr::new(
+            *v.first()?,
+            *v.get(1)?,
+            *v.get(2)?,
+            *v.get(3)?,
+        ))
+    };
+    Some((v4(CTA_IP_V4_SRC)?, v4(CTA_IP_V4_DST)?))
+}
+
+/// Deletes stale container flows; returns how many entries were deleted.
+pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<usize> {
+    let sock = nfnl::socket()?;
+    let dump = nfnl::request(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        nfnl::NLM_F_REQUEST | nfnl::NLM_F_DUMP,
+        1,
+        AF_INET,
+        &[],
+    );
+    sock.send(&dump, 0)?;
+    // Collect the delete requests first: the dump must finish before we write.
+    let mut deletes: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    'dump: loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        for m in nfnl::messages(&buf[..n]) {
+            match m.ty {
+                nfnl::NLMSG_DONE => break 'dump,
+                nfnl::NLMSG_ERROR => match m.error_code() {
+                    Some(0) | None => {}
+                    Some(code) => return Err(io::Error::from_raw_os_error(-code)),
+                },
+                _ => {
+                    let attrs = m.attrs();
+                    let (Some(orig), Some(reply)) =
+                        (attrs.get(CTA_TUPLE_ORIG), attrs.get(CTA_TUPLE_REPLY))
+                    else {
+                        continue;
+                    };
+                    let (Some((orig_src, orig_dst)), Some((reply_src, _))) =
+                        (tuple_addrs(orig), tuple_addrs(reply))
+                    else {
+                        continue;
+                    };
+                    if is_stale_container_flow(
+                        &Entry {
+                            orig_src,
+                            orig_dst,
+                            reply_src,
+                        },
+                        proxy,
+                        local,
+                    ) {
+                        let mut body = orig.raw.to_vec();
+                        body.resize(nfnl::align4(body.len()), 0);
+                        if let Some(zone) = attrs.get(CTA_ZONE) {
+                            body.extend_from_slice(zone.raw);
+                            body.resize(nfnl::align4(body.len()), 0);
+                        }
+                        deletes.push(body);
+                    }
+                }
+            }
+        }
+    }
+    let mut deleted = 0;
+    for (i, body) in deletes.iter().enumerate() {
+        let seq = 2 + i as u32;
+        let req = nfnl::request(
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+            nfnl::NLM_F_REQUEST | nfnl::NLM_F_ACK,
+            seq,
+            AF_INET,
+            body,
+        );
+        sock.send(&req, 0)?;
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        for m in nfnl::messages(&buf[..n]) {
+            match m.error_code() {
+                Some(0) => deleted += 1,
+                // Gone already (the flow ended meanwhile): nothing to cut.
+                Some(code) if -code == libc::ENOENT => {}
+                Some(code) => return Err(io::Error::from_raw_os_error(-code)),
+                None => {}
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// IPv4 addresses configured on this host (in the current network namespace).
+pub fn local_ipv4_addrs() -> io::Result<HashSet<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter_map(|a| {
+            a.address
+                .and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROXY: Ipv4Addr = Ipv4Addr::new(169, 254, 93, 254);
+
+    fn local() -> HashSet<Ipv4Addr> {
+        [Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::LOCALHOST].into()
+    }
+
+    #[test]
+    fn container_flow_straight_to_the_metadata_service_is_cut() {
+        let e = Entry {
+            orig_src: Ipv4Addr::new(172, 17, 0, 2),
+            orig_dst: IMDS_V4,
+            reply_src: IMDS_V4,
+        };
+        assert!(is_stale_container_flow(&e, PROXY, &local()));
+    }
+
+    #[test]
+    fn flow_dnated_elsewhere_by_an_older_rule_is_cut() {
+        let e = Entry {
+            orig_src: Ipv4Addr::new(172, 17, 0, 2),
+            orig_dst: IMDS_V4,
+            reply_src: Ipv4Addr::new(172, 17, 0, 1),
+        };
+        assert!(is_stale_container_flow(&e, PROXY, &local()));
+    }
+
+    #[test]
+    fn flows_already_at_the_proxy_host_flows_and_other_destinations_are_kept() {
+        let to_proxy = Entry {
+            orig_src: Ipv4Addr::new(172, 17, 0, 2),
+            orig_dst: IMDS_V4,
+            reply_src: PROXY,
+        };
+        let host = Entry {
+            orig_src: Ipv4Addr::new(10, 0, 0, 5),
+            orig_dst: IMDS_V4,
+            reply_src: IMDS_V4,
+        };
+        let other = Entry {
+            orig_src: Ipv4Addr::new(172, 17, 0, 2),
+            orig_dst: Ipv4Addr::new(1, 1, 1, 1),
+            reply_src: Ipv4Addr::new(1, 1, 1, 1),
+        };
+        for e in [to_proxy, host, other] {
+            assert!(!is_stale_container_flow(&e, PROXY, &local()), "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The daemon's nftables table: the pure plan, the netlink writer, the drift watcher and
+//! conntrack clean-up.
+//!
+//! Kernel side effects sit behind [`Firewall`], so the reconciler can run in plain
+//! `cargo test` against [`MemoryFirewall`].
+
+pub mod conntrack;
+mod nfnl;
+pub mod nft;
+pub mod plan;
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+
+pub use plan::{plan, BridgePattern, Mode, Ruleset, Snapshot};
+
+/// Errors of the firewall module; each names the action that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("nf_tables is not available in this kernel (netfilter netlink answered: {0})")]
+    Unavailable(#[source] std::io::Error),
+    #[error("not permitted to change nftables: run as root (or with CAP_NET_ADMIN)")]
+    NotPermitted(#[source] std::io::Error),
+    #[error("failed to {action}")]
+    Netlink {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the nftables worker thread is gone")]
+    WorkerGone,
+}
+
+impl FirewallError {
+    /// Classifies a netlink errno so the user reads what to do rather than an errno.
+    pub(crate) fn from_io(action: &'static str, e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted(e),
+            Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP) => {
+                Self::Unavailable(e)
+            }
+            _ => Self::Netlink { action, source: e },
+        }
+    }
+}
+
+/// What the daemon needs from the kernel's packet filter. Implementations replace the
+/// whole table atomically: after `apply` either the new ruleset is in force or, on error,
+/// the previous one still is.
+pub trait Firewall: Send + Sync + 'static {
+    /// Replaces the daemon's table with `ruleset` in one atomic batch.
+    fn apply(&self, ruleset: &Ruleset) -> Result<(), FirewallError>;
+    /// Deletes the daemon's table; returns whether it existed.
+    fn remove(&self) -> Result<bool, FirewallError>;
+    /// Whether the daemon's table exists.
+    fn exists(&self) -> Result<bool, FirewallError>;
+    /// The netlink port id this firewall writes from, so the drift watcher can tell the
+    /// daemon's own changes from other people's.
+    fn writer_portid(&self) -> Option<u32>;
+}
+
+/// In-memory firewall for tests: remembers the last ruleset and counts applies.
+#[derive(Default, Clone)]
+pub struct MemoryFirewall {
+    inner: Arc<Mutex<MemoryState>>,
+}
+
+/// What a [`MemoryFirewall`] holds.
+#[derive(Default, Debug, Clone)]
+pub struct MemoryState {
+    /// The table in force, if any.
+    pub table: Option<Ruleset>,
+    /// Every ruleset applied, in order.
+    pub history: Vec<Ruleset>,
+}
+
+impl MemoryFirewall {
+    /// A copy of the current state.
+    pub fn state(&self) -> MemoryState {
+        self.inner.lock().expect("memory firewall lock").clone()
+    }
+    /// Simulates someone deleting the table behind the daemon's back.
+    pub fn delete_behind_back(&self) {
+        self.inner.lock().expect("memory firewall lock").table = None;
+    }
+}
+
+impl Firewall for MemoryFirewall {
+    fn apply(&self, ruleset: &Ruleset) -> Result<(), FirewallError> {
+        let mut s = self.inner.lock().expect("memory firewall lock");
+        s.table = Some(ruleset.clone());
+        s.history.push(ruleset.clone());
+        Ok(())
+    }
+    fn remove(&self) -> Result<bool, FirewallError> {
+        Ok(self
+            .inner
+            .lock()
+            .expect("memory firewall lock")
+            .table
+            .take()
+            .is_some())
+    }
+    fn exists(&self) -> Result<bool, FirewallError> {
+        Ok(self
+            .inner
+            .lock()
+            .expect("memory firewall lock")
+            .table
+            .is_some())
+    }
+    fn writer_portid(&self) -> Option<u32> {
+        None
+    }
+}

@@ -1,0 +1,376 @@
+//! The only code that speaks nf_tables: turns a [`Ruleset`] into one netlink batch.
+//!
+//! libnftnl objects are not `Send` and the mnl socket is blocking, so one dedicated
+//! thread owns the socket for the daemon's lifetime; callers send it requests. Owning one
+//! socket also gives every change the daemon makes the same netlink port id, which is how
+//! the drift watcher recognises changes that are not its own.
+//!
+//! Each apply is `add table; delete table; add table, set, elements, chains, rules` in a
+//! single batch: the kernel commits all of it or none of it, so there is never a moment
+//! without the table, never a duplicate, and a failed batch leaves the previous state.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::io;
+use std::sync::mpsc;
+use std::thread;
+
+use nftnl::expr::{self, Expression};
+use nftnl::nftnl_sys::{self as sys, libc as nlibc};
+use nftnl::set::{Set, SetKey};
+use nftnl::{nft_expr, Batch, Chain, MsgType, ProtoFamily, Table};
+
+use super::plan::{self, Action, ChainKind, Hook, Match, Ruleset, IFNAMSIZ};
+use super::{Firewall, FirewallError};
+
+/// Real nftables over netlink.
+pub struct NetlinkFirewall {
+    requests: mpsc::Sender<Request>,
+    portid: u32,
+}
+
+enum Request {
+    Apply(Box<Ruleset>, mpsc::Sender<Result<(), FirewallError>>),
+    Remove(mpsc::Sender<Result<bool, FirewallError>>),
+    Exists(mpsc::Sender<Result<bool, FirewallError>>),
+}
+
+impl NetlinkFirewall {
+    /// Opens the netfilter netlink socket on its own thread.
+    pub fn open() -> Result<Self, FirewallError> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("nftables".into())
+            .spawn(move || {
+                let socket = match mnl::Socket::new(mnl::Bus::Netfilter) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(FirewallError::from_io(
+                            "open a netfilter netlink socket",
+                            e,
+                        )));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(socket.portid()));
+                for req in rx {
+                    match req {
+                        Request::Apply(rs, reply) => {
+                            let _ = reply.send(apply(&socket, &rs));
+                        }
+                        Request::Remove(reply) => {
+                            let _ = reply.send(remove(&socket));
+                        }
+                        Request::Exists(reply) => {
+                            let _ = reply
+                                .send(table_names(&socket).map(|t| t.contains(&table_cname())));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| FirewallError::Netlink {
+                action: "start the nftables thread",
+                source: e,
+            })?;
+        let portid = ready_rx.recv().map_err(|_| FirewallError::WorkerGone)??;
+        Ok(Self {
+            requests: tx,
+            portid,
+        })
+    }
+
+    fn call<T>(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<T, FirewallError>>) -> Request,
+    ) -> Result<T, FirewallError> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(make(tx))
+            .map_err(|_| FirewallError::WorkerGone)?;
+        rx.recv().map_err(|_| FirewallError::WorkerGone)?
+    }
+}
+
+impl Firewall for NetlinkFirewall {
+    fn apply(&self, ruleset: &Ruleset) -> Result<(), FirewallError> {
+        self.call(|tx| Request::Apply(Box::new(ruleset.clone()), tx))
+    }
+    fn remove(&self) -> Result<bool, FirewallError> {
+        self.call(Request::Remove)
+    }
+    fn exists(&self) -> Result<bool, FirewallError> {
+        self.call(Request::Exists)
+    }
+    fn writer_portid(&self) -> Option<u32> {
+        Some(self.portid)
+    }
+}
+
+fn table_cname() -> CString {
+    CString::new(plan::TABLE).expect("table name has no NUL")
+}
+
+/// An interface name as an nftables `ifname` set key: 16 bytes, NUL padded.
+struct IfName([u8; IFNAMSIZ]);
+
+impl IfName {
+    fn new(name: &str) -> Self {
+        let mut b = [0u8; IFNAMSIZ];
+        let n = name.len().min(IFNAMSIZ - 1);
+        b[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Self(b)
+    }
+}
+
+impl SetKey for IfName {
+    /// nft's `TYPE_IFNAME`.
+    const TYPE: u32 = 41;
+    const LEN: u32 = IFNAMSIZ as u32;
+    fn data(&self) -> Box<[u8]> {
+        Box::new(self.0)
+    }
+}
+
+/// nft stores the key byte order in the set's user data; without it `nft list` cannot
+/// print string elements. TLV: type 0 (key byte order), length 4, value 1 (host order).
+const IFNAME_SET_UDATA: [u8; 6] = [0, 4, 1, 0, 0, 0];
+
+/// `reject` with an explicit ICMP code: nftnl's own verdict maps "port unreachable" to
+/// the ICMPX code, which in the `ip` family means host unreachable.
+struct Reject {
+    tcp_reset: bool,
+}
+
+impl Expression for Reject {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
+        // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked); the setters
+        // copy plain integers into it. Ownership passes to the rule, which frees it.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"reject".as_ptr());
+            let e = std::ptr::NonNull::new(e).expect("libnftnl could not allocate an expression");
+            let (ty, code) = if self.tcp_reset {
+                (nlibc::NFT_REJECT_TCP_RST as u32, 0u8)
+            } else {
+                (
+                    nlibc::NFT_REJECT_ICMP_UNREACH as u32,
+                    3u8, /* ICMP port unreachable */
+                )
+            };
+            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, ty);
+            sys::nftnl_expr_set_u8(e.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
+            e
+        }
+    }
+}
+
+/// Adds the expressions for one match, in the form nft itself generates (so that
+/// `nft list` prints it back the same way).
+fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>) {
+    match m {
+        Match::IifnameInSet(_) => {
+            rule.add_expr(&nft_expr!(meta iifname));
+            rule.add_expr(&expr::Lookup::new(set));
+        }
+        Match::Iifname(plan::BridgePattern::Exact(name)) => {
+            rule.add_expr(&nft_expr!(meta iifname));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &IfName::new(name).0[..]));
+        }
+        Match::Iifname(plan::BridgePattern::Prefix(prefix)) => {
+            rule.add_expr(&nft_expr!(meta iifname));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, prefix.as_bytes()));
+        }
+        Match::IpDaddr(addr) => {
+            rule.add_expr(&nft_expr!(payload ipv4 daddr));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *addr));
+        }
+        Match::TcpDport(port) => {
+            add_l4proto_tcp(rule);
+            rule.add_expr(&nft_expr!(payload tcp dport));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+    }
+}
+
+fn add_l4proto_tcp(rule: &mut nftnl::Rule<'_>) {
+    rule.add_expr(&nft_expr!(meta l4proto));
+    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, nlibc::IPPROTO_TCP as u8));
+}
+
+fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
+    match a {
+        Action::Dnat(to) => {
+            rule.add_expr(&expr::Immediate::new(
+                to.ip().octets(),
+                expr::Register::Reg1,
+            ));
+            rule.add_expr(&expr::Immediate::new(
+                to.port().to_be_bytes(),
+                expr::Register::Reg2,
+            ));
+            rule.add_expr(&expr::Nat {
+                nat_type: expr::NatType::DNat,
+                family: ProtoFamily::Ipv4,
+                ip_register: expr::Register::Reg1,
+                port_register: Some(expr::Register::Reg2),
+            });
+        }
+        Action::Accept => rule.add_expr(&expr::Verdict::Accept),
+        Action::RejectTcpReset => {
+            add_l4proto_tcp(rule);
+            rule.add_expr(&Reject { tcp_reset: true });
+        }
+        Action::Reject => rule.add_expr(&Reject { tcp_reset: false }),
+    }
+}
+
+fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
+    let table = Table::new(
+        CString::new(rs.table).expect("table name has no NUL"),
+        ProtoFamily::Ipv4,
+    );
+    let mut batch = Batch::new();
+    // add + delete + add: the delete cannot fail for a missing table, and the whole
+    // replacement is one transaction.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+
+    let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
+    let mut set: Set<'_, IfName> = Set::new_named(&set_name, 1, &table, ProtoFamily::Ipv4);
+    // SAFETY: the set pointer is valid for the life of `set`; libnftnl copies the buffer.
+    unsafe {
+        sys::nftnl_set_set_data(
+            set.as_ptr().as_ptr(),
+            sys::NFTNL_SET_USERDATA as u16,
+            IFNAME_SET_UDATA.as_ptr().cast(),
+            IFNAME_SET_UDATA.len() as u32,
+        );
+    }
+    for b in &rs.bridges {
+        set.add(&IfName::new(b));
+    }
+    batch.add(&set, MsgType::Add);
+    if !rs.bridges.is_empty() {
+        batch.add_iter(set.elems_iter(), MsgType::Add);
+    }
+
+    for c in &rs.chains {
+        let name = CString::new(c.name).expect("chain name has no NUL");
+        let mut chain = Chain::new(&name, &table);
+        let hook = match c.hook {
+            Hook::Prerouting => nftnl::Hook::PreRouting,
+            Hook::Input => nftnl::Hook::In,
+            Hook::Forward => nftnl::Hook::Forward,
+        };
+        chain.set_hook(hook, c.priority);
+        chain.set_type(match c.kind {
+            ChainKind::Nat => nftnl::ChainType::Nat,
+            ChainKind::Filter => nftnl::ChainType::Filter,
+        });
+        chain.set_policy(nftnl::Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        for r in &c.rules {
+            let mut rule = nftnl::Rule::new(&chain);
+            for m in &r.matches {
+                add_match(&mut rule, m, &set);
+            }
+            add_action(&mut rule, &r.action);
+            batch.add(&rule, MsgType::Add);
+        }
+    }
+    batch.finalize()
+}
+
+fn apply(socket: &mnl::Socket, rs: &Ruleset) -> Result<(), FirewallError> {
+    let batch = build_batch(rs);
+    send_and_process(socket, &batch)
+        .map_err(|e| FirewallError::from_io("replace the nftables table", e))
+}
+
+fn remove(socket: &mnl::Socket) -> Result<bool, FirewallError> {
+    let existed = table_names(socket)?.contains(&table_cname());
+    let table = Table::new(table_cname(), ProtoFamily::Ipv4);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    let batch = batch.finalize();
+    send_and_process(socket, &batch)
+        .map_err(|e| FirewallError::from_io("delete the nftables table", e))?;
+    Ok(existed)
+}
+
+/// Sends a batch and checks one acknowledgement per sequence number.
+fn send_and_process(socket: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::Result<()> {
+    socket.send_all(batch)?;
+    let portid = socket.portid();
+    let mut buffer = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut expected = batch.sequence_numbers();
+    let mut remaining = expected.len();
+    while remaining > 0 {
+        let n = socket.recv_raw(&mut buffer)?;
+        for msg in mnl::NlMessages::new(&buffer[..n]) {
+            let msg = msg?;
+            let seq = expected.next().unwrap_or(0);
+            remaining = remaining.saturating_sub(1);
+            if let Err(e) = mnl::cb_run(msg, seq, portid) {
+                // The kernel rolled the whole batch back; it may not answer every
+                // remaining message, and what it does send must not be read as the
+                // reply to the next request on this socket.
+                drain_pending(socket, &mut buffer);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads whatever replies are still queued without blocking.
+fn drain_pending(socket: &mnl::Socket, buffer: &mut [u8]) {
+    let fd = unsafe_fd(socket);
+    loop {
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)) {
+            Ok(n) if n > 0 => {
+                if socket.recv_raw(buffer).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: mnl_socket_get_fd returns the descriptor owned by `socket`, which outlives
+    // the borrow we return.
+    unsafe {
+        std::os::fd::BorrowedFd::borrow_raw(mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket()))
+    }
+}
+
+/// Names of all nftables tables (any family).
+fn table_names(socket: &mnl::Socket) -> Result<HashSet<CString>, FirewallError> {
+    let seq = 0;
+    let get = nftnl::table::get_tables_nlmsg(seq);
+    let err = |e| FirewallError::from_io("list nftables tables", e);
+    socket.send(&get).map_err(err)?;
+    let portid = socket.portid();
+    let mut buffer = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut tables = HashSet::new();
+    loop {
+        let n = socket.recv_raw(&mut buffer).map_err(err)?;
+        match mnl::cb_run2(
+            &buffer[..n],
+            seq,
+            portid,
+            nftnl::table::get_tables_cb,
+            &mut tables,
+        )
+        .map_err(err)?
+        {
+            mnl::CbResult::Stop => return Ok(tables),
+            mnl::CbResult::Ok => continue,
+        }
+    }
+}

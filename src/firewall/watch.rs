@@ -1,0 +1,154 @@
+//! Notices when someone else changes the daemon's table (deletes it, flushes the
+//! ruleset, edits a rule), so the owner can restore it at once.
+//!
+//! nf_tables multicasts every committed change on `NFNLGRP_NFTABLES`; each message carries
+//! the port id of the socket that made the change and, as attribute 1, the table name.
+//! Changes from the daemon's own writer socket are ignored; anything else that touches
+//! the table is reported.
+
+use std::io;
+use std::thread;
+
+use super::nfnl;
+use super::plan::TABLE;
+
+const NFNLGRP_NFTABLES: u32 = 7;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFPROTO_IPV4: u8 = 2;
+/// Attribute 1 is the table name in table, chain, rule, set and element messages.
+const ATTR_TABLE: u16 = 1;
+/// Message types from NFT_MSG_NEWTABLE (0) to NFT_MSG_DELSETELEM (14) name a table.
+const LAST_TABLE_SCOPED: u16 = 14;
+
+/// A change to the table that the daemon did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignChange {
+    /// What happened, for the log ("table deleted", "rule deleted", ...).
+    pub what: &'static str,
+    /// Netlink port id of whoever did it (0 for the kernel itself).
+    pub by_portid: u32,
+}
+
+fn describe(msg: u16) -> &'static str {
+    match msg {
+        0 => "table added",
+        2 => "table deleted",
+        3 => "chain added",
+        5 => "chain deleted",
+        6 => "rule added",
+        8 => "rule deleted",
+        9 => "set added",
+        11 => "set deleted",
+        12 => "set elements added",
+        14 => "set elements deleted",
+        _ => "table changed",
+    }
+}
+
+/// Classifies one notification: `Some` if it touches our table and is not our own.
+pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignChange> {
+    if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
+        return None;
+    }
+    let op = msg.ty & 0xff;
+    if op > LAST_TABLE_SCOPED || msg.pid == own_portid || msg.family() != Some(NFPROTO_IPV4) {
+        return None;
+    }
+    let table = msg.attrs().get(ATTR_TABLE)?;
+    (table.str() == TABLE).then(|| ForeignChange {
+        what: describe(op),
+        by_portid: msg.pid,
+    })
+}
+
+/// Starts the watcher thread. `report` is called for every foreign change, and with
+/// `what = "notifications lost"` if the kernel dropped some (the owner should then
+/// re-check everything).
+pub fn spawn(own_portid: u32, report: impl Fn(ForeignChange) + Send + 'static) -> io::Result<()> {
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.add_membership(NFNLGRP_NFTABLES)?;
+    let _ = sock.set_rx_buf_sz(1 << 20);
+    thread::Builder::new().name("nft-watch".into()).spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match sock.recv(&mut &mut buf[..], 0) {
+                Ok(n) => {
+                    for m in nfnl::messages(&buf[..n]) {
+                        if let Some(c) = foreign_change(&m, own_portid) {
+                            report(c);
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    report(ForeignChange { what: "notifications lost", by_portid: 0 });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "nftables change watcher stopped; periodic verification continues");
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(op: u16, pid: u32, family: u8, table: &str) -> Vec<u8> {
+        let mut attr = Vec::new();
+        let name = format!("{table}\0");
+        attr.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+        attr.extend_from_slice(&ATTR_TABLE.to_ne_bytes());
+        attr.extend_from_slice(name.as_bytes());
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let mut m = nfnl::request((NFNL_SUBSYS_NFTABLES << 8) | op, 0, 0, family, &attr);
+        m[12..16].copy_from_slice(&pid.to_ne_bytes());
+        m
+    }
+
+    fn classify(buf: &[u8], own: u32) -> Option<ForeignChange> {
+        nfnl::messages(buf).find_map(|m| foreign_change(&m, own))
+    }
+
+    #[test]
+    fn someone_elses_delete_of_our_table_is_reported() {
+        let m = notification(2, 999, NFPROTO_IPV4, TABLE);
+        assert_eq!(
+            classify(&m, 42),
+            Some(ForeignChange {
+                what: "table deleted",
+                by_portid: 999
+            })
+        );
+    }
+
+    #[test]
+    fn our_own_changes_other_tables_and_other_families_are_ignored() {
+        assert_eq!(
+            classify(&notification(2, 42, NFPROTO_IPV4, TABLE), 42),
+            None
+        );
+        assert_eq!(
+            classify(&notification(8, 999, NFPROTO_IPV4, "nat"), 42),
+            None
+        );
+        assert_eq!(classify(&notification(8, 999, 10, TABLE), 42), None);
+        // NFT_MSG_NEWGEN carries no table.
+        assert_eq!(
+            classify(&notification(15, 999, NFPROTO_IPV4, TABLE), 42),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rule_deleted_from_our_table_is_reported() {
+        let c = classify(&notification(8, 7, NFPROTO_IPV4, TABLE), 42).unwrap();
+        assert_eq!(c.what, "rule deleted");
+    }
+}

@@ -1,0 +1,258 @@
+//! The daemon's own link (which carries the proxy's listen address) and the container
+//! bridges the host has, both through rtnetlink.
+//!
+//! The own link is a `dummy`; kernels built without the dummy driver get an empty bridge,
+//! which behaves the same for a local /32 address.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{new_connection, Handle, LinkBridge, LinkDummy, LinkUnspec, MulticastGroup};
+use tokio::sync::mpsc;
+
+/// Errors of the link module.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("failed to open an rtnetlink connection")]
+    Connect(#[source] std::io::Error),
+    #[error("failed to {action} {name}")]
+    Netlink {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("the listen address {addr} is already configured on interface {ifname}; choose another with --listen")]
+    AddressTaken { addr: Ipv4Addr, ifname: String },
+    #[error("not permitted to create network links: run as root (or with CAP_NET_ADMIN)")]
+    NotPermitted,
+}
+
+/// An rtnetlink connection whose driver runs on the current tokio runtime.
+pub fn connect() -> Result<Handle, LinkError> {
+    let (conn, handle, _) = new_connection().map_err(LinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn netlink_err<'a>(
+    action: &'static str,
+    name: &'a str,
+) -> impl FnOnce(rtnetlink::Error) -> LinkError + 'a {
+    move |source| {
+        if errno(&source) == Some(libc::EPERM) {
+            LinkError::NotPermitted
+        } else {
+            LinkError::Netlink {
+                action,
+                name: name.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(netlink_err("look up link", name)(e)),
+    }
+}
+
+/// All interfaces of this network namespace: index to name.
+pub async fn list_links(handle: &Handle) -> Result<HashMap<u32, String>, LinkError> {
+    let mut out = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(m) = links
+        .try_next()
+        .await
+        .map_err(netlink_err("list", "links"))?
+    {
+        if let Some(n) = link_name(&m) {
+            out.insert(m.header.index, n.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Creates (or reuses) the daemon's link, brings it up and puts `addr/32` on it.
+/// Returns the link index and the kind of link ("dummy" or "bridge").
+pub async fn ensure_own_link(
+    handle: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+) -> Result<(u32, &'static str), LinkError> {
+    let mut kind = "existing";
+    let index = match link_index(handle, name).await? {
+        Some(i) => i,
+        None => {
+            kind = "dummy";
+            if let Err(e) = handle
+                .link()
+                .add(LinkDummy::new(name).build())
+                .execute()
+                .await
+            {
+                if errno(&e) != Some(libc::EOPNOTSUPP) {
+                    return Err(netlink_err("create dummy link", name)(e));
+                }
+                kind = "bridge";
+                handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(netlink_err("create bridge link", name))?;
+            }
+            link_index(handle, name)
+                .await?
+                .ok_or_else(|| LinkError::Netlink {
+                    action: "find the link just created",
+                    name: name.to_owned(),
+                    source: rtnetlink::Error::RequestFailed,
+                })?
+        }
+    };
+    if let Some(other) = address_holder(handle, addr).await? {
+        if other.0 != index {
+            return Err(LinkError::AddressTaken {
+                addr,
+                ifname: other.1,
+            });
+        }
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink_err("bring up link", name))?;
+    handle
+        .address()
+        .add(index, IpAddr::V4(addr), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink_err("add the listen address to", name))?;
+    Ok((index, kind))
+}
+
+/// Which interface, if any, already has `addr`.
+async fn address_holder(
+    handle: &Handle,
+    addr: Ipv4Addr,
+) -> Result<Option<(u32, String)>, LinkError> {
+    let links = list_links(handle).await?;
+    let mut addrs = handle.address().get().execute();
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(netlink_err("list", "addresses"))?
+    {
+        let has = m.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+        });
+        if has {
+            let idx = m.header.index;
+            return Ok(Some((
+                idx,
+                links
+                    .get(&idx)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{idx}")),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the daemon's link; returns whether it existed.
+pub async fn remove_own_link(handle: &Handle, name: &str) -> Result<bool, LinkError> {
+    match link_index(handle, name).await? {
+        None => Ok(false),
+        Some(i) => {
+            handle
+                .link()
+                .del(i)
+                .execute()
+                .await
+                .map_err(netlink_err("delete link", name))?;
+            Ok(true)
+        }
+    }
+}
+
+/// A link appeared (or changed) or disappeared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    Up(String),
+    Gone(String),
+    /// The kernel dropped notifications: the receiver should re-list links.
+    Resync,
+}
+
+/// Subscribes to link notifications and forwards them as [`LinkEvent`]s. Subscribing
+/// happens before this returns, so a caller that lists links afterwards misses nothing.
+pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError> {
+    let (conn, _handle, mut events) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Connect)?;
+    tokio::spawn(conn);
+    tokio::spawn(async move {
+        let mut names: HashMap<u32, String> = HashMap::new();
+        while let Some((msg, _)) = events.next().await {
+            let out = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    let Some(name) = link_name(&m).map(str::to_owned) else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    if let Some(old) = names.insert(m.header.index, name.clone()) {
+                        if old != name {
+                            out.push(LinkEvent::Gone(old));
+                        }
+                    }
+                    out.push(LinkEvent::Up(name));
+                    out
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                    let name = link_name(&m)
+                        .map(str::to_owned)
+                        .or_else(|| names.get(&m.header.index).cloned());
+                    names.remove(&m.header.index);
+                    name.map(LinkEvent::Gone).into_iter().collect()
+                }
+                NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => vec![LinkEvent::Resync],
+                _ => continue,
+            };
+            for e in out {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(LinkEvent::Resync);
+    });
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Thin entry point: parse, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use imds_proxy::cli::{Cli, Command};
+use imds_proxy::{app, proxy::error_chain};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMDS_PROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let (args, require_upstream) = match &cli.command {
+        Command::Run(a) => (a, true),
+        Command::Rules(a) | Command::Uninstall(a) => (a, false),
+    };
+    let cfg = match args.load(require_upstream) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imds-proxy: {}", error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("imds-proxy: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(_) => app::run(cfg).await,
+            Command::Rules(_) => app::rules(&cfg).await.map(|text| print!("{text}")),
+            Command::Uninstall(_) => app::uninstall(&cfg).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imds-proxy: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

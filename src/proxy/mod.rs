@@ -1,0 +1,288 @@
+//! The embedded HTTP proxy: identifies the caller by its peer address (DNAT keeps the
+//! container's source address), forwards the request to the metadata service and
+//! returns the answer; never hangs a container on a slow or dead upstream.
+
+pub mod headers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::{info, info_span, warn, Instrument};
+
+/// Largest answer accepted from the upstream (metadata documents are small; user data
+/// is at most a few hundred KiB on every cloud).
+const MAX_UPSTREAM_BODY: usize = 4 << 20;
+/// A client must send its whole request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The caller, as the kernel reports it: the container's own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `http://host[:port]` of the metadata service.
+    pub upstream: Uri,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+}
+
+/// Why a request was answered by the proxy itself instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the metadata service did not accept a connection")]
+    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("the metadata service failed while answering")]
+    UpstreamFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the metadata service did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("the metadata service's answer exceeds {MAX_UPSTREAM_BODY} bytes")]
+    UpstreamTooLarge,
+    #[error("the request body exceeds {0} bytes")]
+    RequestTooLarge(usize),
+    #[error("the request body could not be read")]
+    BadRequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request target cannot be forwarded")]
+    BadTarget(#[source] http::Error),
+}
+
+impl ProxyError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+            Self::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
+            Self::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::UpstreamTooLarge => (StatusCode::BAD_GATEWAY, "upstream_response_too_large"),
+            Self::RequestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+            Self::BadRequestBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body"),
+            Self::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
+        }
+    }
+
+    /// A short JSON answer naming the cause.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({ "error": code, "message": self.to_string() }).to_string();
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    }
+}
+
+/// Forwards requests to the upstream over a pool of keep-alive connections.
+pub struct Proxy {
+    settings: ProxySettings,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    pub fn new(settings: ProxySettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.request_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { settings, client }
+    }
+
+    /// Answers one request from `client`. Never fails: errors become JSON answers.
+    pub async fn handle(
+        &self,
+        client: ClientAddr,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let deadline = self.settings.request_timeout;
+        let result = match tokio::time::timeout(deadline, self.forward(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(resp) => {
+                info!(%client, status = resp.status().as_u16(), elapsed_ms, "forwarded");
+                resp
+            }
+            Err(e) => {
+                warn!(%client, error = %error_chain(&e), elapsed_ms, "answered by the proxy");
+                e.into_response()
+            }
+        }
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.settings.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::RequestTooLarge(self.settings.max_body_bytes))
+            }
+            Err(e) => return Err(ProxyError::BadRequestBody(e)),
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let up = &self.settings.upstream;
+        let uri = Uri::builder()
+            .scheme(up.scheme_str().unwrap_or("http"))
+            .authority(up.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query(path)
+            .build()
+            .map_err(ProxyError::BadTarget)?;
+        let mut out = Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(ProxyError::BadTarget)?;
+        *out.headers_mut() = headers::end_to_end(&parts.headers);
+
+        let resp = self.client.request(out).await.map_err(|e| {
+            if e.is_connect() {
+                ProxyError::UpstreamUnreachable(e)
+            } else {
+                ProxyError::UpstreamFailed(Box::new(e))
+            }
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = match Limited::new(body, MAX_UPSTREAM_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::UpstreamTooLarge)
+            }
+            Err(e) => return Err(ProxyError::UpstreamFailed(e)),
+        };
+        let mut resp = Response::builder()
+            .status(parts.status)
+            .body(Full::new(body))
+            .expect("status is valid");
+        *resp.headers_mut() = headers::end_to_end(&parts.headers);
+        Ok(resp)
+    }
+}
+
+/// "outer: inner: innermost", for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open when the drain deadline passed (0 = all finished).
+    pub abandoned: usize,
+}
+
+/// Serves until `shutdown` completes, then stops accepting and waits up to `drain` for
+/// in-flight requests to finish (idle keep-alive connections are closed at once).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> DrainReport {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(proxy.settings.max_header_bytes)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let client = ClientAddr(canonical_ip(peer));
+        let proxy = proxy.clone();
+        let span = info_span!("conn", client.addr = %client);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            let span = info_span!("request", client.addr = %client, method = %req.method(), path = %req.uri().path());
+            async move { Ok::<_, Infallible>(proxy.handle(client, req).await) }.instrument(span)
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    let open = graceful.count();
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => {
+            info!(connections = open, "drained");
+            DrainReport { abandoned: 0 }
+        }
+        Err(_) => {
+            warn!(
+                connections = open,
+                "drain deadline passed with requests still in flight"
+            );
+            DrainReport {
+                abandoned: open.max(1),
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 peers are IPv4 callers.
+fn canonical_ip(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}

@@ -1,0 +1,131 @@
+//! The one owner of the interception state. Link events, drift reports, the periodic
+//! verification and mode changes all arrive here as [`Event`]s; the reconciler keeps the
+//! [`Snapshot`], recomputes the plan and applies it through a [`Firewall`].
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::watch::ForeignChange;
+use crate::firewall::{Firewall, FirewallError};
+use crate::link::LinkEvent;
+
+/// Something the reconciler must react to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Link(LinkEvent),
+    /// The full list of links, after a resync.
+    Links(Vec<String>),
+    /// Someone else changed the table.
+    Drift(ForeignChange),
+    /// Periodic check that the table still exists.
+    Verify,
+    /// Switch between open and closed.
+    SetMode(Mode),
+}
+
+/// What handling an event did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Applied,
+    Restored,
+}
+
+pub struct Reconciler {
+    firewall: Arc<dyn Firewall>,
+    snapshot: Snapshot,
+}
+
+impl Reconciler {
+    pub fn new(firewall: Arc<dyn Firewall>, snapshot: Snapshot) -> Self {
+        Self { firewall, snapshot }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn firewall(&self) -> &Arc<dyn Firewall> {
+        &self.firewall
+    }
+
+    /// Applies the current plan unconditionally.
+    pub async fn apply(&self) -> Result<(), FirewallError> {
+        let fw = self.firewall.clone();
+        let rs = plan(&self.snapshot);
+        tokio::task::spawn_blocking(move || fw.apply(&rs))
+            .await
+            .map_err(|_| FirewallError::WorkerGone)?
+    }
+
+    async fn exists(&self) -> Result<bool, FirewallError> {
+        let fw = self.firewall.clone();
+        tokio::task::spawn_blocking(move || fw.exists())
+            .await
+            .map_err(|_| FirewallError::WorkerGone)?
+    }
+
+    /// Handles a batch of events with at most one apply.
+    pub async fn handle(&mut self, events: Vec<Event>) -> Result<Outcome, FirewallError> {
+        let before = self.snapshot.clone();
+        let mut restore: Option<String> = None;
+        for ev in events {
+            match ev {
+                Event::Link(LinkEvent::Up(name)) => {
+                    if self.snapshot.patterns.iter().any(|p| p.matches(&name))
+                        && self.snapshot.bridges.insert(name.clone())
+                    {
+                        info!(bridge = %name, "container bridge appeared");
+                    }
+                }
+                Event::Link(LinkEvent::Gone(name)) => {
+                    if self.snapshot.bridges.remove(&name) {
+                        info!(bridge = %name, "container bridge removed");
+                    }
+                }
+                Event::Link(LinkEvent::Resync) => {}
+                Event::Links(names) => {
+                    let now = Snapshot::bridges_among(
+                        &self.snapshot.patterns,
+                        names.iter().map(String::as_str),
+                    );
+                    if now != self.snapshot.bridges {
+                        info!(bridges = ?now, "container bridges resynchronised");
+                        self.snapshot.bridges = now;
+                    }
+                }
+                Event::Drift(change) => {
+                    warn!(
+                        change = change.what,
+                        by_portid = change.by_portid,
+                        "nftables table changed outside the daemon"
+                    );
+                    restore.get_or_insert_with(|| change.what.to_owned());
+                }
+                Event::Verify => {
+                    if !self.exists().await? {
+                        warn!("nftables table is missing");
+                        restore.get_or_insert_with(|| "table missing".to_owned());
+                    }
+                }
+                Event::SetMode(m) => self.snapshot.mode = m,
+            }
+        }
+        if let Some(cause) = restore {
+            self.apply().await?;
+            info!(cause = %cause, "nftables table restored");
+            return Ok(Outcome::Restored);
+        }
+        if self.snapshot != before {
+            self.apply().await?;
+            return Ok(Outcome::Applied);
+        }
+        Ok(Outcome::Unchanged)
+    }
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;
