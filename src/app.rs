@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -42,6 +43,10 @@ pub enum AppError {
     Watch(#[source] std::io::Error),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("another imds-proxy is already running in this network namespace")]
+    AlreadyRunning,
+    #[error("failed to take the single-instance lock")]
+    Lock(#[source] std::io::Error),
     #[error("failed to cut pre-existing connections to the metadata address")]
     Conntrack(#[source] std::io::Error),
 }
@@ -52,6 +57,20 @@ fn require_root() -> Result<(), AppError> {
     } else {
         Err(AppError::NotRoot)
     }
+}
+
+/// Holds an abstract unix socket named after the daemon for the life of the process.
+/// Abstract sockets belong to the network namespace and vanish with the process (even on
+/// SIGKILL), so a second instance in the same namespace is refused before it touches
+/// anything, and a crashed one never leaves a stale lock.
+fn single_instance() -> Result<std::os::unix::net::UnixListener, AppError> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"imds-proxy.instance")
+        .map_err(AppError::Lock)?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => AppError::AlreadyRunning,
+        _ => AppError::Lock(e),
+    })
 }
 
 /// The snapshot for the links present now.
@@ -109,6 +128,11 @@ pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
 pub async fn run(cfg: Config) -> Result<(), AppError> {
     let started = Instant::now();
     require_root()?;
+    let _instance = single_instance()?;
+    // Signals are caught from the first moment: a SIGTERM during start-up still ends in
+    // the closed state rather than killing the process half-way.
+    let mut sigterm = unix_signal(SignalKind::terminate())?;
+    let mut sigint = unix_signal(SignalKind::interrupt())?;
     let upstream = cfg
         .upstream
         .clone()
@@ -179,10 +203,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         "interception live"
     );
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(AppError::Signals)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(AppError::Signals)?;
     let mut verify = tokio::time::interval(VERIFY_EVERY);
     let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
     let signal = loop {
@@ -225,6 +245,10 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         info!(abandoned = report.abandoned, "stopped; containers stay refused until the daemon runs again or `imds-proxy uninstall`");
     }
     Ok(())
+}
+
+fn unix_signal(kind: SignalKind) -> Result<tokio::signal::unix::Signal, AppError> {
+    tokio::signal::unix::signal(kind).map_err(AppError::Signals)
 }
 
 async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {

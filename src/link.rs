@@ -104,8 +104,15 @@ pub async fn ensure_own_link(
     name: &str,
     addr: Ipv4Addr,
 ) -> Result<(u32, &'static str), LinkError> {
+    let existing = link_index(handle, name).await?;
+    // Check before creating anything, so a refusal leaves the host as it was.
+    if let Some((holder, ifname)) = address_holder(handle, addr).await? {
+        if Some(holder) != existing {
+            return Err(LinkError::AddressTaken { addr, ifname });
+        }
+    }
     let mut kind = "existing";
-    let index = match link_index(handle, name).await? {
+    let index = match existing {
         Some(i) => i,
         None => {
             kind = "dummy";
@@ -135,14 +142,6 @@ pub async fn ensure_own_link(
                 })?
         }
     };
-    if let Some(other) = address_holder(handle, addr).await? {
-        if other.0 != index {
-            return Err(LinkError::AddressTaken {
-                addr,
-                ifname: other.1,
-            });
-        }
-    }
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).up().build())

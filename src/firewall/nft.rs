@@ -184,6 +184,12 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>) {
             rule.add_expr(&nft_expr!(payload ipv4 daddr));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *addr));
         }
+        Match::CtStatusDnat => {
+            rule.add_expr(&nft_expr!(ct status));
+            let mask = (expr::ct::ConntrackStatus::DST_NAT.bits()).to_ne_bytes();
+            rule.add_expr(&expr::Bitwise::new(&mask[..], &[0u8; 4][..]));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &[0u8; 4][..]));
+        }
         Match::TcpDport(port) => {
             add_l4proto_tcp(rule);
             rule.add_expr(&nft_expr!(payload tcp dport));

@@ -145,6 +145,8 @@ pub enum Match {
     IpDaddr(Ipv4Addr),
     /// `tcp dport P` (implies the protocol is TCP)
     TcpDport(u16),
+    /// `ct status dnat`: the connection was DNATed (by our prerouting rule).
+    CtStatusDnat,
 }
 
 /// What a rule does when every condition holds.
@@ -232,10 +234,15 @@ pub fn plan(s: &Snapshot) -> Ruleset {
             action: Action::Accept,
         },
         Rule {
+            // Only connections our DNAT rule sent here. This also keeps a conntrack
+            // expression in the table in every mode: while a table uses conntrack the
+            // kernel keeps tracking, so in-flight proxied connections are still
+            // translated back after the DNAT rule is removed (closed mode, draining).
             matches: vec![
                 Match::IpDaddr(listen_ip),
                 Match::IifnameInSet(BRIDGE_SET),
                 Match::TcpDport(s.listen.port()),
+                Match::CtStatusDnat,
             ],
             action: Action::Accept,
         },
@@ -295,6 +302,7 @@ impl fmt::Display for Match {
             Match::Iifname(p) => write!(f, "iifname \"{p}\""),
             Match::IpDaddr(a) => write!(f, "ip daddr {a}"),
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
+            Match::CtStatusDnat => f.write_str("ct status dnat"),
         }
     }
 }

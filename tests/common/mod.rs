@@ -1,0 +1,603 @@
+//! Test bed shared by the root tests: network namespaces that stand in for a Docker
+//! host, a container and a cloud; a fake metadata service; an HTTP client that runs
+//! inside a namespace; and the daemon as a child process.
+//!
+//! Everything created here is removed on drop, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imds-proxy");
+pub const IMDS: &str = "169.254.169.254";
+pub const PROXY_ADDR: &str = "169.254.93.254";
+
+/// Root tests run only as root; where the suite demands them (CI), not being root fails.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        panic!("{test}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but this is not root");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn cmd(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, returning (success, stdout, stderr).
+pub fn try_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "ipx{}-{}-{tag}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        cmd(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip netns exec <ns> <args...>`, panicking on failure.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        cmd(&full)
+    }
+
+    pub fn try_exec(&self, args: &[&str]) -> (bool, String, String) {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        try_cmd(&full)
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &str) -> String {
+        let mut full = vec!["ip"];
+        full.extend(args.split_whitespace());
+        self.exec(&full)
+    }
+
+    pub fn sysctl(&self, kv: &str) {
+        self.exec(&["sysctl", "-qw", kv]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it creates live here.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let f_ns = File::open(&path).expect("open netns");
+            nix::sched::setns(f_ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+
+    /// Loads nft commands from text (test set-up and assertions only; the daemon itself
+    /// never runs nft).
+    pub fn nft(&self, script: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f failed on {script}");
+    }
+
+    /// The daemon's table as `nft` lists it, or None.
+    pub fn nft_table(&self) -> Option<String> {
+        let (ok, out, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
+        ok.then_some(out)
+    }
+
+    pub fn nft_table_count(&self) -> usize {
+        self.exec(&["nft", "list", "tables"])
+            .lines()
+            .filter(|l| l.trim() == "table ip imds_proxy")
+            .count()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill anything still running inside (the daemon, if a test panicked).
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// One request as the fake metadata service saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub peer: SocketAddr,
+    pub port: u16,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 metadata service: answers every request with a JSON echo,
+/// `/slow/<ms>` after a delay; keeps connections alive; records what it saw.
+#[derive(Clone, Default)]
+pub struct FakeImds {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeImds {
+    /// Listens on `addr` (e.g. 169.254.169.254:80) inside `ns`.
+    pub fn start(ns: &Netns, addrs: &[&str]) -> Self {
+        let fake = Self::default();
+        for addr in addrs {
+            let a: SocketAddr = addr.parse().unwrap();
+            let listener = ns.run(move || TcpListener::bind(a).expect("fake IMDS bind"));
+            let f = fake.clone();
+            thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let f = f.clone();
+                    thread::spawn(move || f.serve(conn, a.port()));
+                }
+            });
+        }
+        fake
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("fake IMDS saw no request")
+    }
+
+    fn serve(&self, conn: TcpStream, port: u16) {
+        let peer = conn.peer_addr().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut writer = conn;
+        loop {
+            let Some((method, target, headers, body)) = read_request(&mut reader) else {
+                return;
+            };
+            let close = headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+            });
+            let seen = Seen {
+                peer,
+                port,
+                method,
+                target: target.clone(),
+                headers,
+                body,
+            };
+            let n = {
+                let mut s = self.seen.lock().unwrap();
+                s.push(seen);
+                s.len()
+            };
+            if let Some(ms) = target
+                .strip_prefix("/slow/")
+                .and_then(|m| m.parse::<u64>().ok())
+            {
+                thread::sleep(Duration::from_millis(ms));
+            }
+            let body = format!(
+                "{{\"served_by\":\"fake-imds\",\"port\":{port},\"target\":{:?},\"n\":{n}}}",
+                target
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nServer: EC2ws\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if writer.write_all(resp.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+    }
+}
+
+type Head = (String, String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(r: &mut impl BufRead) -> Option<Head> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((method, target, headers, body))
+}
+
+/// An HTTP answer as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request with `Connection: close` from inside `ns`. Returns the answer or
+/// the I/O error, and how long it took.
+pub fn http(
+    ns: &Netns,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Result<Answer, std::io::Error>, Duration) {
+    let addr: SocketAddr = if addr.contains(':') {
+        addr.parse().unwrap()
+    } else {
+        format!("{addr}:80").parse().unwrap()
+    };
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        addr.ip()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    ns.run(move || {
+        let start = Instant::now();
+        let r = (|| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            s.write_all(req.as_bytes())?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            parse_answer(&buf)
+        })();
+        (r, start.elapsed())
+    })
+}
+
+pub fn parse_answer(buf: &[u8]) -> Result<Answer, std::io::Error> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("no HTTP head in {text:?}"),
+        )
+    })?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// The standard test bed: a host namespace with bridge `br0` (10.88.0.1/24) standing in
+/// for docker0, a container on it (10.88.0.2), and a cloud namespace holding
+/// 169.254.169.254 behind a /32 route from the host, serving a fake metadata service on
+/// ports 80 and 8080.
+pub struct Testbed {
+    pub host: Netns,
+    pub container: Netns,
+    pub cloud: Netns,
+    pub imds: FakeImds,
+}
+
+impl Testbed {
+    pub fn new() -> Self {
+        let host = Netns::new("host");
+        let container = Netns::new("ctr");
+        let cloud = Netns::new("cloud");
+        host.sysctl("net.ipv4.ip_forward=1");
+        host.ip("link add br0 type bridge");
+        host.ip("addr add 10.88.0.1/24 dev br0");
+        host.ip("link set br0 up");
+        attach_container(&host, &container, "br0", "vc0", "10.88.0.2/24", "10.88.0.1");
+
+        host.ip(&format!(
+            "link add vcloud type veth peer name eth0 netns {}",
+            cloud.name
+        ));
+        host.ip("addr add 10.99.0.1/30 dev vcloud");
+        host.ip("link set vcloud up");
+        host.ip("route add 169.254.169.254/32 via 10.99.0.2");
+        cloud.ip("addr add 10.99.0.2/30 dev eth0");
+        cloud.ip("addr add 169.254.169.254/32 dev lo");
+        cloud.ip("link set eth0 up");
+        cloud.ip("route add default via 10.99.0.1");
+        let imds = FakeImds::start(&cloud, &["169.254.169.254:80", "169.254.169.254:8080"]);
+        Self {
+            host,
+            container,
+            cloud,
+            imds,
+        }
+    }
+
+    /// Starts the daemon in the host namespace with the test bed's bridge names and
+    /// waits until interception is live.
+    pub fn daemon(&self, extra: &[&str]) -> Daemon {
+        let d = self.daemon_unready(extra);
+        d.wait_for("interception live", Duration::from_secs(10));
+        d
+    }
+
+    pub fn daemon_unready(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "run",
+            "--upstream",
+            "http://169.254.169.254",
+            "--bridges",
+            "br0,br-*",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::spawn(&self.host, &args)
+    }
+}
+
+/// Adds a container namespace on `bridge` in `host`: veth `hostif` in the host, `eth0`
+/// with `addr` in the container, default route via `gw`.
+pub fn attach_container(
+    host: &Netns,
+    ctr: &Netns,
+    bridge: &str,
+    hostif: &str,
+    addr: &str,
+    gw: &str,
+) {
+    host.ip(&format!(
+        "link add {hostif} type veth peer name eth0 netns {}",
+        ctr.name
+    ));
+    host.ip(&format!("link set {hostif} master {bridge}"));
+    host.ip(&format!("link set {hostif} up"));
+    ctr.ip(&format!("addr add {addr} dev eth0"));
+    ctr.ip("link set eth0 up");
+    ctr.ip(&format!("route add default via {gw}"));
+}
+
+/// The daemon as a child process inside a namespace; its log is collected.
+pub struct Daemon {
+    child: Mutex<Child>,
+    pub started: Instant,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Daemon {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        let mut full = vec!["netns", "exec", ns.name.as_str(), BIN];
+        full.extend_from_slice(args);
+        let started = Instant::now();
+        let mut child = Command::new("ip")
+            .args(&full)
+            .env("IMDS_PROXY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[daemon] {line}");
+                l.0.lock().unwrap().push(strip_ansi(&line));
+                l.1.notify_all();
+            }
+        });
+        Self {
+            child: Mutex::new(child),
+            started,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.lock().unwrap().id() as i32)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until a log line contains `needle`; returns the time since spawn.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Duration {
+        self.wait_for_nth(needle, 1, timeout)
+    }
+
+    pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.0.lock().unwrap();
+        loop {
+            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return self.started.elapsed();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "daemon did not log {needle:?} (x{n}) within {timeout:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.log.1.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal daemon");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.lock().unwrap().try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait(Duration::from_secs(5));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut c = self.child.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls `f` every 10 ms until it returns true; returns the time it took.
+pub fn until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// The error kind of a refused request, or a panic if it was answered.
+pub fn refused(r: &(Result<Answer, std::io::Error>, Duration)) -> std::io::ErrorKind {
+    match &r.0 {
+        Ok(a) => panic!("expected a refusal, got HTTP {} {:?}", a.status, a.body),
+        Err(e) => e.kind(),
+    }
+}

@@ -1,0 +1,478 @@
+//! Root tests with real packets through real nftables, each in its own network
+//! namespaces (see tests/common): the daemon runs in a "host" namespace whose bridge
+//! stands in for docker0; a "container" namespace hangs off the bridge; a "cloud"
+//! namespace serves a fake metadata service at 169.254.169.254.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const QUICK: Duration = Duration::from_millis(1000);
+
+#[test]
+fn container_reaches_the_metadata_service_only_through_the_proxy() {
+    if !root_or_skip("container_reaches_the_metadata_service_only_through_the_proxy") {
+        return;
+    }
+    let tb = Testbed::new();
+    // Without the daemon the container reaches the fake service directly: the test bed
+    // is able to show a leak.
+    let direct = http(&tb.container, IMDS, "GET", "/latest/meta-data/", &[]);
+    assert_eq!(direct.0.expect("direct request").status, 200);
+    assert_eq!(tb.imds.last().peer.ip().to_string(), "10.88.0.2");
+
+    let d = tb.daemon(&[]);
+    let (r, _) = http(
+        &tb.container,
+        IMDS,
+        "GET",
+        "/metadata/instance?api-version=2021-02-01",
+        &[("Metadata", "true"), ("X-Custom", "kept")],
+    );
+    let a = r.expect("request through the proxy");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.body.contains("fake-imds"), "{a:?}");
+    let seen = tb.imds.last();
+    // The upstream is reached from the host (the proxy), not from the container...
+    assert_eq!(seen.peer.ip().to_string(), "10.99.0.1");
+    // ...with the request intact and nothing that marks it as relayed.
+    assert_eq!(seen.target, "/metadata/instance?api-version=2021-02-01");
+    assert_eq!(seen.header("metadata"), Some("true"));
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+    assert_eq!(seen.header("host"), Some("169.254.169.254"));
+    for h in ["x-forwarded-for", "forwarded", "via", "x-real-ip"] {
+        assert_eq!(seen.header(h), None, "{h} was added");
+    }
+    // The proxy knew who asked: the container's own address survives DNAT.
+    d.wait_for("client.addr=10.88.0.2", QUICK);
+
+    // The host keeps its direct path: its request does not pass through the proxy.
+    let forwarded_before = d.log_count("forwarded");
+    let before = tb.imds.count();
+    let (r, _) = http(&tb.host, IMDS, "GET", "/host-direct", &[]);
+    assert_eq!(r.expect("host request").status, 200);
+    assert_eq!(tb.imds.count(), before + 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        d.log_count("forwarded"),
+        forwarded_before,
+        "host request went through the proxy"
+    );
+}
+
+#[test]
+fn other_ports_and_protocols_to_the_metadata_address_are_refused_fast() {
+    if !root_or_skip("other_ports_and_protocols_to_the_metadata_address_are_refused_fast") {
+        return;
+    }
+    let tb = Testbed::new();
+    let direct = http(&tb.container, "169.254.169.254:8080", "GET", "/", &[]);
+    assert_eq!(
+        direct
+            .0
+            .expect("port 8080 is reachable without the daemon")
+            .status,
+        200
+    );
+    let _d = tb.daemon(&[]);
+    let before = tb.imds.count();
+    let r = http(&tb.container, "169.254.169.254:8080", "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    assert!(r.1 < QUICK, "refusal took {:?}", r.1);
+
+    // UDP gets an ICMP port unreachable, which a connected UDP socket reports at once.
+    let udp_err = tb.container.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("169.254.169.254:53").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"x").unwrap();
+        let mut b = [0u8; 16];
+        s.recv(&mut b).unwrap_err().kind()
+    });
+    assert_eq!(udp_err, ErrorKind::ConnectionRefused);
+    assert_eq!(
+        tb.imds.count(),
+        before,
+        "the fake service saw a container request"
+    );
+}
+
+#[test]
+fn after_sigkill_containers_are_refused_fast_never_passed_through() {
+    if !root_or_skip("after_sigkill_containers_are_refused_fast_never_passed_through") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+    d.kill9();
+    let before = tb.imds.count();
+    for _ in 0..3 {
+        let r = http(
+            &tb.container,
+            IMDS,
+            "GET",
+            "/latest/meta-data/iam/security-credentials/",
+            &[],
+        );
+        assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+        assert!(r.1 < QUICK, "refusal took {:?}", r.1);
+    }
+    assert_eq!(
+        tb.imds.count(),
+        before,
+        "a container reached the metadata service after the daemon died"
+    );
+    assert!(
+        tb.host.nft_table().is_some(),
+        "the table must outlive the process"
+    );
+    // The host itself is not affected.
+    assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_leaves_containers_refused() {
+    if !root_or_skip("sigterm_drains_in_flight_requests_then_leaves_containers_refused") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    // A request in flight when SIGTERM arrives completes.
+    let ctr = Netns {
+        name: tb.container.name.clone(),
+    };
+    let slow = std::thread::spawn(move || {
+        let r = http(&ctr, IMDS, "GET", "/slow/1500", &[]);
+        std::mem::forget(ctr); // the test bed owns and removes the namespace
+        r
+    });
+    until(
+        Duration::from_secs(5),
+        "the slow request to reach upstream",
+        || tb.imds.count() > 0,
+    );
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(Duration::from_secs(10));
+    assert!(status.success(), "daemon exit: {status:?}");
+    let (r, took) = slow.join().unwrap();
+    assert_eq!(r.expect("in-flight request was cut").status, 200);
+    assert!(took >= Duration::from_millis(1500));
+
+    // Closed: no DNAT, containers refused, fake service untouched.
+    let table = tb.host.nft_table().expect("table left in place");
+    assert!(!table.contains("dnat to"), "{table}");
+    let before = tb.imds.count();
+    let r = http(&tb.container, IMDS, "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    assert!(r.1 < QUICK);
+    assert_eq!(tb.imds.count(), before);
+}
+
+#[test]
+fn remove_on_exit_and_uninstall_reopen_direct_access() {
+    if !root_or_skip("remove_on_exit_and_uninstall_reopen_direct_access") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&["--remove-on-exit"]);
+    d.signal(Signal::SIGINT);
+    assert!(d.wait(Duration::from_secs(10)).success());
+    assert!(tb.host.nft_table().is_none());
+    assert!(!tb.host.ip("-br link").contains("imdsproxy0"));
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+
+    let d = tb.daemon(&[]);
+    d.kill9();
+    tb.host.exec(&[BIN, "uninstall"]);
+    assert!(tb.host.nft_table().is_none());
+    assert!(!tb.host.ip("-br link").contains("imdsproxy0"));
+    let seen = tb.imds.count();
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+    assert_eq!(tb.imds.count(), seen + 1);
+    assert_eq!(
+        tb.imds.last().peer.ip().to_string(),
+        "10.88.0.2",
+        "direct again"
+    );
+    // Uninstalling twice is harmless.
+    tb.host.exec(&[BIN, "uninstall"]);
+}
+
+#[test]
+fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
+    if !root_or_skip("deleted_table_and_flushed_ruleset_are_restored_within_two_seconds") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    let installed = tb.host.nft_table().unwrap();
+    let actions: [&[&str]; 2] = [
+        &["nft", "delete", "table", "ip", "imds_proxy"],
+        &["nft", "flush", "ruleset"],
+    ];
+    for (n, args) in actions.iter().enumerate() {
+        tb.host.exec(args);
+        let took = until(Duration::from_secs(2), "the table to be restored", || {
+            tb.host.nft_table().as_deref() == Some(installed.as_str())
+        });
+        eprintln!(
+            "MEASURE restore after `{}`: {} ms",
+            args.join(" "),
+            took.as_millis()
+        );
+        d.wait_for_nth("nftables table restored", n + 1, QUICK);
+        assert_eq!(
+            http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+            200
+        );
+    }
+    // A rule deleted from the table is put back as well.
+    let listing = tb.host.exec(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "ip",
+        "imds_proxy",
+        "prerouting",
+    ]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("dnat"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .to_owned();
+    tb.host.exec(&[
+        "nft",
+        "delete",
+        "rule",
+        "ip",
+        "imds_proxy",
+        "prerouting",
+        "handle",
+        &handle,
+    ]);
+    until(Duration::from_secs(2), "the rule to be restored", || {
+        tb.host.nft_table().as_deref() == Some(installed.as_str())
+    });
+}
+
+#[test]
+fn rules_prints_exactly_what_run_installs_and_a_restart_keeps_one_table() {
+    if !root_or_skip("rules_prints_exactly_what_run_installs_and_a_restart_keeps_one_table") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    let printed = tb.host.exec(&[BIN, "rules", "--bridges", "br0,br-*"]);
+    assert_eq!(tb.host.nft_table().unwrap(), printed);
+    assert!(printed.contains("elements = { \"br0\" }"), "{printed}");
+
+    // A second instance in the same namespace is refused and changes nothing.
+    let second = tb.daemon_unready(&[]);
+    assert!(!second.wait(Duration::from_secs(10)).success());
+    second.wait_for("already running", QUICK);
+    assert_eq!(tb.host.nft_table().unwrap(), printed);
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+
+    // After a crash, a new start replaces the stale table: still exactly one.
+    d.kill9();
+    let d2 = tb.daemon(&[]);
+    assert_eq!(tb.host.nft_table_count(), 1);
+    assert_eq!(tb.host.nft_table().unwrap(), printed);
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+    let live = d2.wait_for("interception live", QUICK);
+    eprintln!(
+        "MEASURE spawn to interception live: {} ms",
+        live.as_millis()
+    );
+}
+
+#[test]
+fn a_connection_opened_before_start_up_is_cut() {
+    if !root_or_skip("a_connection_opened_before_start_up_is_cut") {
+        return;
+    }
+    let tb = Testbed::new();
+    // Docker's own rules use conntrack, so on a Docker host flows are tracked before
+    // the daemon starts; a fresh namespace tracks nothing until some rule needs it.
+    tb.host.nft("table ip dockerlike { chain forward { type filter hook forward priority 0; ct state established,related accept; }; }");
+    // A keep-alive connection straight to the metadata service, before the daemon.
+    let mut conn = tb
+        .container
+        .run(|| TcpStream::connect("169.254.169.254:80").unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let conntrack = |ns: &Netns| {
+        ns.try_exec(&["conntrack", "-L", "-s", "10.88.0.2", "-d", IMDS])
+            .1
+    };
+    assert!(
+        conntrack(&tb.host).contains("dport=80"),
+        "the flow is tracked before start-up"
+    );
+
+    let d = tb.daemon(&[]);
+    d.wait_for("cut pre-existing container connections", QUICK);
+    assert!(
+        !conntrack(&tb.host).contains("dport=80"),
+        "stale conntrack entry survived start-up"
+    );
+
+    // The next request on the old connection never reaches the service.
+    let before = tb.imds.count();
+    let _ = conn.write_all(b"GET /second HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n");
+    let r = conn.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "old connection still answered: {:?}",
+        r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    assert_eq!(
+        tb.imds.count(),
+        before,
+        "the old connection bypassed interception"
+    );
+}
+
+#[test]
+fn a_bridge_created_after_start_is_intercepted() {
+    if !root_or_skip("a_bridge_created_after_start_is_intercepted") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    tb.host.ip("link add br-late01 type bridge");
+    tb.host.ip("addr add 10.89.0.1/24 dev br-late01");
+    tb.host.ip("link set br-late01 up");
+    let late = Netns::new("late");
+    attach_container(
+        &tb.host,
+        &late,
+        "br-late01",
+        "vlate",
+        "10.89.0.2/24",
+        "10.89.0.1",
+    );
+    until(Duration::from_secs(2), "br-late01 in the set", || {
+        tb.host.nft_table().unwrap().contains("br-late01")
+    });
+    let a = http(&late, IMDS, "GET", "/late", &[])
+        .0
+        .expect("request from the new bridge");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        tb.imds.last().peer.ip().to_string(),
+        "10.99.0.1",
+        "went through the proxy"
+    );
+    d.wait_for("client.addr=10.89.0.2", QUICK);
+
+    // A bridge that goes away leaves the set.
+    drop(late);
+    tb.host.ip("link del br-late01");
+    until(Duration::from_secs(2), "br-late01 out of the set", || {
+        !tb.host.nft_table().unwrap().contains("br-late01")
+    });
+}
+
+#[test]
+fn the_proxy_port_answers_only_containers_and_the_host() {
+    if !root_or_skip("the_proxy_port_answers_only_containers_and_the_host") {
+        return;
+    }
+    let tb = Testbed::new();
+    let outsider = Netns::new("out");
+    tb.host.ip(&format!(
+        "link add vout type veth peer name eth0 netns {}",
+        outsider.name
+    ));
+    tb.host.ip("addr add 10.77.0.1/30 dev vout");
+    tb.host.ip("link set vout up");
+    outsider.ip("addr add 10.77.0.2/30 dev eth0");
+    outsider.ip("link set eth0 up");
+    outsider.ip(&format!("route add {PROXY_ADDR}/32 via 10.77.0.1"));
+    let _d = tb.daemon(&[]);
+    assert_eq!(
+        http(&tb.host, PROXY_ADDR, "GET", "/", &[])
+            .0
+            .unwrap()
+            .status,
+        200
+    );
+    let r = http(&outsider, PROXY_ADDR, "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    // Containers reach the proxy only as the metadata address, not by its own address.
+    let r = http(&tb.container, PROXY_ADDR, "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn clear_errors_for_a_taken_address_and_a_non_root_user() {
+    if !root_or_skip("clear_errors_for_a_taken_address_and_a_non_root_user") {
+        return;
+    }
+    let tb = Testbed::new();
+    tb.host.ip(&format!("addr add {PROXY_ADDR}/32 dev br0"));
+    let d = tb.daemon_unready(&[]);
+    assert!(!d.wait(Duration::from_secs(10)).success());
+    d.wait_for("already configured on interface br0", QUICK);
+    tb.host.ip(&format!("addr del {PROXY_ADDR}/32 dev br0"));
+
+    // Another program on the proxy's address and port.
+    tb.host.ip("link add imdsproxy0 type bridge");
+    tb.host
+        .ip(&format!("addr add {PROXY_ADDR}/32 dev imdsproxy0"));
+    tb.host.ip("link set imdsproxy0 up");
+    let _squatter = tb
+        .host
+        .run(|| std::net::TcpListener::bind((PROXY_ADDR, 80)).unwrap());
+    let d = tb.daemon_unready(&[]);
+    assert!(!d.wait(Duration::from_secs(10)).success());
+    d.wait_for("already in use by another program", QUICK);
+    // It failed closed: containers are refused, not passed through.
+    let r = http(&tb.container, IMDS, "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+
+    let (ok, _, err) = try_cmd(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "run",
+        "--upstream",
+        "http://169.254.169.254",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("must run as root"), "{err}");
+}
