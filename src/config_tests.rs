@@ -1,1 +1,201 @@
+use super::*;
 
+fn raw(toml: &str) -> RawConfig {
+    RawConfig::from_toml(toml).expect("valid toml")
+}
+
+fn errors(r: &RawConfig, require_upstream: bool) -> Vec<KeyError> {
+    match r.validate(require_upstream) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_with_only_an_upstream() {
+    let c = raw("upstream = \"http://169.254.169.254\"")
+        .validate(true)
+        .unwrap();
+    assert_eq!(c.upstream.unwrap().to_string(), "http://169.254.169.254/");
+    assert_eq!(c.listen, DEFAULT_LISTEN);
+    assert_eq!(c.link_name, "imdsproxy0");
+    assert_eq!(c.bridges, default_bridges());
+    assert_eq!(c.request_timeout, Duration::from_secs(10));
+    assert!(!c.remove_on_exit);
+}
+
+#[test]
+fn every_setting_from_the_file() {
+    let c = raw(r#"
+        upstream = "http://10.0.0.1:8080"
+        listen = "169.254.77.1:8080"
+        link_name = "meta0"
+        bridges = ["docker0", "cni*"]
+        request_timeout_ms = 2500
+        drain_timeout_ms = 0
+        max_request_body_bytes = 1024
+        max_header_bytes = 8192
+        remove_on_exit = true
+    "#)
+    .validate(true)
+    .unwrap();
+    assert_eq!(c.listen, "169.254.77.1:8080".parse().unwrap());
+    assert_eq!(c.link_name, "meta0");
+    assert_eq!(
+        c.bridges,
+        vec![
+            BridgePattern::Exact("docker0".into()),
+            BridgePattern::Prefix("cni".into())
+        ]
+    );
+    assert_eq!(c.request_timeout, Duration::from_millis(2500));
+    assert_eq!(c.drain_timeout, Duration::ZERO);
+    assert_eq!((c.max_body_bytes, c.max_header_bytes), (1024, 8192));
+    assert!(c.remove_on_exit);
+}
+
+#[test]
+fn flags_and_variables_override_the_file() {
+    let mut r =
+        raw("upstream = \"http://10.0.0.1\"\nbridges = [\"docker0\"]\nremove_on_exit = true");
+    r.set_text("upstream", "upstream", Some("http://10.0.0.2:81".into()));
+    r.set_text("bridges", "bridges", Some("br0, br-*".into()));
+    r.set_text("remove_on_exit", "remove-on-exit", Some("false".into()));
+    r.set_text("listen", "listen", None);
+    let c = r.validate(true).unwrap();
+    assert_eq!(
+        c.upstream.unwrap().authority().unwrap().as_str(),
+        "10.0.0.2:81"
+    );
+    assert_eq!(
+        c.bridges,
+        vec![
+            BridgePattern::Exact("br0".into()),
+            BridgePattern::Prefix("br-".into())
+        ]
+    );
+    assert!(!c.remove_on_exit);
+    assert_eq!(c.listen, DEFAULT_LISTEN, "an unset flag does not override");
+}
+
+#[test]
+fn every_invalid_key_is_reported_at_once_with_its_reason() {
+    let r = raw(r#"
+        upstream = "https://169.254.169.254"
+        listen = "10.0.0.1:80"
+        bridges = []
+        request_timeout_ms = "soon"
+        max_header_bytes = 100
+        remove_on_exit = "maybe"
+        colour = "blue"
+    "#);
+    let e = errors(&r, true);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "colour",
+            "upstream",
+            "listen",
+            "bridges",
+            "request_timeout_ms",
+            "max_header_bytes",
+            "remove_on_exit"
+        ]
+    );
+    let msg = ConfigError::Invalid(e).to_string();
+    assert!(
+        msg.contains("colour (from config file): unknown key"),
+        "{msg}"
+    );
+    assert!(msg.contains("scheme \"https\" is not supported"), "{msg}");
+    assert!(msg.contains("10.0.0.1 is not link-local"), "{msg}");
+    assert!(msg.contains("\"soon\" is not a whole number"), "{msg}");
+    assert!(msg.contains("100 bytes is outside 8192"), "{msg}");
+}
+
+#[test]
+fn upstream_is_required_only_for_run() {
+    let e = errors(&RawConfig::default(), true);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].key, "upstream");
+    assert!(e[0].reason.contains("required"));
+    assert!(RawConfig::default().validate(false).is_ok());
+}
+
+#[test]
+fn upstream_urls_that_cannot_be_a_metadata_service_are_rejected() {
+    for bad in [
+        "169.254.169.254",
+        "http://",
+        "http://u:p@10.0.0.1",
+        "http://10.0.0.1/base",
+        "http://10.0.0.1/?x=1",
+        "not a url",
+    ] {
+        let mut r = RawConfig::default();
+        r.set_text("upstream", "upstream", Some(bad.into()));
+        let e = errors(&r, true);
+        assert_eq!(e[0].key, "upstream", "{bad}");
+        assert_eq!(e[0].source, Some(Source::Flag("upstream")), "{bad}");
+    }
+}
+
+#[test]
+fn listen_addresses_clouds_use_are_refused() {
+    for taken in [
+        "169.254.169.254",
+        "169.254.169.253",
+        "169.254.169.123",
+        "169.254.170.2",
+        "169.254.170.23",
+        "169.254.169.252",
+        "169.254.20.10",
+    ] {
+        let mut r = RawConfig::default();
+        r.set_text("listen", "listen", Some(taken.into()));
+        let e = errors(&r, false);
+        assert!(e[0].reason.contains("is used by"), "{taken}: {:?}", e[0]);
+    }
+    let mut r = RawConfig::default();
+    r.set_text("listen", "listen", Some("169.254.5.5".into()));
+    assert_eq!(
+        r.validate(false).unwrap().listen,
+        "169.254.5.5:80".parse().unwrap()
+    );
+}
+
+#[test]
+fn the_own_link_must_not_look_like_a_container_bridge() {
+    let mut r = RawConfig::default();
+    r.set_text("link_name", "link-name", Some("br-meta".into()));
+    let e = errors(&r, false);
+    assert_eq!(e[0].key, "link_name");
+    assert!(e[0].reason.contains("matches bridge pattern"), "{:?}", e[0]);
+}
+
+#[test]
+fn wrong_toml_types_name_the_expected_type() {
+    let e = errors(
+        &raw("upstream = 5\nbridges = \"docker0\"\nremove_on_exit = 1"),
+        false,
+    );
+    let reasons: Vec<&str> = e.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "expected a string, got integer",
+            "expected a list of interface names or patterns, got string",
+            "expected true or false, got integer"
+        ]
+    );
+}
+
+#[test]
+fn a_broken_file_is_a_syntax_error_not_a_panic() {
+    assert!(RawConfig::from_toml("upstream = ").is_err());
+    let err = RawConfig::from_file(Path::new("/nonexistent/imds-proxy.toml")).unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("failed to read config file /nonexistent/imds-proxy.toml"));
+}

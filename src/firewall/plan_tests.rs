@@ -1,1 +1,133 @@
+//! Snapshot tests: the rendered plan must equal what `nft list table ip imds_proxy`
+//! prints for the installed table (the root tests check that equality on a real
+//! kernel; these pin the text itself, without root).
 
+use super::*;
+
+fn snapshot(bridges: &[&str], mode: Mode) -> Snapshot {
+    Snapshot {
+        bridges: bridges.iter().map(|b| b.to_string()).collect(),
+        patterns: vec![
+            BridgePattern::Exact("docker0".into()),
+            BridgePattern::Prefix("br-".into()),
+        ],
+        listen: "169.254.93.254:80".parse().unwrap(),
+        mode,
+    }
+}
+
+#[test]
+fn open_table_matches_the_pinned_nft_listing() {
+    let text = plan(&snapshot(&["docker0", "br-0a1b2c3d4e5f"], Mode::Open)).to_string();
+    assert_eq!(text, include_str!("../../tests/snapshots/open.nft"));
+}
+
+#[test]
+fn closed_table_has_no_dnat_but_keeps_every_refusal() {
+    let open = plan(&snapshot(&["docker0", "br-0a1b2c3d4e5f"], Mode::Open)).to_string();
+    let closed = plan(&snapshot(&["docker0", "br-0a1b2c3d4e5f"], Mode::Closed)).to_string();
+    assert_eq!(closed, include_str!("../../tests/snapshots/closed.nft"));
+    assert!(!closed.contains("dnat to"));
+    let refusals = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains("reject"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(refusals(&open), refusals(&closed));
+    assert_eq!(
+        refusals(&open).len(),
+        2 * 2 * 2 + 2,
+        "two patterns x tcp/other x input/forward, plus the proxy address"
+    );
+}
+
+#[test]
+fn fail_closed_rules_match_patterns_not_the_set_so_unseen_bridges_are_refused() {
+    let rs = plan(&snapshot(&[], Mode::Open));
+    let forward = rs.chains.iter().find(|c| c.hook == Hook::Forward).unwrap();
+    assert!(forward.rules.iter().all(|r| r
+        .matches
+        .contains(&Match::Iifname(BridgePattern::Prefix("br-".into())))
+        || r.matches
+            .contains(&Match::Iifname(BridgePattern::Exact("docker0".into())))));
+    assert!(forward
+        .rules
+        .iter()
+        .all(|r| matches!(r.action, Action::Reject | Action::RejectTcpReset)));
+    // An empty set prints no elements line, as nft does.
+    assert!(!rs.to_string().contains("elements"));
+}
+
+#[test]
+fn dnat_goes_to_the_configured_listen_address() {
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.listen = "169.254.77.7:8080".parse().unwrap();
+    let text = plan(&s).to_string();
+    assert!(
+        text.contains(
+            "iifname @bridges ip daddr 169.254.169.254 tcp dport 80 dnat to 169.254.77.7:8080"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ip daddr 169.254.77.7 iifname @bridges tcp dport 8080 ct status dnat accept"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn set_elements_are_listed_in_nft_order_one_per_line() {
+    let text = plan(&snapshot(
+        &["zz", "br-1234567890ab", "docker0", "br-aaaa", "a"],
+        Mode::Open,
+    ))
+    .to_string();
+    assert!(
+        text.contains("elements = { \"a\",\n\t\t\t     \"zz\",\n\t\t\t     \"docker0\",\n\t\t\t     \"br-aaaa\",\n\t\t\t     \"br-1234567890ab\" }"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_plan_is_a_pure_function_of_the_snapshot() {
+    let s = snapshot(&["docker0"], Mode::Open);
+    assert_eq!(plan(&s), plan(&s.clone()));
+    assert_ne!(plan(&s), plan(&snapshot(&["docker0"], Mode::Closed)));
+}
+
+#[test]
+fn priorities_render_relative_to_the_standard_names() {
+    let rs = plan(&snapshot(&[], Mode::Open));
+    let text = rs.to_string();
+    assert!(text.contains("type nat hook prerouting priority dstnat - 10; policy accept;"));
+    assert!(text.contains("type filter hook input priority filter - 10; policy accept;"));
+    assert!(text.contains("type filter hook forward priority filter - 10; policy accept;"));
+}
+
+#[test]
+fn bridge_patterns_parse_and_match() {
+    assert_eq!(
+        BridgePattern::parse("docker0"),
+        Ok(BridgePattern::Exact("docker0".into()))
+    );
+    assert_eq!(
+        BridgePattern::parse("br-*"),
+        Ok(BridgePattern::Prefix("br-".into()))
+    );
+    assert!(BridgePattern::parse("br-*")
+        .unwrap()
+        .matches("br-0a1b2c3d4e5f"));
+    assert!(!BridgePattern::parse("br-*").unwrap().matches("bridge0"));
+    assert!(!BridgePattern::parse("docker0").unwrap().matches("docker01"));
+    for bad in ["", "*", "sixteen-chars-xx", "a b", "a\"b", "a/b", "a*b*"] {
+        assert!(BridgePattern::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    let snap = Snapshot::bridges_among(
+        &[BridgePattern::Prefix("br-".into())],
+        ["br-a", "eth0", "br-b", "lo"],
+    );
+    assert_eq!(snap.into_iter().collect::<Vec<_>>(), ["br-a", "br-b"]);
+}

@@ -1,0 +1,355 @@
+//! The proxy on loopback against a scripted upstream: what a container sees when the
+//! upstream is healthy, down, slow, huge or broken, and what the upstream sees.
+//! No root needed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use imds_proxy::proxy::{self, Proxy, ProxySettings};
+
+/// One request as the scripted upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    peer: SocketAddr,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Upstream whose behaviour is chosen by the request path.
+fn upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let s = s.clone();
+            thread::spawn(move || serve(c, s));
+        }
+    });
+    (addr, seen)
+}
+
+fn serve(c: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let peer = c.peer_addr().unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = c;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        seen.lock().unwrap().push(Seen {
+            peer,
+            head: head.clone(),
+            body,
+        });
+        let reply: Vec<u8> = if let Some(ms) = path.strip_prefix("/slow/") {
+            thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            ok("slow")
+        } else if path == "/big" {
+            let body = vec![b'x'; 5 << 20];
+            let mut v =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            v.extend(body);
+            v
+        } else if path == "/hop" {
+            b"HTTP/1.1 404 Not Found\r\nServer: EC2ws\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 9\r\n\r\nnot found"
+                .to_vec()
+        } else if path == "/truncated" {
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part");
+            return;
+        } else {
+            ok(&path)
+        };
+        if w.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<proxy::DrainReport>,
+}
+
+async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = Arc::new(Proxy::new(ProxySettings {
+        upstream: format!("http://{upstream}").parse().unwrap(),
+        request_timeout: Duration::from_millis(timeout_ms),
+        max_body_bytes: 1024,
+        max_header_bytes: 8192,
+    }));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(proxy::serve(
+        listener,
+        p,
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+    Running {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
+
+/// Sends raw bytes, reads until close; returns the answer and the time it took.
+async fn raw(addr: SocketAddr, req: Vec<u8>) -> (Result<common::Answer, std::io::Error>, Duration) {
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let r = (|| {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(&req)?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            common::parse_answer(&buf)
+        })();
+        (r, t.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+fn json_error(a: &common::Answer) -> String {
+    assert_eq!(
+        a.headers.get("content-type").map(String::as_str),
+        Some("application/json"),
+        "{a:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&a.body).expect("JSON body");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    v["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_crosses_intact_minus_hop_by_hop_and_with_nothing_added() {
+    let (up, seen) = upstream();
+    let p = start(up, 2000).await;
+    let req = b"PUT /latest/api/token?x=1&y=%2F HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nAccept: a\r\nAccept: b\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    let (a, _) = raw(p.addr, req).await;
+    assert_eq!(a.unwrap().status, 200);
+    let s = seen.lock().unwrap().last().cloned().unwrap();
+    let head = s.head.to_ascii_lowercase();
+    assert!(
+        head.starts_with("put /latest/api/token?x=1&y=%2f http/1.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("host: 169.254.169.254\r\n"), "{head}");
+    assert!(
+        head.contains("x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("accept: a\r\n") && head.contains("accept: b\r\n"),
+        "{head}"
+    );
+    assert_eq!(s.body, b"hello");
+    for gone in [
+        "x-secret-hop",
+        "keep-alive",
+        "te:",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "forwarded",
+        "via:",
+    ] {
+        assert!(!head.contains(gone), "{gone} in {head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_status_and_headers_reach_the_container_without_hop_by_hop_ones() {
+    let (up, _) = upstream();
+    let p = start(up, 2000).await;
+    let a = raw(p.addr, get("/hop")).await.0.unwrap();
+    assert_eq!(a.status, 404);
+    assert_eq!(a.body, "not found");
+    assert_eq!(a.headers.get("server").map(String::as_str), Some("EC2ws"));
+    assert_eq!(a.headers.get("x-kept").map(String::as_str), Some("yes"));
+    assert!(
+        a.headers.get("x-hop").is_none() && a.headers.get("keep-alive").is_none(),
+        "{a:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_is_a_prompt_502_naming_the_cause() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed again at once
+    let p = start(dead, 5000).await;
+    let (a, took) = raw(p.addr, get("/latest/meta-data/")).await;
+    let a = a.unwrap();
+    assert_eq!(a.status, 502);
+    assert_eq!(json_error(&a), "upstream_unreachable");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_a_504_at_the_deadline_not_a_hang() {
+    let (up, _) = upstream();
+    let p = start(up, 400).await;
+    let (a, took) = raw(p.addr, get("/slow/3000")).await;
+    let a = a.unwrap();
+    assert_eq!(a.status, 504);
+    assert_eq!(json_error(&a), "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_or_oversized_upstream_answers_are_502() {
+    let (up, _) = upstream();
+    let p = start(up, 3000).await;
+    let a = raw(p.addr, get("/truncated")).await.0.unwrap();
+    assert_eq!(
+        (a.status, json_error(&a).as_str()),
+        (502, "upstream_failed")
+    );
+    let a = raw(p.addr, get("/big")).await.0.unwrap();
+    assert_eq!(
+        (a.status, json_error(&a).as_str()),
+        (502, "upstream_response_too_large")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_are_refused_without_reaching_upstream() {
+    let (up, seen) = upstream();
+    let p = start(up, 2000).await;
+    let body = vec![b'a'; 4096];
+    let mut req = format!(
+        "POST /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend(body);
+    let a = raw(p.addr, req).await.0.unwrap();
+    assert_eq!(
+        (a.status, json_error(&a).as_str()),
+        (413, "request_too_large")
+    );
+
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    )
+    .into_bytes();
+    let (a, took) = raw(p.addr, huge).await;
+    assert_eq!(a.unwrap().status, 431);
+    assert!(took < Duration::from_secs(2));
+
+    let (a, _) = raw(p.addr, b"GARBAGE\r\n\r\n".to_vec()).await;
+    assert_eq!(a.unwrap().status, 400);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "upstream saw a refused request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_client_is_dropped_instead_of_holding_a_connection() {
+    let (up, _) = upstream();
+    let p = start(up, 2000).await;
+    let addr = p.addr;
+    let took = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").unwrap(); // never finishes the head
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        t.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(
+        took < Duration::from_secs(8),
+        "stalled client held for {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused() {
+    let (up, seen) = upstream();
+    let p = start(up, 2000).await;
+    for i in 0..5 {
+        assert_eq!(
+            raw(p.addr, get(&format!("/n/{i}"))).await.0.unwrap().status,
+            200
+        );
+    }
+    let peers: std::collections::HashSet<SocketAddr> =
+        seen.lock().unwrap().iter().map(|s| s.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "5 sequential requests used {} upstream connections",
+        peers.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_in_flight_requests_and_accepts_no_new_ones() {
+    let (up, _) = upstream();
+    let mut p = start(up, 5000).await;
+    let addr = p.addr;
+    let slow = tokio::spawn(raw(addr, get("/slow/800")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.stop.take().unwrap().send(()).unwrap();
+    let (a, took) = slow.await.unwrap();
+    assert_eq!(a.unwrap().status, 200, "in-flight request cut");
+    assert!(took >= Duration::from_millis(800));
+    let report = p.done.await.unwrap();
+    assert_eq!(report.abandoned, 0);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
