@@ -156,6 +156,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let (index, kind) = link::ensure_own_link(&handle, &cfg.link_name, *cfg.listen.ip()).await?;
     info!(link = %cfg.link_name, index, kind, address = %cfg.listen.ip(), "own link ready");
     let listener = bind(cfg.listen).await?;
+    info!(listen = %cfg.listen, "proxy listening");
 
     // 3. Connections that predate the rules must not keep bypassing them.
     let local: std::collections::HashSet<_> =

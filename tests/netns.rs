@@ -230,10 +230,9 @@ fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
         let took = until(Duration::from_secs(2), "the table to be restored", || {
             tb.host.nft_table().as_deref() == Some(installed.as_str())
         });
-        eprintln!(
-            "MEASURE restore after `{}`: {} ms",
-            args.join(" "),
-            took.as_millis()
+        measure(
+            &format!("table restored after `{}` (ms)", args.join(" ")),
+            took.as_millis(),
         );
         d.wait_for_nth("nftables table restored", n + 1, QUICK);
         assert_eq!(
@@ -303,10 +302,17 @@ fn rules_prints_exactly_what_run_installs_and_a_restart_keeps_one_table() {
         200
     );
     let live = d2.wait_for("interception live", QUICK);
-    eprintln!(
-        "MEASURE spawn to interception live: {} ms",
-        live.as_millis()
+    measure(
+        "process spawn to interception live, incl. exec (ms)",
+        live.as_millis(),
     );
+    let line = d2
+        .log()
+        .into_iter()
+        .find(|l| l.contains("interception live"))
+        .unwrap();
+    let own = line.rsplit("elapsed_ms=").next().unwrap().trim();
+    measure("daemon start-up to interception live, as it logs (ms)", own);
 }
 
 #[test]
@@ -475,4 +481,46 @@ fn clear_errors_for_a_taken_address_and_a_non_root_user() {
     ]);
     assert!(!ok);
     assert!(err.contains("must run as root"), "{err}");
+}
+
+#[test]
+fn start_up_order_is_closed_table_then_listener_then_dnat() {
+    if !root_or_skip("start_up_order_is_closed_table_then_listener_then_dnat") {
+        return;
+    }
+    let tb = Testbed::new();
+    let monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.host.name, "nft", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let d = tb.daemon(&[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        Signal::SIGTERM,
+    );
+    let out = monitor.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = events.lines().collect();
+    let first = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{events}"))
+    };
+    // The first rules the kernel saw were refusals; the DNAT rule came in a later batch.
+    assert!(first("reject") < first("dnat to"), "{events}");
+    assert!(
+        lines[..first("dnat to")]
+            .iter()
+            .any(|l| l.contains("delete table ip imds_proxy")),
+        "{events}"
+    );
+    // And the proxy was listening before that.
+    let log = d.log();
+    let at = |needle: &str| log.iter().position(|l| l.contains(needle)).unwrap();
+    assert!(at("interception closed") < at("proxy listening"));
+    assert!(at("proxy listening") < at("interception live"));
 }

@@ -210,7 +210,7 @@ async fn upstream_status_and_headers_reach_the_container_without_hop_by_hop_ones
     assert_eq!(a.headers.get("server").map(String::as_str), Some("EC2ws"));
     assert_eq!(a.headers.get("x-kept").map(String::as_str), Some("yes"));
     assert!(
-        a.headers.get("x-hop").is_none() && a.headers.get("keep-alive").is_none(),
+        !a.headers.contains_key("x-hop") && !a.headers.contains_key("keep-alive"),
         "{a:?}"
     );
 }

@@ -19,6 +19,12 @@ pub use plan::{plan, BridgePattern, Mode, Ruleset, Snapshot};
 pub enum FirewallError {
     #[error("nf_tables is not available in this kernel (netfilter netlink answered: {0})")]
     Unavailable(#[source] std::io::Error),
+    #[error("the kernel refused an nftables feature the daemon needs (nf_tables with NAT, reject and conntrack support) while trying to {action}")]
+    Unsupported {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("not permitted to change nftables: run as root (or with CAP_NET_ADMIN)")]
     NotPermitted(#[source] std::io::Error),
     #[error("failed to {action}")]
@@ -36,11 +42,30 @@ impl FirewallError {
     pub(crate) fn from_io(action: &'static str, e: std::io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted(e),
-            Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP) => {
-                Self::Unavailable(e)
-            }
+            Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) => Self::Unavailable(e),
+            Some(libc::EOPNOTSUPP) => Self::Unsupported { action, source: e },
             _ => Self::Netlink { action, source: e },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_become_advice() {
+        let e = |n| {
+            FirewallError::from_io(
+                "replace the nftables table",
+                std::io::Error::from_raw_os_error(n),
+            )
+            .to_string()
+        };
+        assert!(e(libc::EPERM).contains("run as root"));
+        assert!(e(libc::EPROTONOSUPPORT).contains("nf_tables is not available in this kernel"));
+        assert!(e(libc::EOPNOTSUPP).contains("refused an nftables feature"));
+        assert_eq!(e(libc::ENOENT), "failed to replace the nftables table");
     }
 }
 

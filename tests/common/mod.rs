@@ -633,3 +633,19 @@ impl Daemon {
         }
     }
 }
+
+/// Reports a measurement: printed, and appended to $IMDS_PROXY_MEASURE_FILE so the test
+/// command can show every number at the end.
+pub fn measure(what: &str, value: impl std::fmt::Display) {
+    let line = format!("{what}: {value}");
+    eprintln!("MEASURE {line}");
+    if let Ok(path) = std::env::var("IMDS_PROXY_MEASURE_FILE") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
