@@ -45,6 +45,8 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     #[error("another imds-proxy is already running in this network namespace")]
     AlreadyRunning,
+    #[error("imds-proxy is running in this network namespace; stop it first (or run it with --remove-on-exit)")]
+    UninstallWhileRunning,
     #[error("failed to take the single-instance lock")]
     Lock(#[source] std::io::Error),
     #[error("failed to cut pre-existing connections to the metadata address")]
@@ -97,6 +99,17 @@ pub async fn rules(cfg: &Config) -> Result<String, AppError> {
 /// `imds-proxy uninstall`: removes the table and the link, reopening direct access.
 pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
     require_root()?;
+    // Never pull the table from under a running daemon: it would put the table back
+    // while its address is gone.
+    let _instance = single_instance().map_err(|e| match e {
+        AppError::AlreadyRunning => AppError::UninstallWhileRunning,
+        e => e,
+    })?;
+    remove_interception(cfg).await
+}
+
+/// Removes table and link, keeping on after a failure and reporting both.
+async fn remove_interception(cfg: &Config) -> Result<(), AppError> {
     let fw = NetlinkFirewall::open()?;
     let table = tokio::task::spawn_blocking(move || fw.remove())
         .await
@@ -223,6 +236,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         while let Ok(e) = link_rx.try_recv() {
             batch.push(Event::Link(e));
         }
+        guard_own_link(&handle, &cfg, &batch).await;
         while let Ok(e) = ev_rx.try_recv() {
             batch.push(e);
         }
@@ -241,11 +255,32 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let _ = stop_tx.send(());
     let report = server.await.unwrap_or(proxy::DrainReport { abandoned: 0 });
     if cfg.remove_on_exit {
-        uninstall(&cfg).await?;
+        remove_interception(&cfg).await?;
     } else {
         info!(abandoned = report.abandoned, "stopped; containers stay refused until the daemon runs again or `imds-proxy uninstall`");
     }
     Ok(())
+}
+
+/// Puts the daemon's link and address back if someone removed them: without the
+/// address, DNATed container traffic would no longer be local and the host would route
+/// it away (the forward chain refuses it meanwhile).
+async fn guard_own_link(handle: &rtnetlink::Handle, cfg: &Config, events: &[Event]) {
+    let lost = events.iter().any(|e| match e {
+        Event::Link(LinkEvent::Gone(name)) => *name == cfg.link_name,
+        Event::Link(LinkEvent::AddressGone(ip)) => ip == cfg.listen.ip(),
+        _ => false,
+    });
+    if !lost {
+        return;
+    }
+    warn!(link = %cfg.link_name, address = %cfg.listen.ip(), "the proxy's link or address was removed");
+    match link::ensure_own_link(handle, &cfg.link_name, *cfg.listen.ip()).await {
+        Ok((index, kind)) => info!(link = %cfg.link_name, index, kind, "own link restored"),
+        Err(e) => {
+            warn!(error = %proxy::error_chain(&e), "failed to restore the own link; containers stay refused")
+        }
+    }
 }
 
 fn unix_signal(kind: SignalKind) -> Result<tokio::signal::unix::Signal, AppError> {

@@ -208,15 +208,18 @@ pub async fn remove_own_link(handle: &Handle, name: &str) -> Result<bool, LinkEr
 pub enum LinkEvent {
     Up(String),
     Gone(String),
+    /// An IPv4 address was removed from some link.
+    AddressGone(Ipv4Addr),
     /// The kernel dropped notifications: the receiver should re-list links.
     Resync,
 }
 
-/// Subscribes to link notifications and forwards them as [`LinkEvent`]s. Subscribing
+/// Subscribes to link and IPv4 address notifications and forwards them as [`LinkEvent`]s. Subscribing
 /// happens before this returns, so a caller that lists links afterwards misses nothing.
 pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError> {
     let (conn, _handle, mut events) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Connect)?;
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
+            .map_err(LinkError::Connect)?;
     tokio::spawn(conn);
     tokio::spawn(async move {
         let mut names: HashMap<u32, String> = HashMap::new();
@@ -242,6 +245,16 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
                     names.remove(&m.header.index);
                     name.map(LinkEvent::Gone).into_iter().collect()
                 }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => m
+                    .attributes
+                    .iter()
+                    .filter_map(|a| match a {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => {
+                            Some(LinkEvent::AddressGone(*ip))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
                 NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => vec![LinkEvent::Resync],
                 _ => continue,
             };

@@ -85,7 +85,7 @@ impl Reconciler {
                         info!(bridge = %name, "container bridge removed");
                     }
                 }
-                Event::Link(LinkEvent::Resync) => {}
+                Event::Link(LinkEvent::Resync | LinkEvent::AddressGone(_)) => {}
                 Event::Links(names) => {
                     let now = Snapshot::bridges_among(
                         &self.snapshot.patterns,

@@ -524,3 +524,51 @@ fn start_up_order_is_closed_table_then_listener_then_dnat() {
     assert!(at("interception closed") < at("proxy listening"));
     assert!(at("proxy listening") < at("interception live"));
 }
+
+#[test]
+fn a_deleted_proxy_link_is_recreated_and_never_leaks_meanwhile() {
+    if !root_or_skip("a_deleted_proxy_link_is_recreated_and_never_leaks_meanwhile") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    tb.host.ip("link del imdsproxy0");
+    d.wait_for("own link restored", Duration::from_secs(2));
+    until(Duration::from_secs(2), "the proxy to answer again", || {
+        http(&tb.container, IMDS, "GET", "/", &[])
+            .0
+            .is_ok_and(|a| a.status == 200)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let restored = d.log_count("own link restored");
+    tb.host
+        .ip(&format!("addr del {PROXY_ADDR}/32 dev imdsproxy0"));
+    d.wait_for_nth("own link restored", restored + 1, Duration::from_secs(2));
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
+        200
+    );
+    assert_eq!(tb.imds.last().peer.ip().to_string(), "10.99.0.1");
+
+    // Even while the address is missing, DNATed traffic is refused, not routed on: give
+    // the host a default route to a network where that address answers, as a leak would.
+    tb.host.ip("route add default via 10.99.0.2");
+    tb.cloud.ip(&format!("addr add {PROXY_ADDR}/32 dev lo"));
+    let elsewhere = FakeImds::start(&tb.cloud, &[&format!("{PROXY_ADDR}:80")]);
+    let frozen = d.pid();
+    nix::sys::signal::kill(frozen, Signal::SIGSTOP).unwrap();
+    tb.host.ip("link del imdsproxy0");
+    let r = http(&tb.container, IMDS, "GET", "/", &[]);
+    nix::sys::signal::kill(frozen, Signal::SIGCONT).unwrap();
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    assert_eq!(
+        elsewhere.count(),
+        0,
+        "DNATed traffic was routed off the host"
+    );
+
+    // uninstall refuses to pull the table from under the running daemon.
+    let (ok, _, err) = tb.host.try_exec(&[BIN, "uninstall"]);
+    assert!(!ok && err.contains("stop it first"), "{err}");
+    assert!(tb.host.nft_table().is_some());
+}

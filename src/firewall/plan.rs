@@ -256,6 +256,15 @@ pub fn plan(s: &Snapshot) -> Ruleset {
         },
     ]);
 
+    // The proxy's address is local; if it ever is not (its link was deleted), traffic
+    // DNATed to it must not be routed anywhere else. ICMP, not a TCP reset: the kernel
+    // cannot send a reset from an address that is neither local nor the original one.
+    let mut forward = refuse_imds;
+    forward.push(Rule {
+        matches: vec![Match::IpDaddr(listen_ip)],
+        action: Action::Reject,
+    });
+
     Ruleset {
         table: TABLE,
         bridges: s.bridges.clone(),
@@ -279,7 +288,7 @@ pub fn plan(s: &Snapshot) -> Ruleset {
                 kind: ChainKind::Filter,
                 hook: Hook::Forward,
                 priority: PRIO_FILTER_AHEAD,
-                rules: refuse_imds,
+                rules: forward,
             },
         ],
     }

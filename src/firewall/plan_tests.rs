@@ -37,8 +37,8 @@ fn closed_table_has_no_dnat_but_keeps_every_refusal() {
     assert_eq!(refusals(&open), refusals(&closed));
     assert_eq!(
         refusals(&open).len(),
-        2 * 2 * 2 + 2,
-        "two patterns x tcp/other x input/forward, plus the proxy address"
+        2 * 2 * 2 + 3,
+        "two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
     );
 }
 
@@ -46,11 +46,22 @@ fn closed_table_has_no_dnat_but_keeps_every_refusal() {
 fn fail_closed_rules_match_patterns_not_the_set_so_unseen_bridges_are_refused() {
     let rs = plan(&snapshot(&[], Mode::Open));
     let forward = rs.chains.iter().find(|c| c.hook == Hook::Forward).unwrap();
-    assert!(forward.rules.iter().all(|r| r
-        .matches
-        .contains(&Match::Iifname(BridgePattern::Prefix("br-".into())))
-        || r.matches
-            .contains(&Match::Iifname(BridgePattern::Exact("docker0".into())))));
+    let imds: Vec<&Rule> = forward
+        .rules
+        .iter()
+        .filter(|r| r.matches.contains(&Match::IpDaddr(IMDS_V4)))
+        .collect();
+    assert_eq!(imds.len(), 4);
+    for r in imds {
+        assert!(matches!(r.matches[0], Match::Iifname(_)), "{r}");
+        assert!(
+            !r.matches
+                .iter()
+                .any(|m| matches!(m, Match::IifnameInSet(_))),
+            "{r}"
+        );
+    }
+    // Nothing in forward accepts: every rule there refuses.
     assert!(forward
         .rules
         .iter()
