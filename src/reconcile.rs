@@ -36,11 +36,18 @@ pub enum Outcome {
 pub struct Reconciler {
     firewall: Arc<dyn Firewall>,
     snapshot: Snapshot,
+    /// The last apply failed: the kernel may not hold the current plan, so the next
+    /// event (at worst the periodic verification) applies again.
+    dirty: bool,
 }
 
 impl Reconciler {
     pub fn new(firewall: Arc<dyn Firewall>, snapshot: Snapshot) -> Self {
-        Self { firewall, snapshot }
+        Self {
+            firewall,
+            snapshot,
+            dirty: false,
+        }
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -52,12 +59,15 @@ impl Reconciler {
     }
 
     /// Applies the current plan unconditionally.
-    pub async fn apply(&self) -> Result<(), FirewallError> {
+    pub async fn apply(&mut self) -> Result<(), FirewallError> {
         let fw = self.firewall.clone();
         let rs = plan(&self.snapshot);
-        tokio::task::spawn_blocking(move || fw.apply(&rs))
+        let result = tokio::task::spawn_blocking(move || fw.apply(&rs))
             .await
-            .map_err(|_| FirewallError::WorkerGone)?
+            .map_err(|_| FirewallError::WorkerGone)
+            .and_then(|r| r);
+        self.dirty = result.is_err();
+        result
     }
 
     async fn exists(&self) -> Result<bool, FirewallError> {
@@ -118,7 +128,7 @@ impl Reconciler {
             info!(cause = %cause, "nftables table restored");
             return Ok(Outcome::Restored);
         }
-        if self.snapshot != before {
+        if self.snapshot != before || self.dirty {
             self.apply().await?;
             return Ok(Outcome::Applied);
         }

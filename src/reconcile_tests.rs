@@ -144,3 +144,34 @@ async fn a_foreign_change_is_restored_even_when_nothing_else_changed() {
         .iter()
         .any(|r| r.matches.contains(&Match::CtStatusDnat)));
 }
+
+#[tokio::test]
+async fn a_failed_apply_is_retried_on_the_next_event() {
+    let (fw, mut rec) = setup(&["docker0"], Mode::Open);
+    rec.apply().await.unwrap();
+    fw.fail_next_applies(1);
+    assert!(rec.handle(vec![up("br-0a1b2c3d4e5f")]).await.is_err());
+    assert!(
+        !fw.state()
+            .table
+            .unwrap()
+            .bridges
+            .contains("br-0a1b2c3d4e5f"),
+        "a failed apply changed the table"
+    );
+    // Nothing new happened, but the periodic verification brings the table up to date.
+    assert_eq!(
+        rec.handle(vec![Event::Verify]).await.unwrap(),
+        Outcome::Applied
+    );
+    assert!(fw
+        .state()
+        .table
+        .unwrap()
+        .bridges
+        .contains("br-0a1b2c3d4e5f"));
+    assert_eq!(
+        rec.handle(vec![Event::Verify]).await.unwrap(),
+        Outcome::Unchanged
+    );
+}

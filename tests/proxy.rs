@@ -285,6 +285,18 @@ async fn oversized_requests_are_refused_without_reaching_upstream() {
     assert_eq!(a.unwrap().status, 431);
     assert!(took < Duration::from_secs(2));
 
+    let a = raw(
+        p.addr,
+        b"CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\n\r\n".to_vec(),
+    )
+    .await
+    .0
+    .unwrap();
+    assert_eq!(
+        (a.status, json_error(&a).as_str()),
+        (405, "method_not_allowed")
+    );
+
     let (a, _) = raw(p.addr, b"GARBAGE\r\n\r\n".to_vec()).await;
     assert_eq!(a.unwrap().status, 400);
     assert!(

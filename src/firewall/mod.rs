@@ -88,6 +88,8 @@ pub trait Firewall: Send + Sync + 'static {
 #[derive(Default, Clone)]
 pub struct MemoryFirewall {
     inner: Arc<Mutex<MemoryState>>,
+    /// Fail this many of the next applies (a kernel that refuses a batch).
+    fail_next: Arc<Mutex<usize>>,
 }
 
 /// What a [`MemoryFirewall`] holds.
@@ -104,6 +106,10 @@ impl MemoryFirewall {
     pub fn state(&self) -> MemoryState {
         self.inner.lock().expect("memory firewall lock").clone()
     }
+    /// Makes the next `n` applies fail and change nothing.
+    pub fn fail_next_applies(&self, n: usize) {
+        *self.fail_next.lock().expect("memory firewall lock") = n;
+    }
     /// Simulates someone deleting the table behind the daemon's back.
     pub fn delete_behind_back(&self) {
         self.inner.lock().expect("memory firewall lock").table = None;
@@ -112,6 +118,14 @@ impl MemoryFirewall {
 
 impl Firewall for MemoryFirewall {
     fn apply(&self, ruleset: &Ruleset) -> Result<(), FirewallError> {
+        let mut fail = self.fail_next.lock().expect("memory firewall lock");
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(FirewallError::Netlink {
+                action: "apply (simulated failure)",
+                source: std::io::Error::from_raw_os_error(libc::ENOBUFS),
+            });
+        }
         let mut s = self.inner.lock().expect("memory firewall lock");
         s.table = Some(ruleset.clone());
         s.history.push(ruleset.clone());

@@ -61,6 +61,8 @@ pub enum ProxyError {
     RequestTooLarge(usize),
     #[error("the request body could not be read")]
     BadRequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0} is not a metadata request; the proxy does not tunnel")]
+    MethodNotAllowed(http::Method),
     #[error("the request target cannot be forwarded")]
     BadTarget(#[source] http::Error),
 }
@@ -74,6 +76,7 @@ impl ProxyError {
             Self::UpstreamTooLarge => (StatusCode::BAD_GATEWAY, "upstream_response_too_large"),
             Self::RequestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
             Self::BadRequestBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
         }
     }
@@ -136,6 +139,9 @@ impl Proxy {
 
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ProxyError> {
         let (parts, body) = req.into_parts();
+        if parts.method == http::Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(parts.method));
+        }
         let body = match Limited::new(body, self.settings.max_body_bytes)
             .collect()
             .await

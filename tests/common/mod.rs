@@ -466,12 +466,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Runs the daemon inside `ns`.
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
-        let mut full = vec!["netns", "exec", ns.name.as_str(), BIN];
-        full.extend_from_slice(args);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns.name.as_str(), BIN]).args(args);
+        Self::spawn_command(c)
+    }
+
+    /// Runs the daemon in the test process's own (root) network namespace: for the
+    /// end-to-end test with the real Docker engine, whose bridges live there.
+    pub fn spawn_root(args: &[&str]) -> Self {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        Self::spawn_command(c)
+    }
+
+    fn spawn_command(mut c: Command) -> Self {
         let started = Instant::now();
-        let mut child = Command::new("ip")
-            .args(&full)
+        let mut child = c
             .env("IMDS_PROXY_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -599,38 +611,6 @@ pub fn refused(r: &(Result<Answer, std::io::Error>, Duration)) -> std::io::Error
     match &r.0 {
         Ok(a) => panic!("expected a refusal, got HTTP {} {:?}", a.status, a.body),
         Err(e) => e.kind(),
-    }
-}
-
-impl Daemon {
-    /// Like [`Daemon::spawn`], but in the test process's own (root) network namespace:
-    /// for the end-to-end test with the real Docker engine, whose bridges live there.
-    pub fn spawn_root(args: &[&str]) -> Self {
-        let started = Instant::now();
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("IMDS_PROXY_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                l.0.lock().unwrap().push(strip_ansi(&line));
-                l.1.notify_all();
-            }
-        });
-        Self {
-            child: Mutex::new(child),
-            started,
-            log,
-        }
     }
 }
 
