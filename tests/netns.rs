@@ -373,6 +373,20 @@ fn a_bridge_created_after_start_is_intercepted() {
     }
     let tb = Testbed::new();
     let d = tb.daemon(&[]);
+    // A request in flight while the table is rewritten for the new bridge completes.
+    let ctr = Netns {
+        name: tb.container.name.clone(),
+    };
+    let slow = std::thread::spawn(move || {
+        let r = http(&ctr, IMDS, "GET", "/slow/800", &[]);
+        std::mem::forget(ctr); // the test bed owns and removes the namespace
+        r
+    });
+    until(
+        Duration::from_secs(5),
+        "the slow request to reach upstream",
+        || tb.imds.count() > 0,
+    );
     tb.host.ip("link add br-late01 type bridge");
     tb.host.ip("addr add 10.89.0.1/24 dev br-late01");
     tb.host.ip("link set br-late01 up");
@@ -388,6 +402,14 @@ fn a_bridge_created_after_start_is_intercepted() {
     until(Duration::from_secs(2), "br-late01 in the set", || {
         tb.host.nft_table().unwrap().contains("br-late01")
     });
+    assert_eq!(
+        slow.join()
+            .unwrap()
+            .0
+            .expect("in-flight request cut by the table update")
+            .status,
+        200
+    );
     let a = http(&late, IMDS, "GET", "/late", &[])
         .0
         .expect("request from the new bridge");
