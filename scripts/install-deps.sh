@@ -1,12 +1,44 @@
 #!/usr/bin/env bash
-# Installs the Debian packages imds-proxy needs, only those missing.
+# Checks the Rust toolchain, then installs the Debian packages imds-proxy needs, only
+# those missing.
 #   install-deps.sh build   C libraries the nftables bindings link against
-#   install-deps.sh test    build + what the test suite drives (nft, Docker, busybox, conntrack)
+#   install-deps.sh test    build + what the test suite drives (nft, Docker, busybox,
+#                           conntrack); also requires rustfmt and clippy
 set -euo pipefail
+mode=${1:-build}
+case $mode in
+  build | test) ;;
+  *) echo "usage: $0 [build|test]" >&2; exit 2 ;;
+esac
+
+# The toolchain is not installed from here: it must already be on PATH.
+min_rust=1.85 # Cargo.toml's rust-version
+toolchain_fail() { # toolchain_fail WHAT [HINT]
+  echo "$1" >&2
+  echo "${2:-imds-proxy needs a Rust toolchain $min_rust or newer on PATH (rustup puts it in ~/.cargo/bin; under sudo, PATH may lack it)}" >&2
+  exit 1
+}
+command -v cargo >/dev/null || toolchain_fail "cargo not found"
+command -v rustc >/dev/null || toolchain_fail "rustc not found"
+rustc_version=$(rustc --version 2>&1) || toolchain_fail "\`rustc --version\` failed: $rustc_version"
+# "rustc 1.85.0 (4d91de4e4 2025-02-17)" -> 1 85
+read -r major minor < <(sed -nE 's/^rustc ([0-9]+)\.([0-9]+)\..*/\1 \2/p' <<<"$rustc_version") \
+  || toolchain_fail "cannot read a version from \`rustc --version\`: $rustc_version"
+if [ "$major" -lt "${min_rust%%.*}" ] || { [ "$major" -eq "${min_rust%%.*}" ] && [ "$minor" -lt "${min_rust#*.}" ]; }; then
+  toolchain_fail "rustc is too old: $rustc_version"
+fi
+if [ "$mode" = test ]; then
+  # Separate components of a toolchain: the suite runs both.
+  out=$(cargo fmt --version 2>&1) \
+    || toolchain_fail "\`cargo fmt --version\` failed: $out" "the test suite needs the rustfmt component (rustup component add rustfmt)"
+  out=$(cargo clippy --version 2>&1) \
+    || toolchain_fail "\`cargo clippy --version\` failed: $out" "the test suite needs the clippy component (rustup component add clippy)"
+fi
+
 build=(pkg-config gcc libc6-dev libnftnl-dev libmnl-dev)
 test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps)
 want=("${build[@]}")
-[ "${1:-build}" = test ] && want+=("${test[@]}")
+[ "$mode" = test ] && want+=("${test[@]}")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,4 +49,3 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || { echo "cargo is required (a Rust toolchain, 1.85 or newer)" >&2; exit 1; }

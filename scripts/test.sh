@@ -4,16 +4,58 @@
 # namespaces with real nftables, real Docker), and cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# check_tiers LOG: for each tier, the `test result:` line of that test binary's own output
+# in a `cargo test` log (between its `Running` line and the next one) must say ok., at
+# least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
+check_tiers() {
+  awk -v tiers="lib netns docker proxy cli nft" '
+    BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
+    { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
+    /^ *Running / {                                  # a new test binary starts
+      cur = ""
+      if ($2 == "unittests" && $3 == "src/lib.rs") cur = "lib"
+      else if ($2 ~ /^tests\/[^\/]+\.rs$/) { cur = substr($2, 7, length($2) - 9) }
+      if (!(cur in want)) cur = ""
+      if (cur != "") ran[cur]++
+      next
+    }
+    /^ *Doc-tests / { cur = ""; next }
+    cur != "" && /^test result: / { results[cur]++; line[cur] = $0 }
+    function count(s, what) {
+      return match(s, "[0-9]+ " what) ? substr(s, RSTART, RLENGTH) + 0 : -1
+    }
+    END {
+      bad = 0
+      for (i = 1; i <= n; i++) {
+        t = order[i]; what = (t == "lib") ? "src/lib.rs unit tests" : "tests/" t ".rs"
+        if (!(t in ran)) { print "tier " t ": FAILED, " what " did not run"; bad = 1; continue }
+        if (ran[t] != 1 || results[t] != 1) {
+          print "tier " t ": FAILED, " (ran[t] + 0) " runs and " (results[t] + 0) " test result lines for " what
+          bad = 1; continue
+        }
+        l = line[t]; passed = count(l, "passed"); ignored = count(l, "ignored")
+        if (l !~ /^test result: ok\./ || passed < 1 || ignored != 0) {
+          print "tier " t ": FAILED, " what ": " l; bad = 1; continue
+        }
+        print "tier " t ": " passed " passed"
+      }
+      exit bad
+    }' "$1"
+}
+
 [ "$(id -u)" = 0 ] || { echo "the suite needs root (namespaces, nftables, Docker)" >&2; exit 1; }
 scripts/install-deps.sh test
 
 work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)
 export IMDS_PROXY_REQUIRE_ROOT_TESTS=1          # root and Docker tests fail, never skip
 export IMDS_PROXY_MEASURE_FILE="$work/measure.txt"
+export IMDS_PROXY_SKIP_FILE="$work/skipped.txt"    # every skip, whatever libtest captured
 started_dockerd=""
 
 cleanup() {
   status=$?
+  set +e # best effort from here; the exit status stays the suite's
   # Containers and networks the Docker test made carry its label; remove any left over.
   if docker version >/dev/null 2>&1; then
     docker ps -aq --filter label=imds-proxy-test | xargs -r docker rm -f >/dev/null 2>&1 || true
@@ -44,10 +86,16 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -q -- -D warnings
+# With pipefail a failing cargo test fails the pipeline, and errexit stops the suite here.
 cargo test --locked --all-targets 2>&1 | tee "$work/test.log"
-# Every tier must have run: a binary that ran no test, or a skipped root test, fails the suite.
-for t in netns docker proxy cli; do
-  grep -A200 "Running tests/$t.rs" "$work/test.log" | grep -m1 -E "^test result: ok\. [1-9][0-9]* passed" >/dev/null \
-    || { echo "tests/$t.rs ran no test" >&2; exit 1; }
-done
-if grep -q "^SKIPPED" "$work/test.log"; then echo "some tests were skipped" >&2; exit 1; fi
+
+# Every tier must have run all its tests: a test binary that did not run, ran no test or
+# ignored some, or any skip, fails the suite.
+tiers_ok=1
+check_tiers "$work/test.log" || tiers_ok=""
+if [ -s "$IMDS_PROXY_SKIP_FILE" ]; then
+  echo "skipped:" >&2
+  sed 's/^/  /' "$IMDS_PROXY_SKIP_FILE" >&2
+  tiers_ok=""
+fi
+[ -n "$tiers_ok" ] || { echo "not every test of every tier ran" >&2; exit 1; }

@@ -61,18 +61,37 @@ fn require_root() -> Result<(), AppError> {
     }
 }
 
-/// Holds an abstract unix socket named after the daemon for the life of the process.
-/// Abstract sockets belong to the network namespace and vanish with the process (even on
-/// SIGKILL), so a second instance in the same namespace is refused before it touches
-/// anything, and a crashed one never leaves a stale lock.
-fn single_instance() -> Result<std::os::unix::net::UnixListener, AppError> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"imds-proxy.instance")
+/// Directory of the per-namespace instance locks; root-only, so no other user can
+/// take a lock and keep the daemon from starting.
+const LOCK_DIR: &str = "/run/imds-proxy";
+
+/// An exclusive lock held for the life of the process, one per network namespace (the
+/// file is named after the namespace's inode). The kernel drops it when the process
+/// ends, even on SIGKILL, so a crash never leaves a stale lock; a second instance in
+/// the same namespace is refused before it touches anything.
+fn single_instance() -> Result<nix::fcntl::Flock<std::fs::File>, AppError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(AppError::Lock)?
+        .ino();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(LOCK_DIR)
         .map_err(AppError::Lock)?;
-    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => AppError::AlreadyRunning,
-        _ => AppError::Lock(e),
-    })
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(format!("{LOCK_DIR}/netns-{netns}.lock"))
+        .map_err(AppError::Lock)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => AppError::AlreadyRunning,
+            e => AppError::Lock(e.into()),
+        },
+    )
 }
 
 /// The snapshot for the links present now.
@@ -146,6 +165,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     // the closed state rather than killing the process half-way.
     let mut sigterm = unix_signal(SignalKind::terminate())?;
     let mut sigint = unix_signal(SignalKind::interrupt())?;
+    raise_fd_limit();
     let upstream = cfg
         .upstream
         .clone()
@@ -223,23 +243,26 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         let first = tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            Some(e) = link_rx.recv() => match e {
-                LinkEvent::Resync => links_event(&handle).await,
-                e => Some(Event::Link(e)),
-            },
-            Some(e) = ev_rx.recv() => Some(e),
-            _ = verify.tick() => Some(Event::Verify),
-            _ = relist.tick() => links_event(&handle).await,
+            Some(e) = link_rx.recv() => Event::Link(e),
+            Some(e) = ev_rx.recv() => e,
+            _ = verify.tick() => Event::Verify,
+            _ = relist.tick() => Event::Link(LinkEvent::Resync),
         };
-        let mut batch: Vec<Event> = first.into_iter().collect();
         // Take whatever else is already queued: one apply for a burst.
+        let mut batch = vec![first];
         while let Ok(e) = link_rx.try_recv() {
             batch.push(Event::Link(e));
         }
-        guard_own_link(&handle, &cfg, &batch).await;
         while let Ok(e) = ev_rx.try_recv() {
             batch.push(e);
         }
+        let resync = batch
+            .iter()
+            .any(|e| matches!(e, Event::Link(LinkEvent::Resync)));
+        if resync {
+            batch.extend(links_event(&handle).await);
+        }
+        guard_own_link(&handle, &cfg, &batch, resync).await;
         if let Err(e) = rec.handle(batch).await {
             warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
         }
@@ -253,7 +276,10 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         warn!(error = %proxy::error_chain(&e), "failed to close the interception");
     }
     let _ = stop_tx.send(());
-    let report = server.await.unwrap_or(proxy::DrainReport { abandoned: 0 });
+    let report = server.await.unwrap_or_else(|e| {
+        warn!(error = %e, "the proxy task failed");
+        proxy::DrainReport { abandoned: 0 }
+    });
     if cfg.remove_on_exit {
         remove_interception(&cfg).await?;
     } else {
@@ -262,23 +288,42 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Puts the daemon's link and address back if someone removed them: without the
-/// address, DNATed container traffic would no longer be local and the host would route
-/// it away (the forward chain refuses it meanwhile).
-async fn guard_own_link(handle: &rtnetlink::Handle, cfg: &Config, events: &[Event]) {
-    let lost = events.iter().any(|e| match e {
-        Event::Link(LinkEvent::Gone(name)) => *name == cfg.link_name,
+/// Puts the daemon's link and address back if someone removed them or took the link
+/// down: without the address, DNATed container traffic would no longer be local (the
+/// forward chain refuses it meanwhile). A resync re-checks it even without an event,
+/// since notifications can be lost.
+async fn guard_own_link(handle: &rtnetlink::Handle, cfg: &Config, events: &[Event], resync: bool) {
+    let reported = events.iter().any(|e| match e {
+        Event::Link(LinkEvent::Gone(name) | LinkEvent::Down(name)) => *name == cfg.link_name,
         Event::Link(LinkEvent::AddressGone(ip)) => ip == cfg.listen.ip(),
         _ => false,
     });
+    let lost = reported
+        || (resync
+            && !link::own_link_ok(handle, &cfg.link_name, *cfg.listen.ip())
+                .await
+                .unwrap_or(false));
     if !lost {
         return;
     }
-    warn!(link = %cfg.link_name, address = %cfg.listen.ip(), "the proxy's link or address was removed");
+    warn!(link = %cfg.link_name, address = %cfg.listen.ip(), "the proxy's link or address was removed or taken down");
     match link::ensure_own_link(handle, &cfg.link_name, *cfg.listen.ip()).await {
         Ok((index, kind)) => info!(link = %cfg.link_name, index, kind, "own link restored"),
         Err(e) => {
             warn!(error = %proxy::error_chain(&e), "failed to restore the own link; containers stay refused")
+        }
+    }
+}
+
+/// Lifts the soft open-files limit to the hard one: a shell's default of 1024 would cap
+/// the proxy far below its own connection limits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(error = %e, soft, hard, "could not raise the open-files limit");
+            }
         }
     }
 }

@@ -397,7 +397,10 @@ fn parse_bool(r: &Raw) -> Result<bool, String> {
         Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
         Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => {
             match s.trim().to_ascii_lowercase().as_str() {
-                "" | "true" | "1" | "yes" | "on" => Ok(true),
+                // An empty value (`VAR=` in a unit file, an unset compose variable) must not
+                // switch anything on: it is refused rather than guessed.
+                "" => Err("empty value; write true or false".into()),
+                "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
                 _ => Err(format!("{s:?} is not true or false")),
             }

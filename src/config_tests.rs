@@ -199,3 +199,12 @@ fn a_broken_file_is_a_syntax_error_not_a_panic() {
         .to_string()
         .contains("failed to read config file /nonexistent/imds-proxy.toml"));
 }
+
+#[test]
+fn an_empty_variable_does_not_switch_remove_on_exit_on() {
+    let mut r = RawConfig::default();
+    r.set_text("remove_on_exit", "remove-on-exit", Some(String::new()));
+    let e = errors(&r, false);
+    assert_eq!(e[0].key, "remove_on_exit");
+    assert!(e[0].reason.contains("empty value"), "{:?}", e[0]);
+}

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{new_connection, Handle, LinkBridge, LinkDummy, LinkUnspec, MulticastGroup};
 use tokio::sync::mpsc;
@@ -29,8 +29,43 @@ pub enum LinkError {
     },
     #[error("the listen address {addr} is already configured on interface {ifname}; choose another with --listen")]
     AddressTaken { addr: Ipv4Addr, ifname: String },
+    #[error("interface {name} exists but is not the daemon's own link (its alias is not \"{OWN_ALIAS}\"); it is left alone: choose another --link-name")]
+    NotOurs { name: String },
     #[error("not permitted to create network links: run as root (or with CAP_NET_ADMIN)")]
     NotPermitted,
+}
+
+/// The alias the daemon puts on its own link; it adopts or deletes only a link that
+/// carries it, never an interface that merely has the configured name.
+pub const OWN_ALIAS: &str = "imds-proxy";
+
+fn link_alias(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The link called `name`, if any.
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(m) => Ok(m),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(netlink_err("look up link", name)(e)),
+    }
+}
+
+/// The index of our own link called `name`; an interface of that name without our
+/// alias is an error.
+async fn own_link_index(handle: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
+    match find_link(handle, name).await? {
+        None => Ok(None),
+        Some(m) if link_alias(&m) == Some(OWN_ALIAS) => Ok(Some(m.header.index)),
+        Some(_) => Err(LinkError::NotOurs {
+            name: name.to_owned(),
+        }),
+    }
 }
 
 /// An rtnetlink connection whose driver runs on the current tokio runtime.
@@ -72,13 +107,7 @@ fn link_name(m: &LinkMessage) -> Option<&str> {
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(m)) => Ok(Some(m.header.index)),
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(netlink_err("look up link", name)(e)),
-    }
+    Ok(find_link(handle, name).await?.map(|m| m.header.index))
 }
 
 /// All interfaces of this network namespace: index to name.
@@ -104,7 +133,7 @@ pub async fn ensure_own_link(
     name: &str,
     addr: Ipv4Addr,
 ) -> Result<(u32, &'static str), LinkError> {
-    let existing = link_index(handle, name).await?;
+    let existing = own_link_index(handle, name).await?;
     // Check before creating anything, so a refusal leaves the host as it was.
     if let Some((holder, ifname)) = address_holder(handle, addr).await? {
         if Some(holder) != existing {
@@ -144,7 +173,12 @@ pub async fn ensure_own_link(
     };
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .up()
+                .alias(OWN_ALIAS)
+                .build(),
+        )
         .execute()
         .await
         .map_err(netlink_err("bring up link", name))?;
@@ -187,9 +221,22 @@ async fn address_holder(
     Ok(None)
 }
 
+/// Whether the daemon's link exists, is up and holds `addr`.
+pub async fn own_link_ok(handle: &Handle, name: &str, addr: Ipv4Addr) -> Result<bool, LinkError> {
+    let Some(link) = find_link(handle, name).await? else {
+        return Ok(false);
+    };
+    if !link.header.flags.contains(LinkFlags::Up) || link_alias(&link) != Some(OWN_ALIAS) {
+        return Ok(false);
+    }
+    Ok(address_holder(handle, addr)
+        .await?
+        .is_some_and(|(i, _)| i == link.header.index))
+}
+
 /// Deletes the daemon's link; returns whether it existed.
 pub async fn remove_own_link(handle: &Handle, name: &str) -> Result<bool, LinkError> {
-    match link_index(handle, name).await? {
+    match own_link_index(handle, name).await? {
         None => Ok(false),
         Some(i) => {
             handle
@@ -208,6 +255,8 @@ pub async fn remove_own_link(handle: &Handle, name: &str) -> Result<bool, LinkEr
 pub enum LinkEvent {
     Up(String),
     Gone(String),
+    /// A link is administratively down.
+    Down(String),
     /// An IPv4 address was removed from some link.
     AddressGone(Ipv4Addr),
     /// The kernel dropped notifications: the receiver should re-list links.
@@ -235,7 +284,12 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
                             out.push(LinkEvent::Gone(old));
                         }
                     }
-                    out.push(LinkEvent::Up(name));
+                    let up = m.header.flags.contains(LinkFlags::Up);
+                    out.push(if up {
+                        LinkEvent::Up(name)
+                    } else {
+                        LinkEvent::Down(name)
+                    });
                     out
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {

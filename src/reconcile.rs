@@ -83,7 +83,9 @@ impl Reconciler {
         let mut restore: Option<String> = None;
         for ev in events {
             match ev {
-                Event::Link(LinkEvent::Up(name)) => {
+                // The set holds the bridges that exist, up or down: membership follows
+                // the name, and a down bridge carries no traffic anyway.
+                Event::Link(LinkEvent::Up(name) | LinkEvent::Down(name)) => {
                     if self.snapshot.patterns.iter().any(|p| p.matches(&name))
                         && self.snapshot.bridges.insert(name.clone())
                     {
@@ -114,12 +116,19 @@ impl Reconciler {
                     );
                     restore.get_or_insert_with(|| change.what.to_owned());
                 }
-                Event::Verify => {
-                    if !self.exists().await? {
+                Event::Verify => match self.exists().await {
+                    Ok(true) => {}
+                    Ok(false) => {
                         warn!("nftables table is missing");
                         restore.get_or_insert_with(|| "table missing".to_owned());
                     }
-                }
+                    // Could not look: putting the table back is the safe answer, and the
+                    // other events of this batch still count.
+                    Err(e) => {
+                        warn!(error = %crate::proxy::error_chain(&e), "failed to verify the nftables table");
+                        restore.get_or_insert_with(|| "verification failed".to_owned());
+                    }
+                },
                 Event::SetMode(m) => self.snapshot.mode = m,
             }
         }

@@ -11,10 +11,13 @@
 //! 169.254.169.254 anywhere new.
 //!
 //! Environment:
-//! - IMDS_PROXY_REQUIRE_ROOT_TESTS=1: no root or no Docker engine fails instead of skipping.
+//! - IMDS_PROXY_REQUIRE_ROOT_TESTS=1: no root, no Docker engine or no dockerd the test
+//!   may restart fails instead of skipping.
+//! - IMDS_PROXY_SKIP_FILE: every skip is also appended there (see `common::skipped`).
 //! - IMDS_PROXY_TEST_DOCKERD_PIDFILE / IMDS_PROXY_TEST_DOCKERD_LOG: the dockerd the test
 //!   may restart (started as `dockerd --pidfile <pidfile>`); without them the test
-//!   restarts the dockerd of /var/run/docker.pid only if it can do so faithfully.
+//!   restarts an active systemd docker.service with `systemctl restart docker`, else the
+//!   dockerd of /var/run/docker.pid only if it can do so faithfully.
 
 mod common;
 
@@ -191,9 +194,9 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
     scene.ask(DEFAULT_NET, "/latest/meta-data/after-kill", &imds, &root_ip);
 
     match restart_dockerd() {
-        Some(took) => {
+        Ok((took, how)) => {
             measure(
-                "docker: dockerd restart, SIGTERM to `docker version` answering (ms)",
+                &format!("docker: dockerd restart, {how} to `docker version` answering (ms)"),
                 took.as_millis(),
             );
             let (ok, out, err) = try_cmd(&["docker", "network", "inspect", "-f", "{{.Id}}", &net]);
@@ -202,8 +205,14 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
                 "network {net} after the restart: {out} {err}"
             );
         }
-        None => {
-            eprintln!("SKIPPED dockerd restart part of {NAME}: no dockerd this test may restart")
+        Err(why) => {
+            if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
+                panic!("{NAME}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but the dockerd restart part cannot run: {why}");
+            }
+            skipped(
+                &format!("dockerd restart part of {NAME}"),
+                &format!("no dockerd this test may restart ({why})"),
+            );
         }
     }
     assert!(
@@ -495,7 +504,7 @@ fn docker_or_skip(test: &str) -> bool {
     if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
         panic!("{test}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but no Docker engine answers `docker version`");
     }
-    eprintln!("SKIPPED {test}: no Docker engine answers `docker version`");
+    skipped(test, "no Docker engine answers `docker version`");
     false
 }
 
@@ -567,10 +576,12 @@ fn comm(pid: i32) -> String {
         .to_owned()
 }
 
-/// Stops dockerd with SIGTERM and starts it again, detached, with the same pidfile;
-/// returns how long until `docker version` answered again, or None if there is no dockerd
-/// this test may restart.
-fn restart_dockerd() -> Option<Duration> {
+/// Restarts dockerd; returns how long until `docker version` answered again and how it was
+/// restarted, or why there is no dockerd this test may restart. In order of preference:
+/// the dockerd of $IMDS_PROXY_TEST_DOCKERD_PIDFILE (SIGTERM, then started again, detached,
+/// with the same pidfile); an active systemd docker.service (`systemctl restart docker`);
+/// the dockerd of /var/run/docker.pid if no service manager owns it (like the first).
+fn restart_dockerd() -> Result<(Duration, &'static str), String> {
     let (pidfile, log, args) = match std::env::var("IMDS_PROXY_TEST_DOCKERD_PIDFILE") {
         Ok(pidfile) => {
             let log = std::env::var("IMDS_PROXY_TEST_DOCKERD_LOG")
@@ -579,14 +590,20 @@ fn restart_dockerd() -> Option<Duration> {
             (pidfile, log, args)
         }
         Err(_) => {
+            // A fresh systemd machine: installing docker.io started docker.service.
+            if std::path::Path::new("/run/systemd/system").exists()
+                && quiet(&["systemctl", "is-active", "--quiet", "docker"])
+            {
+                return Ok((restart_docker_service(), "`systemctl restart docker`"));
+            }
             let pidfile = "/var/run/docker.pid".to_owned();
             let Some(pid) = read_pid(&pidfile) else {
-                eprintln!("no readable {pidfile}");
-                return None;
+                return Err(format!(
+                    "no IMDS_PROXY_TEST_DOCKERD_PIDFILE, no active systemd docker.service, no readable {pidfile}"
+                ));
             };
             if comm(pid) != "dockerd" {
-                eprintln!("{pidfile} names pid {pid}, which is not dockerd");
-                return None;
+                return Err(format!("{pidfile} names pid {pid}, which is not dockerd"));
             }
             // Restart it with the arguments it was started with, unless a service manager
             // owns it (socket activation, a systemd unit would restart it on its own).
@@ -599,8 +616,9 @@ fn restart_dockerd() -> Option<Duration> {
                 .collect();
             let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             if args.iter().any(|a| a.contains("fd://")) || cgroup.contains(".service") {
-                eprintln!("dockerd {pid} is managed by a service manager ({args:?})");
-                return None;
+                return Err(format!(
+                    "dockerd {pid} is managed by a service manager other than an active systemd docker.service ({args:?})"
+                ));
             }
             (pidfile, "/tmp/imds-proxy-test-dockerd.log".to_owned(), args)
         }
@@ -651,7 +669,41 @@ fn restart_dockerd() -> Option<Duration> {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    Some(start.elapsed())
+    Ok((start.elapsed(), "SIGTERM"))
+}
+
+/// `systemctl restart docker`, then polls `docker version` for up to 30 s; returns the
+/// time from the restart command to the engine answering.
+fn restart_docker_service() -> Duration {
+    let main_pid = || {
+        cmd(&[
+            "systemctl",
+            "show",
+            "--property=MainPID",
+            "--value",
+            "docker",
+        ])
+        .trim()
+        .to_owned()
+    };
+    let before = main_pid();
+    let start = Instant::now();
+    cmd(&["systemctl", "restart", "docker"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !docker_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "docker.service did not answer `docker version` within 30 s of `systemctl restart docker`"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    let after = main_pid();
+    assert_ne!(
+        before, after,
+        "docker.service kept its main pid across `systemctl restart docker`"
+    );
+    took
 }
 
 fn read_pid(path: &str) -> Option<i32> {

@@ -51,6 +51,24 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
     // The proxy knew who asked: the container's own address survives DNAT.
     d.wait_for("client.addr=10.88.0.2", QUICK);
 
+    // Tokens and query strings never reach the log.
+    let (r, _) = http(
+        &tb.container,
+        IMDS,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/role?sig=QUERYSECRET",
+        &[
+            ("X-aws-ec2-metadata-token", "HEADERSECRET"),
+            ("Authorization", "Bearer AUTHSECRET"),
+        ],
+    );
+    assert_eq!(r.unwrap().status, 200);
+    d.wait_for("security-credentials/role", QUICK);
+    let log = d.log().join("\n");
+    for secret in ["QUERYSECRET", "HEADERSECRET", "AUTHSECRET"] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+
     // The host keeps its direct path: its request does not pass through the proxy.
     let forwarded_before = d.log_count("forwarded");
     let before = tb.imds.count();
@@ -321,19 +339,33 @@ fn a_connection_opened_before_start_up_is_cut() {
         return;
     }
     let tb = Testbed::new();
-    // Docker's own rules use conntrack, so on a Docker host flows are tracked before
-    // the daemon starts; a fresh namespace tracks nothing until some rule needs it.
-    tb.host.nft("table ip dockerlike { chain forward { type filter hook forward priority 0; ct state established,related accept; }; }");
-    // A keep-alive connection straight to the metadata service, before the daemon.
+    // Docker's own rules use conntrack and NAT, so on a Docker host flows are tracked
+    // and NAT bindings applied before the daemon starts; a fresh namespace does
+    // neither until some rule needs it.
+    tb.host.nft("table ip dockerlike { chain forward { type filter hook forward priority 0; ct state established,related accept; }; chain post { type nat hook postrouting priority 100; }; }");
+    // An older tool's rule sent metadata traffic to its own server (kiam #284): NAT is
+    // bound on a flow's first packet, so its connections outlive the rule, and this
+    // daemon's filter rules never see 169.254.169.254 on them.
+    let old_server = FakeImds::start(&tb.cloud, &["10.99.0.2:8081"]);
+    tb.host.nft("table ip legacy { chain pre { type nat hook prerouting priority -150; iifname \"br0\" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.99.0.2:8081; }; }");
     let mut conn = tb
         .container
         .run(|| TcpStream::connect("169.254.169.254:80").unwrap());
     conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    conn.write_all(b"GET /first HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = conn.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut ask = |path: &str| -> std::io::Result<String> {
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n").as_bytes())?;
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert!(ask("/first").unwrap().starts_with("HTTP/1.1 200"));
+    assert_eq!(old_server.count(), 1);
+    tb.host.nft("delete table ip legacy");
+    assert!(
+        ask("/still-old").unwrap().starts_with("HTTP/1.1 200"),
+        "the flow outlives the rule"
+    );
+    assert_eq!(old_server.count(), 2);
     let conntrack = |ns: &Netns| {
         ns.try_exec(&["conntrack", "-L", "-s", "10.88.0.2", "-d", IMDS])
             .1
@@ -350,20 +382,19 @@ fn a_connection_opened_before_start_up_is_cut() {
         "stale conntrack entry survived start-up"
     );
 
-    // The next request on the old connection never reaches the service.
-    let before = tb.imds.count();
-    let _ = conn.write_all(b"GET /second HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n");
-    let r = conn.read(&mut buf);
+    // The next request on the old connection reaches neither the old server nor the
+    // metadata service.
+    let r = ask("/after-start-up");
     assert!(
-        matches!(r, Ok(0) | Err(_)),
-        "old connection still answered: {:?}",
-        r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        matches!(&r, Ok(s) if s.is_empty()) || r.is_err(),
+        "old connection still answered: {r:?}"
     );
     assert_eq!(
-        tb.imds.count(),
-        before,
+        old_server.count(),
+        2,
         "the old connection bypassed interception"
     );
+    assert_eq!(tb.imds.count(), 0);
 }
 
 #[test]
@@ -476,8 +507,20 @@ fn clear_errors_for_a_taken_address_and_a_non_root_user() {
     d.wait_for("already configured on interface br0", QUICK);
     tb.host.ip(&format!("addr del {PROXY_ADDR}/32 dev br0"));
 
-    // Another program on the proxy's address and port.
+    // An interface that merely has the daemon's link name is not adopted (or deleted).
     tb.host.ip("link add imdsproxy0 type bridge");
+    let d = tb.daemon_unready(&[]);
+    assert!(!d.wait(Duration::from_secs(10)).success());
+    d.wait_for("is not the daemon's own link", QUICK);
+    let (ok, _, err) = tb.host.try_exec(&[BIN, "uninstall"]);
+    assert!(!ok && err.contains("is not the daemon's own link"), "{err}");
+    assert!(
+        tb.host.ip("-br link").contains("imdsproxy0"),
+        "uninstall deleted a foreign interface"
+    );
+
+    // Another program on the proxy's address and port (on the daemon's own link).
+    tb.host.ip("link set imdsproxy0 alias imds-proxy");
     tb.host
         .ip(&format!("addr add {PROXY_ADDR}/32 dev imdsproxy0"));
     tb.host.ip("link set imdsproxy0 up");

@@ -79,6 +79,10 @@ fn serve(c: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         } else if path == "/hop" {
             b"HTTP/1.1 404 Not Found\r\nServer: EC2ws\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 9\r\n\r\nnot found"
                 .to_vec()
+        } else if path == "/smuggle" {
+            // Chunked framing plus a Content-Length that covers only part of the body.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n14\r\nhello-HTTP/1.1 200 X\r\n0\r\n\r\n"
+                .to_vec()
         } else if path == "/truncated" {
             let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part");
             return;
@@ -364,4 +368,78 @@ async fn shutdown_finishes_in_flight_requests_and_accepts_no_new_ones() {
         TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_upstream_framing_cannot_desync_the_container_connection() {
+    let (up, _) = upstream();
+    let p = start(up, 2000).await;
+    let a = raw(p.addr, get("/smuggle")).await.0.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.body, "hello-HTTP/1.1 200 X",
+        "the whole decoded body, framed by its real length"
+    );
+    assert_eq!(
+        a.headers.get("content-length").map(String::as_str),
+        Some("20")
+    );
+    assert!(!a.headers.contains_key("transfer-encoding"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_cannot_take_every_connection() {
+    let (up, _) = upstream();
+    let p = start(up, 2000).await;
+    let addr = p.addr;
+    // One client holds its whole allowance with heads it never finishes...
+    let mut held = Vec::new();
+    for _ in 0..proxy::MAX_CONNECTIONS_PER_CLIENT {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...its next connection is closed at once...
+    let (r, took) = raw(addr, get("/one-too-many")).await;
+    assert!(r.is_err(), "over-limit connection was served: {r:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // ...while another container (another source address) is still served.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = other.connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&get("/other-client")).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert_eq!(common::parse_answer(&buf).unwrap().status, 200);
+    // Releasing connections gives the first client its place back.
+    held.clear();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(raw(addr, get("/again")).await.0.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_slow_to_send_its_body_gets_408_not_a_blamed_upstream() {
+    let (up, seen) = upstream();
+    let p = start(up, 400).await;
+    let addr = p.addr;
+    let (a, took) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        (common::parse_answer(&buf), t.elapsed())
+    })
+    .await
+    .unwrap();
+    let a = a.unwrap();
+    assert_eq!(
+        (a.status, json_error(&a).as_str()),
+        (408, "request_timeout")
+    );
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -54,7 +54,22 @@ fn tuple_addrs(t: Attr<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
 
 /// Deletes stale container flows; returns how many entries were deleted.
 pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<usize> {
+    // A dump the kernel marks as interrupted (the table changed under it) may have
+    // missed entries: go again, a few times at most.
+    let mut total = 0;
+    for _ in 0..3 {
+        let (cut, interrupted) = cut_once(proxy, local)?;
+        total += cut;
+        if !interrupted {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+fn cut_once(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<(usize, bool)> {
     let sock = nfnl::socket()?;
+    let mut interrupted = false;
     let dump = nfnl::request(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         nfnl::NLM_F_REQUEST | nfnl::NLM_F_DUMP,
@@ -69,6 +84,7 @@ pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result
     'dump: loop {
         let n = sock.recv(&mut &mut buf[..], 0)?;
         for m in nfnl::messages(&buf[..n]) {
+            interrupted |= m.flags & nfnl::NLM_F_DUMP_INTR != 0;
             match m.ty {
                 nfnl::NLMSG_DONE => break 'dump,
                 nfnl::NLMSG_ERROR => match m.error_code() {
@@ -130,7 +146,7 @@ pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result
             }
         }
     }
-    Ok(deleted)
+    Ok((deleted, interrupted))
 }
 
 /// IPv4 addresses configured on this host (in the current network namespace).

@@ -12,6 +12,7 @@ pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// One netlink message borrowed from a receive buffer.

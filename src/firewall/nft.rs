@@ -53,6 +53,20 @@ impl NetlinkFirewall {
                         return;
                     }
                 };
+                // A kernel that never answers must not hang the daemon: every receive
+                // gives up after a few seconds with an error instead.
+                let timeout = nix::sys::time::TimeVal::new(5, 0);
+                if let Err(e) = nix::sys::socket::setsockopt(
+                    &unsafe_fd(&socket),
+                    nix::sys::socket::sockopt::ReceiveTimeout,
+                    &timeout,
+                ) {
+                    let _ = ready_tx.send(Err(FirewallError::from_io(
+                        "set a receive timeout",
+                        e.into(),
+                    )));
+                    return;
+                }
                 let _ = ready_tx.send(Ok(socket.portid()));
                 for req in rx {
                     match req {
@@ -355,7 +369,8 @@ fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
     }
 }
 
-/// Names of all nftables tables (any family).
+/// Names of the `ip` family nftables tables (a table of another family with the same
+/// name is someone else's and must not count as ours).
 fn table_names(socket: &mnl::Socket) -> Result<HashSet<CString>, FirewallError> {
     let seq = 0;
     let get = nftnl::table::get_tables_nlmsg(seq);
@@ -366,17 +381,37 @@ fn table_names(socket: &mnl::Socket) -> Result<HashSet<CString>, FirewallError> 
     let mut tables = HashSet::new();
     loop {
         let n = socket.recv_raw(&mut buffer).map_err(err)?;
-        match mnl::cb_run2(
-            &buffer[..n],
-            seq,
-            portid,
-            nftnl::table::get_tables_cb,
-            &mut tables,
-        )
-        .map_err(err)?
-        {
+        match mnl::cb_run2(&buffer[..n], seq, portid, ipv4_table_cb, &mut tables).map_err(err)? {
             mnl::CbResult::Stop => return Ok(tables),
             mnl::CbResult::Ok => continue,
         }
     }
+}
+
+/// Collects the name of each `ip` family table in a table dump.
+fn ipv4_table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<CString>) -> nlibc::c_int {
+    // SAFETY: `header` is a complete netlink message handed over by mnl_cb_run; the
+    // table object is allocated, filled by libnftnl from that message, read, and freed
+    // here; the name is copied before the free.
+    unsafe {
+        let t = sys::nftnl_table_alloc();
+        if t.is_null() {
+            return -1;
+        }
+        let parsed = sys::nftnl_table_nlmsg_parse(header, t);
+        if parsed >= 0
+            && sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16)
+                == nlibc::NFPROTO_IPV4 as u32
+        {
+            let name = sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16);
+            if !name.is_null() {
+                tables.insert(std::ffi::CStr::from_ptr(name).to_owned());
+            }
+        }
+        sys::nftnl_table_free(t);
+        if parsed < 0 {
+            return parsed;
+        }
+    }
+    1 // MNL_CB_OK
 }

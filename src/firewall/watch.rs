@@ -65,10 +65,7 @@ pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignCha
 /// `what = "notifications lost"` if the kernel dropped some (the owner should then
 /// re-check everything).
 pub fn spawn(own_portid: u32, report: impl Fn(ForeignChange) + Send + 'static) -> io::Result<()> {
-    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.add_membership(NFNLGRP_NFTABLES)?;
-    let _ = sock.set_rx_buf_sz(1 << 20);
+    let mut sock = subscribe()?;
     thread::Builder::new().name("nft-watch".into()).spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -85,13 +82,30 @@ pub fn spawn(own_portid: u32, report: impl Fn(ForeignChange) + Send + 'static) -
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::error!(error = %e, "nftables change watcher stopped; periodic verification continues");
-                    return;
+                    // Never run blind: subscribe again, then have the owner re-apply,
+                    // since changes made meanwhile were not seen.
+                    tracing::error!(error = %e, "nftables change watcher failed; resubscribing");
+                    sock = loop {
+                        thread::sleep(std::time::Duration::from_secs(1));
+                        match subscribe() {
+                            Ok(s) => break s,
+                            Err(e) => tracing::error!(error = %e, "nftables change watcher cannot resubscribe"),
+                        }
+                    };
+                    report(ForeignChange { what: "change watcher resubscribed", by_portid: 0 });
                 }
             }
         }
     })?;
     Ok(())
+}
+
+fn subscribe() -> io::Result<netlink_sys::Socket> {
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.add_membership(NFNLGRP_NFTABLES)?;
+    let _ = sock.set_rx_buf_sz(1 << 20);
+    Ok(sock)
 }
 
 #[cfg(test)]

@@ -23,11 +23,15 @@ use tracing::{info, info_span, warn, Instrument};
 /// Largest answer accepted from the upstream (metadata documents are small; user data
 /// is at most a few hundred KiB on every cloud).
 const MAX_UPSTREAM_BODY: usize = 4 << 20;
+/// Open connections from one container at most: one container cannot starve the others.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Open connections in all.
+pub const MAX_CONNECTIONS: usize = 4096;
 /// A client must send its whole request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The caller, as the kernel reports it: the container's own address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
 
 impl std::fmt::Display for ClientAddr {
@@ -59,6 +63,8 @@ pub enum ProxyError {
     UpstreamTooLarge,
     #[error("the request body exceeds {0} bytes")]
     RequestTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    RequestBodyTimeout,
     #[error("the request body could not be read")]
     BadRequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} is not a metadata request; the proxy does not tunnel")]
@@ -76,6 +82,7 @@ impl ProxyError {
             Self::UpstreamTooLarge => (StatusCode::BAD_GATEWAY, "upstream_response_too_large"),
             Self::RequestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
             Self::BadRequestBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body"),
+            Self::RequestBodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
         }
@@ -120,10 +127,11 @@ impl Proxy {
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let deadline = self.settings.request_timeout;
-        let result = match tokio::time::timeout(deadline, self.forward(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
-        };
+        let result =
+            match tokio::time::timeout(deadline, self.forward(req, started + deadline)).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
+            };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(resp) => {
@@ -137,15 +145,27 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ProxyError> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        deadline: Instant,
+    ) -> Result<Response<Full<Bytes>>, ProxyError> {
         let (parts, body) = req.into_parts();
         if parts.method == http::Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method));
         }
-        let body = match Limited::new(body, self.settings.max_body_bytes)
-            .collect()
-            .await
-        {
+        // A client that is slow to send its body is the client's fault, not the
+        // upstream's: it gets its own answer, just before the overall deadline.
+        let read = Limited::new(body, self.settings.max_body_bytes).collect();
+        let margin = Duration::from_millis(5);
+        let body =
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline - margin), read)
+                .await
+            {
+                Err(_) => return Err(ProxyError::RequestBodyTimeout),
+                Ok(r) => r,
+            };
+        let body = match body {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return Err(ProxyError::RequestTooLarge(self.settings.max_body_bytes))
@@ -170,6 +190,10 @@ impl Proxy {
             .body(Full::new(body))
             .map_err(ProxyError::BadTarget)?;
         *out.headers_mut() = headers::end_to_end(&parts.headers);
+        // The body was read whole: hyper derives its length from it, so a framing header
+        // that disagreed with the body can never reach the upstream.
+        out.headers_mut().remove(http::header::CONTENT_LENGTH);
+        let head_request = out.method() == http::Method::HEAD;
 
         let resp = self.client.request(out).await.map_err(|e| {
             if e.is_connect() {
@@ -191,6 +215,12 @@ impl Proxy {
             .body(Full::new(body))
             .expect("status is valid");
         *resp.headers_mut() = headers::end_to_end(&parts.headers);
+        // Likewise for the answer (an upstream sending both Transfer-Encoding and a
+        // wrong Content-Length must not desync the container's connection). A HEAD
+        // answer has no body, and its Content-Length describes the resource: kept.
+        if !head_request {
+            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         Ok(resp)
     }
 }
@@ -229,6 +259,7 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(proxy.settings.max_header_bytes)
         .keep_alive(true);
+    let limits = ConnLimits::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -243,8 +274,14 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let client = ClientAddr(canonical_ip(peer));
+        let Some(permit) = limits.admit(client) else {
+            // Closing at once costs the others nothing; the container sees a reset.
+            warn!(%client, "connection refused: too many open connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let span = info_span!("conn", client.addr = %client);
         let service = service_fn(move |req: Request<Incoming>| {
@@ -256,6 +293,7 @@ pub async fn serve(
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
+                let _permit = permit;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
@@ -277,6 +315,46 @@ pub async fn serve(
             );
             DrainReport {
                 abandoned: open.max(1),
+            }
+        }
+    }
+}
+
+/// Counts open connections, overall and per client.
+#[derive(Default, Clone)]
+struct ConnLimits {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<ClientAddr, usize>>>,
+}
+
+/// One admitted connection; releases its place when dropped.
+struct ConnPermit {
+    limits: ConnLimits,
+    client: ClientAddr,
+}
+
+impl ConnLimits {
+    fn admit(&self, client: ClientAddr) -> Option<ConnPermit> {
+        let mut open = self.open.lock().expect("connection table lock");
+        let total: usize = open.values().sum();
+        let mine = open.get(&client).copied().unwrap_or(0);
+        if mine >= MAX_CONNECTIONS_PER_CLIENT || total >= MAX_CONNECTIONS {
+            return None;
+        }
+        *open.entry(client).or_insert(0) += 1;
+        Some(ConnPermit {
+            limits: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().expect("connection table lock");
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
             }
         }
     }

@@ -28,7 +28,7 @@ pub fn root_or_skip(test: &str) -> bool {
     if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
         panic!("{test}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but this is not root");
     }
-    eprintln!("SKIPPED {test}: needs root");
+    skipped(test, "needs root");
     false
 }
 
@@ -627,5 +627,21 @@ pub fn measure(what: &str, value: impl std::fmt::Display) {
         {
             let _ = writeln!(f, "{line}");
         }
+    }
+}
+
+/// Reports a skipped test (or part of one): printed (libtest shows it only on failure),
+/// and appended to $IMDS_PROXY_SKIP_FILE so the test command can list every skip and fail.
+pub fn skipped(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}\n");
+    eprint!("{line}");
+    if let Ok(path) = std::env::var("IMDS_PROXY_SKIP_FILE") {
+        // One write per line: tests run in parallel and append to the same file.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("{test}: cannot record the skip in {path}: {e}"));
     }
 }
