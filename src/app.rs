@@ -163,9 +163,48 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let _instance = single_instance()?;
     // Signals are caught from the first moment: a SIGTERM during start-up still ends in
     // the closed state rather than killing the process half-way.
-    let mut sigterm = unix_signal(SignalKind::terminate())?;
-    let mut sigint = unix_signal(SignalKind::interrupt())?;
+    let mut signals = Signals::install()?;
     raise_fd_limit();
+    let mut live = start_up(&cfg).await?;
+    info!(
+        listen = %cfg.listen,
+        upstream = %cfg.upstream.as_ref().map(ToString::to_string).unwrap_or_default(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "interception live"
+    );
+    let signal = live.reconcile_until_signal(&cfg, &mut signals).await;
+    live.shut_down(&cfg, signal).await
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, AppError> {
+        let on = |kind| tokio::signal::unix::signal(kind).map_err(AppError::Signals);
+        Ok(Self {
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// What the running daemon holds between start-up and shutdown.
+struct Live {
+    rec: Reconciler,
+    handle: rtnetlink::Handle,
+    link_rx: mpsc::UnboundedReceiver<LinkEvent>,
+    ev_rx: mpsc::UnboundedReceiver<Event>,
+    stop_proxy: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<proxy::DrainReport>,
+}
+
+/// The ordered start-up; any error leaves the table closed (or absent if it never got
+/// that far), never open.
+async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     let upstream = cfg
         .upstream
         .clone()
@@ -174,11 +213,11 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let handle = link::connect()?;
 
     // Subscribe before listing, so a bridge created in between is not missed.
-    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
     link::watch_links(link_tx)?;
     let mut rec = Reconciler::new(
         firewall.clone(),
-        current_snapshot(&cfg, &handle, Mode::Closed).await?,
+        current_snapshot(cfg, &handle, Mode::Closed).await?,
     );
 
     // 1. Closed: replaces any stale table, refuses containers from now on.
@@ -192,8 +231,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     info!(listen = %cfg.listen, "proxy listening");
 
     // 3. Connections that predate the rules must not keep bypassing them.
-    let local: std::collections::HashSet<_> =
-        conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
+    let local = conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
     let cut = conntrack::cut_stale_flows(*cfg.listen.ip(), &local).map_err(AppError::Conntrack)?;
     if cut > 0 {
         info!(
@@ -203,89 +241,100 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     }
 
     // 4. Watch for other people's changes before the table is opened.
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
     if let Some(portid) = firewall.writer_portid() {
-        let tx = ev_tx.clone();
         watch::spawn(portid, move |c| {
-            let _ = tx.send(Event::Drift(c));
+            let _ = ev_tx.send(Event::Drift(c));
         })
         .map_err(AppError::Watch)?;
     }
-
     let proxy = Arc::new(Proxy::new(ProxySettings {
-        upstream: upstream.clone(),
+        upstream,
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
     }));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(proxy::serve(
-        listener,
-        proxy,
-        async {
-            let _ = stop_rx.await;
-        },
-        cfg.drain_timeout,
-    ));
+    let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let server = tokio::spawn(proxy::serve(listener, proxy, stopped, cfg.drain_timeout));
 
     // 5. Open.
     rec.handle(vec![Event::SetMode(Mode::Open)]).await?;
-    info!(
-        listen = %cfg.listen,
-        upstream = %upstream,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "interception live"
-    );
+    Ok(Live {
+        rec,
+        handle,
+        link_rx,
+        ev_rx,
+        stop_proxy,
+        server,
+    })
+}
 
-    let mut verify = tokio::time::interval(VERIFY_EVERY);
-    let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
-    let signal = loop {
-        let first = tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            Some(e) = link_rx.recv() => Event::Link(e),
-            Some(e) = ev_rx.recv() => e,
-            _ = verify.tick() => Event::Verify,
-            _ = relist.tick() => Event::Link(LinkEvent::Resync),
-        };
-        // Take whatever else is already queued: one apply for a burst.
-        let mut batch = vec![first];
-        while let Ok(e) = link_rx.try_recv() {
-            batch.push(Event::Link(e));
+impl Live {
+    /// Feeds link, drift and timer events to the reconciler until a signal arrives.
+    async fn reconcile_until_signal(
+        &mut self,
+        cfg: &Config,
+        signals: &mut Signals,
+    ) -> &'static str {
+        let mut verify = tokio::time::interval(VERIFY_EVERY);
+        let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
+        loop {
+            let first = tokio::select! {
+                _ = signals.term.recv() => return "SIGTERM",
+                _ = signals.int.recv() => return "SIGINT",
+                Some(e) = self.link_rx.recv() => Event::Link(e),
+                Some(e) = self.ev_rx.recv() => e,
+                _ = verify.tick() => Event::Verify,
+                _ = relist.tick() => Event::Link(LinkEvent::Resync),
+            };
+            // Take whatever else is already queued: one apply for a burst.
+            let mut batch = vec![first];
+            while let Ok(e) = self.link_rx.try_recv() {
+                batch.push(Event::Link(e));
+            }
+            while let Ok(e) = self.ev_rx.try_recv() {
+                batch.push(e);
+            }
+            let resync = batch
+                .iter()
+                .any(|e| matches!(e, Event::Link(LinkEvent::Resync)));
+            if resync {
+                batch.extend(links_event(&self.handle).await);
+            }
+            guard_own_link(&self.handle, cfg, &batch, resync).await;
+            if let Err(e) = self.rec.handle(batch).await {
+                warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
+            }
         }
-        while let Ok(e) = ev_rx.try_recv() {
-            batch.push(e);
-        }
-        let resync = batch
-            .iter()
-            .any(|e| matches!(e, Event::Link(LinkEvent::Resync)));
-        if resync {
-            batch.extend(links_event(&handle).await);
-        }
-        guard_own_link(&handle, &cfg, &batch, resync).await;
-        if let Err(e) = rec.handle(batch).await {
-            warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
-        }
-    };
+    }
 
-    info!(
-        signal,
-        "shutting down: refusing new container connections, draining in-flight requests"
-    );
-    if let Err(e) = rec.handle(vec![Event::SetMode(Mode::Closed)]).await {
-        warn!(error = %proxy::error_chain(&e), "failed to close the interception");
+    /// Closed first (new container connections are refused), then the drain, then
+    /// (only with --remove-on-exit) the table and link go.
+    async fn shut_down(mut self, cfg: &Config, signal: &str) -> Result<(), AppError> {
+        info!(
+            signal,
+            "shutting down: refusing new container connections, draining in-flight requests"
+        );
+        if let Err(e) = self.rec.handle(vec![Event::SetMode(Mode::Closed)]).await {
+            warn!(error = %proxy::error_chain(&e), "failed to close the interception");
+        }
+        let _ = self.stop_proxy.send(());
+        let report = self.server.await.unwrap_or_else(|e| {
+            warn!(error = %e, "the proxy task failed");
+            proxy::DrainReport { abandoned: 0 }
+        });
+        if cfg.remove_on_exit {
+            return remove_interception(cfg).await;
+        }
+        info!(
+            abandoned = report.abandoned,
+            "stopped; containers stay refused until the daemon runs again or `imds-proxy uninstall`"
+        );
+        Ok(())
     }
-    let _ = stop_tx.send(());
-    let report = server.await.unwrap_or_else(|e| {
-        warn!(error = %e, "the proxy task failed");
-        proxy::DrainReport { abandoned: 0 }
-    });
-    if cfg.remove_on_exit {
-        remove_interception(&cfg).await?;
-    } else {
-        info!(abandoned = report.abandoned, "stopped; containers stay refused until the daemon runs again or `imds-proxy uninstall`");
-    }
-    Ok(())
 }
 
 /// Puts the daemon's link and address back if someone removed them or took the link
@@ -326,10 +375,6 @@ fn raise_fd_limit() {
             }
         }
     }
-}
-
-fn unix_signal(kind: SignalKind) -> Result<tokio::signal::unix::Signal, AppError> {
-    tokio::signal::unix::signal(kind).map_err(AppError::Signals)
 }
 
 async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {

@@ -165,19 +165,7 @@ fn sigterm_drains_in_flight_requests_then_leaves_containers_refused() {
     let tb = Testbed::new();
     let d = tb.daemon(&[]);
     // A request in flight when SIGTERM arrives completes.
-    let ctr = Netns {
-        name: tb.container.name.clone(),
-    };
-    let slow = std::thread::spawn(move || {
-        let r = http(&ctr, IMDS, "GET", "/slow/1500", &[]);
-        std::mem::forget(ctr); // the test bed owns and removes the namespace
-        r
-    });
-    until(
-        Duration::from_secs(5),
-        "the slow request to reach upstream",
-        || tb.imds.count() > 0,
-    );
+    let slow = tb.in_flight(1500);
     d.signal(Signal::SIGTERM);
     let status = d.wait(Duration::from_secs(10));
     assert!(status.success(), "daemon exit: {status:?}");
@@ -405,19 +393,7 @@ fn a_bridge_created_after_start_is_intercepted() {
     let tb = Testbed::new();
     let d = tb.daemon(&[]);
     // A request in flight while the table is rewritten for the new bridge completes.
-    let ctr = Netns {
-        name: tb.container.name.clone(),
-    };
-    let slow = std::thread::spawn(move || {
-        let r = http(&ctr, IMDS, "GET", "/slow/800", &[]);
-        std::mem::forget(ctr); // the test bed owns and removes the namespace
-        r
-    });
-    until(
-        Duration::from_secs(5),
-        "the slow request to reach upstream",
-        || tb.imds.count() > 0,
-    );
+    let slow = tb.in_flight(800);
     tb.host.ip("link add br-late01 type bridge");
     tb.host.ip("addr add 10.89.0.1/24 dev br-late01");
     tb.host.ip("link set br-late01 up");

@@ -65,6 +65,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A named network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
+    /// Whether dropping this value deletes the namespace.
+    owned: bool,
 }
 
 impl Netns {
@@ -75,9 +77,17 @@ impl Netns {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         cmd(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip("link set lo up");
         ns
+    }
+
+    /// Another handle on the same namespace, for a thread; dropping it deletes nothing.
+    pub fn alias(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// `ip netns exec <ns> <args...>`, panicking on failure.
@@ -149,6 +159,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Kill anything still running inside (the daemon, if a test panicked).
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])
@@ -422,6 +435,23 @@ impl Testbed {
         let d = self.daemon_unready(extra);
         d.wait_for("interception live", Duration::from_secs(10));
         d
+    }
+
+    /// Starts a container request that the fake service answers after `ms`, and
+    /// returns once the service has received it: a request in flight.
+    pub fn in_flight(
+        &self,
+        ms: u64,
+    ) -> thread::JoinHandle<(Result<Answer, std::io::Error>, Duration)> {
+        let before = self.imds.count();
+        let ctr = self.container.alias();
+        let h = thread::spawn(move || http(&ctr, IMDS, "GET", &format!("/slow/{ms}"), &[]));
+        until(
+            Duration::from_secs(5),
+            "the slow request to reach upstream",
+            || self.imds.count() > before,
+        );
+        h
     }
 
     pub fn daemon_unready(&self, extra: &[&str]) -> Daemon {
