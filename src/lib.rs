@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod firewall;
 pub mod link;
+pub mod policy;
 pub mod proxy;
 pub mod reconcile;

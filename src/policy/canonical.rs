@@ -1,0 +1,227 @@
+//! One canonical form of a request path, decided before any policy runs and forwarded
+//! upstream as is, so the policy and the metadata service can never read a path two
+//! ways.
+//!
+//! Past bypasses this closes: a backslash path that a filter passed and the service
+//! normalised to the token endpoint (CVE-2022-23551, aad-pod-identity), and percent-,
+//! dot- or slash-tricks of the same kind. The rules:
+//! - percent-escapes are decoded once (invalid escapes are refused); `\` (also `%5C`)
+//!   is a separator; repeated separators collapse; `.` and `..` segments are resolved
+//!   and can never climb above the root;
+//! - control characters, and segments with trailing spaces or dots (which some
+//!   servers strip), are refused;
+//! - the result is re-encoded so that the upstream's single decode yields exactly the
+//!   segments the policy saw; a trailing `/` (a directory listing) is kept.
+//!
+//! Case is kept (AWS role names are case-sensitive); policies compare without case
+//! (Azure paths are not).
+
+use std::fmt;
+
+/// Why a path has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("the path must start with /")]
+    NotAbsolute,
+    #[error("invalid percent-escape at byte {0}")]
+    BadEscape(usize),
+    #[error("control character in the path")]
+    ControlCharacter,
+    #[error("path segment {0:?} ends with a space or dot")]
+    TrailingJunk(String),
+    #[error("the path is not valid UTF-8 once decoded")]
+    NotUtf8,
+}
+
+/// A request path in canonical form, with the raw query beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    segments: Vec<String>,
+    directory: bool,
+}
+
+impl CanonicalPath {
+    /// Parses the path part of a request target (no query).
+    pub fn parse(raw: &str) -> Result<Self, CanonicalError> {
+        if !raw.starts_with('/')
+            && !raw.starts_with('\\')
+            && !raw.starts_with("%5C")
+            && !raw.starts_with("%5c")
+        {
+            return Err(CanonicalError::NotAbsolute);
+        }
+        let decoded = percent_decode(raw)?;
+        if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+            return Err(CanonicalError::ControlCharacter);
+        }
+        let decoded = String::from_utf8(decoded).map_err(|_| CanonicalError::NotUtf8)?;
+        let unified = decoded.replace('\\', "/");
+        let mut segments: Vec<String> = Vec::new();
+        for seg in unified.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s if s.ends_with(' ') || s.ends_with('.') => {
+                    return Err(CanonicalError::TrailingJunk(s.to_owned()))
+                }
+                s => segments.push(s.to_owned()),
+            }
+        }
+        // `/a/b/` and `/a/b/.` name the directory; `/a/b/..` names `/a/`.
+        let last = unified.rsplit('/').next().unwrap_or("");
+        let directory = segments.is_empty() || matches!(last, "" | "." | "..");
+        Ok(Self {
+            segments,
+            directory,
+        })
+    }
+
+    /// The segments, decoded.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// Whether the path ends with `/` (a directory listing).
+    pub fn is_directory(&self) -> bool {
+        self.directory
+    }
+
+    /// Lower-case segments, for matching.
+    pub fn lower(&self) -> Vec<String> {
+        self.segments.iter().map(|s| s.to_lowercase()).collect()
+    }
+}
+
+/// The canonical path, encoded for the request line.
+impl fmt::Display for CanonicalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.segments {
+            f.write_str("/")?;
+            for b in s.bytes() {
+                if is_pchar(b) {
+                    write!(f, "{}", b as char)?;
+                } else {
+                    write!(f, "%{b:02X}")?;
+                }
+            }
+        }
+        if self.directory {
+            f.write_str("/")?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes that stand for themselves in a path segment (RFC 3986 pchar, minus `%`).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+fn percent_decode(raw: &str) -> Result<Vec<u8>, CanonicalError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(CanonicalError::BadEscape(i))?;
+            let hex = std::str::from_utf8(hex).map_err(|_| CanonicalError::BadEscape(i))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| CanonicalError::BadEscape(i))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str) -> String {
+        CanonicalPath::parse(raw)
+            .unwrap_or_else(|e| panic!("{raw}: {e}"))
+            .to_string()
+    }
+
+    #[test]
+    fn tricks_that_reach_the_token_endpoint_all_read_as_the_token_endpoint() {
+        let token = "/metadata/identity/oauth2/token";
+        for raw in [
+            "/metadata/identity/oauth2/token",
+            "/metadata/identity\\oauth2\\token", // CVE-2022-23551
+            "/metadata/identity%5Coauth2%5ctoken",
+            "/metadata/identity%2Foauth2%2ftoken",
+            "//metadata///identity//oauth2/token",
+            "/metadata/./identity/x/../oauth2/token",
+            "/metadata/identity/oauth2/%74oken",
+            "/../../metadata/identity/oauth2/token",
+            "\\metadata\\identity\\oauth2\\token",
+        ] {
+            assert_eq!(canon(raw), token, "{raw}");
+        }
+    }
+
+    #[test]
+    fn directories_keep_their_trailing_slash() {
+        assert_eq!(canon("/latest/meta-data/"), "/latest/meta-data/");
+        assert_eq!(canon("/latest/meta-data"), "/latest/meta-data");
+        assert_eq!(canon("/latest/meta-data/iam/.."), "/latest/meta-data/");
+        assert_eq!(canon("/"), "/");
+        assert_eq!(canon("//"), "/");
+        assert_eq!(canon("/.."), "/");
+    }
+
+    #[test]
+    fn case_is_kept_for_forwarding_and_folded_for_matching() {
+        let p = CanonicalPath::parse("/latest/meta-data/iam/security-credentials/MyRole").unwrap();
+        assert_eq!(
+            p.to_string(),
+            "/latest/meta-data/iam/security-credentials/MyRole"
+        );
+        assert_eq!(p.lower().last().unwrap(), "myrole");
+    }
+
+    #[test]
+    fn the_forwarded_form_decodes_to_what_the_policy_saw() {
+        // A literal `%2F` (sent as %252F) stays one segment, and is sent so that the
+        // upstream's one decode gives the same literal.
+        let p = CanonicalPath::parse("/a/b%252Fc/d%20e").unwrap();
+        assert_eq!(p.segments(), ["a", "b%2Fc", "d e"]);
+        assert_eq!(p.to_string(), "/a/b%252Fc/d%20e");
+        assert_eq!(CanonicalPath::parse(&p.to_string()).unwrap(), p);
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for (raw, why) in [
+            (
+                "/metadata/identity/oauth2/token%00",
+                CanonicalError::ControlCharacter,
+            ),
+            (
+                "/metadata/identity/oauth2/token%0d%0aX: y",
+                CanonicalError::ControlCharacter,
+            ),
+            ("/a/%zz", CanonicalError::BadEscape(3)),
+            ("/a/%4", CanonicalError::BadEscape(3)),
+            (
+                "/metadata/identity/oauth2/token.",
+                CanonicalError::TrailingJunk("token.".into()),
+            ),
+            (
+                "/metadata/identity/oauth2/token%20",
+                CanonicalError::TrailingJunk("token ".into()),
+            ),
+            ("/a/%ff%fe", CanonicalError::NotUtf8),
+            ("metadata/identity", CanonicalError::NotAbsolute),
+        ] {
+            assert_eq!(CanonicalPath::parse(raw), Err(why), "{raw}");
+        }
+    }
+}
