@@ -443,3 +443,50 @@ async fn a_client_slow_to_send_its_body_gets_408_not_a_blamed_upstream() {
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert!(seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_receives_the_canonical_path_and_hostile_paths_go_nowhere() {
+    let (up, seen) = upstream();
+    let p = start(up, 2000).await;
+    let a = raw(
+        p.addr,
+        get("//metadata/identity\\oauth2/./x/../token?resource=a%2Fb"),
+    )
+    .await
+    .0
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let first_line = seen
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .head
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        first_line,
+        "GET /metadata/identity/oauth2/token?resource=a%2Fb HTTP/1.1"
+    );
+
+    let before = seen.lock().unwrap().len();
+    for hostile in [
+        "/latest/meta-data/iam%00x",
+        "/metadata/identity/oauth2/token.",
+        "/a/%zz",
+    ] {
+        let a = raw(p.addr, get(hostile)).await.0.unwrap();
+        assert_eq!(
+            (a.status, json_error(&a).as_str()),
+            (400, "bad_request_path"),
+            "{hostile}"
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "a hostile path reached the upstream"
+    );
+}

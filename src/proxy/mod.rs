@@ -20,6 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::policy::canonical::{CanonicalError, CanonicalPath};
+
 /// Largest answer accepted from the upstream (metadata documents are small; user data
 /// is at most a few hundred KiB on every cloud).
 const MAX_UPSTREAM_BODY: usize = 4 << 20;
@@ -69,6 +71,8 @@ pub enum ProxyError {
     BadRequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} is not a metadata request; the proxy does not tunnel")]
     MethodNotAllowed(http::Method),
+    #[error("the request path has no canonical form: {0}")]
+    BadPath(#[source] CanonicalError),
     #[error("the request target cannot be forwarded")]
     BadTarget(#[source] http::Error),
 }
@@ -85,6 +89,7 @@ impl ProxyError {
             Self::RequestBodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_request_path"),
         }
     }
 
@@ -172,16 +177,18 @@ impl Proxy {
             }
             Err(e) => return Err(ProxyError::BadRequestBody(e)),
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        // The canonical path is what policy sees and what the upstream receives: the
+        // two can never read the request differently.
+        let canonical = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
+        let path = match parts.uri.query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical.to_string(),
+        };
         let up = &self.settings.upstream;
         let uri = Uri::builder()
             .scheme(up.scheme_str().unwrap_or("http"))
             .authority(up.authority().map(|a| a.as_str()).unwrap_or_default())
-            .path_and_query(path)
+            .path_and_query(path.as_str())
             .build()
             .map_err(ProxyError::BadTarget)?;
         let mut out = Request::builder()
