@@ -253,6 +253,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
+        inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {

@@ -63,6 +63,9 @@ pub struct ConfigArgs {
     /// instead of leaving them refused.
     #[arg(long, env = "IMDS_PROXY_REMOVE_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub remove_on_exit: Option<String>,
+    /// Docker Engine API socket, to name the container behind each request [default: /var/run/docker.sock].
+    #[arg(long, env = "IMDS_PROXY_DOCKER_SOCKET")]
+    pub docker_socket: Option<String>,
 }
 
 impl ConfigArgs {
@@ -101,6 +104,7 @@ impl ConfigArgs {
             "remove-on-exit",
             self.remove_on_exit.clone(),
         );
+        raw.set_text("docker_socket", "docker-socket", self.docker_socket.clone());
         raw.validate(require_upstream)
     }
 }

@@ -15,6 +15,8 @@ use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
+/// Where the Docker Engine API listens by default.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Default name of the daemon's own link.
 pub const DEFAULT_LINK: &str = "imdsproxy0";
 
@@ -52,6 +54,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Remove table and link on exit instead of leaving containers refused.
     pub remove_on_exit: bool,
+    /// The Docker Engine API socket.
+    pub docker_socket: String,
 }
 
 /// Where a raw value came from, for error messages.
@@ -123,6 +127,7 @@ pub const KEYS: &[&str] = &[
     "max_request_body_bytes",
     "max_header_bytes",
     "remove_on_exit",
+    "docker_socket",
 ];
 
 impl RawConfig {
@@ -235,6 +240,11 @@ impl RawConfig {
             16 * 1024
         );
         let remove_on_exit = parse!("remove_on_exit", parse_bool, false);
+        let docker_socket = parse!(
+            "docker_socket",
+            parse_socket_path,
+            DEFAULT_DOCKER_SOCKET.to_owned()
+        );
 
         if let Some(p) = bridges.iter().find(|p| p.matches(&link_name)) {
             let src = field("link_name").map(|(s, _)| s);
@@ -257,11 +267,23 @@ impl RawConfig {
                 max_body_bytes,
                 max_header_bytes,
                 remove_on_exit,
+                docker_socket,
             })
         } else {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+fn parse_socket_path(r: &Raw) -> Result<String, String> {
+    let s = text(r)?;
+    let path = s.strip_prefix("unix://").unwrap_or(&s);
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{s:?}: give an absolute path to the Docker socket (e.g. /var/run/docker.sock)"
+        ));
+    }
+    Ok(path.to_owned())
 }
 
 /// `docker0` and every user-defined Docker bridge network.

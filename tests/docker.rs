@@ -359,6 +359,7 @@ impl Scene {
             .find_map(|l| l.strip_prefix("real"))
             .and_then(parse_busybox_time);
         Run {
+            name: name.clone(),
             network: network.to_owned(),
             code: out.status.code(),
             stdout,
@@ -405,6 +406,8 @@ impl Scene {
         for needle in [
             format!("client.addr={} ", r.addr),
             format!("{FORWARDED}{} status=200", r.addr),
+            // ...and which container that is, from the Docker inventory.
+            format!("container={} ", r.name),
             format!("path={path}"),
         ] {
             assert!(
@@ -439,6 +442,8 @@ impl Drop for Scene {
 /// One container's attempt.
 #[derive(Debug)]
 struct Run {
+    /// The container's name.
+    name: String,
     #[allow(dead_code)] // shown in failure messages
     network: String,
     code: Option<i32>,

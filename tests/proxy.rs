@@ -117,6 +117,7 @@ async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
         request_timeout: Duration::from_millis(timeout_ms),
         max_body_bytes: 1024,
         max_header_bytes: 8192,
+        inventory: None,
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(proxy::serve(

@@ -50,6 +50,8 @@ pub struct ProxySettings {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
+    /// Who is behind an address, when Docker can say.
+    pub inventory: Option<tokio::sync::watch::Receiver<Arc<crate::docker::Inventory>>>,
 }
 
 /// Why a request was answered by the proxy itself instead of the upstream.
@@ -138,16 +140,34 @@ impl Proxy {
                 Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
             };
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let container = self.container_name(client);
         match result {
             Ok(resp) => {
-                info!(%client, status = resp.status().as_u16(), elapsed_ms, "forwarded");
+                info!(%client, status = resp.status().as_u16(), container = %container, elapsed_ms, "forwarded");
                 resp
             }
             Err(e) => {
-                warn!(%client, error = %error_chain(&e), elapsed_ms, "answered by the proxy");
+                warn!(%client, container = %container, error = %error_chain(&e), elapsed_ms, "answered by the proxy");
                 e.into_response()
             }
         }
+    }
+
+    /// `name/short-id` of the container at `client`, or `-` when the inventory does not
+    /// know the address (yet).
+    fn container_name(&self, client: ClientAddr) -> String {
+        let IpAddr::V4(ip) = client.0 else {
+            return "-".into();
+        };
+        self.settings
+            .inventory
+            .as_ref()
+            .and_then(|inv| {
+                inv.borrow()
+                    .lookup(ip)
+                    .map(|e| format!("{}/{}", e.name, e.container.short()))
+            })
+            .unwrap_or_else(|| "-".into())
     }
 
     async fn forward(

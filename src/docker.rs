@@ -1,0 +1,295 @@
+//! Which container is behind an address: an inventory of container endpoints from the
+//! Docker Engine API.
+//!
+//! One task owns the connection. It lists the running containers (one call gives every
+//! endpoint with labels, addresses and MACs), then follows the event stream and lists
+//! again after every container or network event, on every reconnection and every 30 s.
+//! The result is an immutable [`Inventory`] published through a `watch` channel, so
+//! request handlers read it without locks held across awaits. When Docker is
+//! unreachable the last inventory keeps serving and the task retries with backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::Docker;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How often the inventory is re-listed without any event.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Events arriving within this window cause one re-list.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// A Docker container id (64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(pub String);
+
+impl ContainerId {
+    /// The 12-digit form Docker shows.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+/// One container on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub container: ContainerId,
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Docker network name.
+    pub network: String,
+    pub ipv4: Ipv4Addr,
+    pub mac: Option<String>,
+}
+
+/// Every known container endpoint, by IPv4 address. Immutable once published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    by_ip: HashMap<Ipv4Addr, Arc<Endpoint>>,
+}
+
+impl Inventory {
+    /// The endpoint holding `ip`, if any.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<&Arc<Endpoint>> {
+        self.by_ip.get(&ip)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+
+    /// Builds the inventory from Docker's container list. Pure. Containers on the
+    /// host network have no address of their own and are left out; an address listed
+    /// twice (which Docker never does for running containers) is left out entirely
+    /// rather than given to either.
+    pub fn from_summaries(list: &[bollard::models::ContainerSummary]) -> Self {
+        let mut by_ip: HashMap<Ipv4Addr, Arc<Endpoint>> = HashMap::new();
+        let mut clashes = Vec::new();
+        for c in list {
+            let Some(id) = c.id.clone() else { continue };
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| id.chars().take(12).collect());
+            let labels: BTreeMap<String, String> =
+                c.labels.clone().unwrap_or_default().into_iter().collect();
+            let networks = c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref());
+            for (network, ep) in networks.into_iter().flatten() {
+                let Some(ipv4) = ep
+                    .ip_address
+                    .as_deref()
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                else {
+                    continue;
+                };
+                let endpoint = Arc::new(Endpoint {
+                    container: ContainerId(id.clone()),
+                    name: name.clone(),
+                    labels: labels.clone(),
+                    network: network.clone(),
+                    ipv4,
+                    mac: ep.mac_address.clone().filter(|m| !m.is_empty()),
+                });
+                if by_ip.insert(ipv4, endpoint).is_some() {
+                    clashes.push(ipv4);
+                }
+            }
+        }
+        for ip in clashes {
+            by_ip.remove(&ip);
+        }
+        Self { by_ip }
+    }
+}
+
+/// Starts the inventory task for the Docker socket at `socket`.
+pub fn spawn(socket: String) -> watch::Receiver<Arc<Inventory>> {
+    let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
+    tokio::spawn(follow(socket, tx));
+    rx
+}
+
+async fn follow(socket: String, tx: watch::Sender<Arc<Inventory>>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut was_down = false;
+    loop {
+        match session(&socket, &tx, &mut was_down).await {
+            Ok(()) => backoff = BACKOFF_MIN,
+            Err(e) => {
+                if !was_down {
+                    warn!(socket = %socket, error = %e, "Docker is unreachable; keeping the last known containers and retrying");
+                    was_down = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One connection: list, then follow events (re-listing on each) until the stream
+/// ends. Returns an error if Docker cannot be reached.
+async fn session(
+    socket: &str,
+    tx: &watch::Sender<Arc<Inventory>>,
+    was_down: &mut bool,
+) -> Result<(), bollard::errors::Error> {
+    let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)?
+        .negotiate_version()
+        .await?;
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container", "network"])]);
+    // Subscribe first, then list: nothing that happens in between is missed.
+    let mut events = docker.events(Some(
+        EventsOptionsBuilder::default().filters(&filters).build(),
+    ));
+    resync(&docker, tx).await?;
+    if *was_down {
+        info!(
+            containers = tx.borrow().len(),
+            "Docker is back; inventory resynchronised"
+        );
+        *was_down = false;
+    }
+    let mut tick = tokio::time::interval(RESYNC_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(_)) => {
+                    // Let a burst (start = create + connect + start) settle into one list.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    resync(&docker, tx).await?;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(bollard::errors::Error::DockerStreamError { error: "event stream ended".into() }),
+            },
+            _ = tick.tick() => resync(&docker, tx).await?,
+        }
+    }
+}
+
+async fn resync(
+    docker: &Docker,
+    tx: &watch::Sender<Arc<Inventory>>,
+) -> Result<(), bollard::errors::Error> {
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default().all(false).build(),
+        ))
+        .await?;
+    let inventory = Inventory::from_summaries(&list);
+    tx.send_if_modified(|current| {
+        if **current == inventory {
+            false
+        } else {
+            *current = Arc::new(inventory);
+            true
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
+
+    fn summary(
+        id: &str,
+        name: &str,
+        nets: &[(&str, &str, &str)],
+        labels: &[(&str, &str)],
+    ) -> ContainerSummary {
+        ContainerSummary {
+            id: Some(id.into()),
+            names: Some(vec![format!("/{name}")]),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            network_settings: Some(ContainerSummaryNetworkSettings {
+                networks: Some(
+                    nets.iter()
+                        .map(|(n, ip, mac)| {
+                            (
+                                n.to_string(),
+                                EndpointSettings {
+                                    ip_address: Some(ip.to_string()),
+                                    mac_address: Some(mac.to_string()),
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_network_of_a_container_maps_to_it() {
+        let inv = Inventory::from_summaries(&[
+            summary(
+                "a".repeat(64).as_str(),
+                "web",
+                &[
+                    ("bridge", "172.17.0.2", "02:42:ac:11:00:02"),
+                    ("app", "172.18.0.5", "02:42:ac:12:00:05"),
+                ],
+                &[("imds-proxy.policy", "deny")],
+            ),
+            summary(
+                "b".repeat(64).as_str(),
+                "db",
+                &[("bridge", "172.17.0.3", "")],
+                &[],
+            ),
+        ]);
+        assert_eq!(inv.len(), 3);
+        let web = inv.lookup("172.18.0.5".parse().unwrap()).unwrap();
+        assert_eq!(
+            (
+                web.name.as_str(),
+                web.network.as_str(),
+                web.container.short()
+            ),
+            ("web", "app", "aaaaaaaaaaaa")
+        );
+        assert_eq!(
+            web.labels.get("imds-proxy.policy").map(String::as_str),
+            Some("deny")
+        );
+        assert_eq!(inv.lookup("172.17.0.3".parse().unwrap()).unwrap().mac, None);
+        assert!(inv.lookup("172.17.0.4".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn host_network_containers_and_clashing_addresses_identify_no_one() {
+        let inv = Inventory::from_summaries(&[
+            summary("h", "hostnet", &[("host", "", "")], &[]),
+            summary("x", "one", &[("bridge", "172.17.0.9", "m1")], &[]),
+            summary("y", "two", &[("bridge", "172.17.0.9", "m2")], &[]),
+        ]);
+        assert!(inv.is_empty(), "{inv:?}");
+    }
+}
