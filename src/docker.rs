@@ -54,6 +54,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     by_ip: HashMap<Ipv4Addr, Arc<Endpoint>>,
+    /// Docker answered the last list: an unknown address may be a container whose
+    /// start is still being reported, worth a short wait.
+    pub connected: bool,
 }
 
 impl Inventory {
@@ -115,7 +118,10 @@ impl Inventory {
         for ip in clashes {
             by_ip.remove(&ip);
         }
-        Self { by_ip }
+        Self {
+            by_ip,
+            connected: true,
+        }
     }
 }
 
@@ -133,6 +139,16 @@ async fn follow(socket: String, tx: watch::Sender<Arc<Inventory>>) {
         match session(&socket, &tx, &mut was_down).await {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => {
+                // Keep serving what is known, but stop waiting for news.
+                tx.send_if_modified(|inv| {
+                    let was = inv.connected;
+                    if was {
+                        let mut stale = (**inv).clone();
+                        stale.connected = false;
+                        *inv = Arc::new(stale);
+                    }
+                    was
+                });
                 if !was_down {
                     warn!(socket = %socket, error = %e, "Docker is unreachable; keeping the last known containers and retrying");
                     was_down = true;

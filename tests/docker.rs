@@ -407,7 +407,7 @@ impl Scene {
             format!("client.addr={} ", r.addr),
             format!("{FORWARDED}{} status=200", r.addr),
             // ...and which container that is, from the Docker inventory.
-            format!("container={} ", r.name),
+            format!("container={}/", r.name),
             format!("path={path}"),
         ] {
             assert!(

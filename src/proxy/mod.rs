@@ -29,6 +29,8 @@ const MAX_UPSTREAM_BODY: usize = 4 << 20;
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Open connections in all.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// How long an unknown caller waits for Docker to report its container.
+pub const IDENTIFY_WAIT: Duration = Duration::from_secs(1);
 /// A client must send its whole request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,6 +135,7 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        let who = self.identify(client).await;
         let deadline = self.settings.request_timeout;
         let result =
             match tokio::time::timeout(deadline, self.forward(req, started + deadline)).await {
@@ -140,7 +143,9 @@ impl Proxy {
                 Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
             };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let container = self.container_name(client);
+        let container = who
+            .map(|e| format!("{}/{}", e.name, e.container.short()))
+            .unwrap_or_else(|| "-".into());
         match result {
             Ok(resp) => {
                 info!(%client, status = resp.status().as_u16(), container = %container, elapsed_ms, "forwarded");
@@ -153,21 +158,30 @@ impl Proxy {
         }
     }
 
-    /// `name/short-id` of the container at `client`, or `-` when the inventory does not
-    /// know the address (yet).
-    fn container_name(&self, client: ClientAddr) -> String {
+    /// The container at `client`. A container's first request can arrive before Docker
+    /// has reported its start: while Docker is reachable, an unknown address waits for
+    /// the inventory's next updates, at most [`IDENTIFY_WAIT`].
+    async fn identify(&self, client: ClientAddr) -> Option<Arc<crate::docker::Endpoint>> {
         let IpAddr::V4(ip) = client.0 else {
-            return "-".into();
+            return None;
         };
-        self.settings
-            .inventory
-            .as_ref()
-            .and_then(|inv| {
-                inv.borrow()
-                    .lookup(ip)
-                    .map(|e| format!("{}/{}", e.name, e.container.short()))
-            })
-            .unwrap_or_else(|| "-".into())
+        let mut rx = self.settings.inventory.clone()?;
+        let give_up = tokio::time::Instant::now() + IDENTIFY_WAIT;
+        loop {
+            {
+                let inv = rx.borrow_and_update();
+                if let Some(e) = inv.lookup(ip) {
+                    return Some(e.clone());
+                }
+                if !inv.connected {
+                    return None;
+                }
+            }
+            match tokio::time::timeout_at(give_up, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
     }
 
     async fn forward(

@@ -455,12 +455,15 @@ impl Testbed {
     }
 
     pub fn daemon_unready(&self, extra: &[&str]) -> Daemon {
+        // No Docker here: the namespace tests must not see the host's engine.
         let mut args = vec![
             "run",
             "--upstream",
             "http://169.254.169.254",
             "--bridges",
             "br0,br-*",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
         ];
         args.extend_from_slice(extra);
         Daemon::spawn(&self.host, &args)
