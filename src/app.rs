@@ -254,6 +254,10 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
         inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),
+        policies: crate::policy::select::Defaults {
+            unlabelled: cfg.unlabelled_policy.clone(),
+            unknown: cfg.unknown_policy.clone(),
+        },
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {

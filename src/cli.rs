@@ -66,6 +66,12 @@ pub struct ConfigArgs {
     /// Docker Engine API socket, to name the container behind each request [default: /var/run/docker.sock].
     #[arg(long, env = "IMDS_PROXY_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
+    /// Policy for containers without an imds-proxy.policy label: allow, metadata-only or deny [default: allow].
+    #[arg(long, env = "IMDS_PROXY_UNLABELLED_POLICY")]
+    pub unlabelled_policy: Option<String>,
+    /// Policy for callers no known container holds [default: deny].
+    #[arg(long, env = "IMDS_PROXY_UNKNOWN_POLICY")]
+    pub unknown_policy: Option<String>,
 }
 
 impl ConfigArgs {
@@ -105,6 +111,16 @@ impl ConfigArgs {
             self.remove_on_exit.clone(),
         );
         raw.set_text("docker_socket", "docker-socket", self.docker_socket.clone());
+        raw.set_text(
+            "unlabelled_policy",
+            "unlabelled-policy",
+            self.unlabelled_policy.clone(),
+        );
+        raw.set_text(
+            "unknown_policy",
+            "unknown-policy",
+            self.unknown_policy.clone(),
+        );
         raw.validate(require_upstream)
     }
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
+use crate::policy::Policy;
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
@@ -56,6 +57,10 @@ pub struct Config {
     pub remove_on_exit: bool,
     /// The Docker Engine API socket.
     pub docker_socket: String,
+    /// Policy for containers without an `imds-proxy.policy` label.
+    pub unlabelled_policy: Policy,
+    /// Policy for callers no known container holds.
+    pub unknown_policy: Policy,
 }
 
 /// Where a raw value came from, for error messages.
@@ -128,6 +133,8 @@ pub const KEYS: &[&str] = &[
     "max_header_bytes",
     "remove_on_exit",
     "docker_socket",
+    "unlabelled_policy",
+    "unknown_policy",
 ];
 
 impl RawConfig {
@@ -245,6 +252,16 @@ impl RawConfig {
             parse_socket_path,
             DEFAULT_DOCKER_SOCKET.to_owned()
         );
+        let unlabelled_policy = parse!(
+            "unlabelled_policy",
+            parse_policy,
+            Policy::builtin("allow").expect("built-in")
+        );
+        let unknown_policy = parse!(
+            "unknown_policy",
+            parse_policy,
+            Policy::builtin("deny").expect("built-in")
+        );
 
         if let Some(p) = bridges.iter().find(|p| p.matches(&link_name)) {
             let src = field("link_name").map(|(s, _)| s);
@@ -268,11 +285,19 @@ impl RawConfig {
                 max_header_bytes,
                 remove_on_exit,
                 docker_socket,
+                unlabelled_policy,
+                unknown_policy,
             })
         } else {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+fn parse_policy(r: &Raw) -> Result<Policy, String> {
+    let s = text(r)?;
+    Policy::builtin(s.trim())
+        .ok_or_else(|| format!("{s:?} is not a policy (allow, metadata-only, deny)"))
 }
 
 fn parse_socket_path(r: &Raw) -> Result<String, String> {

@@ -154,6 +154,42 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
         r.addr
     );
 
+    // 3b. Labels pick each container's policy (unlabelled ones, above, get allow).
+    let before = imds.count();
+    let denied = scene.run_labelled(
+        DEFAULT_NET,
+        "/latest/meta-data/instance-id",
+        &["imds-proxy.policy=deny"],
+    );
+    assert!(
+        denied.code != Some(0) && denied.stderr.contains("403"),
+        "deny label: {denied:?}"
+    );
+    let creds = scene.run_labelled(
+        DEFAULT_NET,
+        "/latest/meta-data/iam/security-credentials/role",
+        &["imds-proxy.policy=metadata-only"],
+    );
+    assert!(
+        creds.code != Some(0) && creds.stderr.contains("403"),
+        "metadata-only credentials: {creds:?}"
+    );
+    let meta = scene.run_labelled(
+        &net,
+        "/latest/meta-data/instance-id",
+        &["imds-proxy.policy=metadata-only"],
+    );
+    assert_eq!(meta.code, Some(0), "metadata-only metadata: {meta:?}");
+    assert!(meta.body.contains("fake-imds"), "{meta:?}");
+    assert_eq!(
+        imds.count(),
+        before + 1,
+        "only the allowed request reached the upstream"
+    );
+    scene
+        .daemon()
+        .wait_for("denied by policy deny", Duration::from_secs(2));
+
     // 4. SIGKILL: the table stays, containers on both networks are refused at once and
     //    never reach the upstream.
     scene.daemon().kill9();
@@ -298,6 +334,11 @@ impl Scene {
 
     /// Runs a container on `network` that asks the metadata address for `path`.
     fn run(&mut self, network: &str, path: &str) -> Run {
+        self.run_labelled(network, path, &[])
+    }
+
+    /// Like [`Scene::run`], with extra `key=value` labels on the container.
+    fn run_labelled(&mut self, network: &str, path: &str, labels: &[&str]) -> Run {
         assert!(
             path.starts_with('/')
                 && path
@@ -323,10 +364,11 @@ impl Scene {
              exit $rc\n"
         );
         let start = Instant::now();
+        let extra_labels: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
         let out = Command::new("docker")
+            .args(["run", "--rm"])
+            .args(&extra_labels)
             .args([
-                "run",
-                "--rm",
                 "--label",
                 LABEL,
                 "--name",

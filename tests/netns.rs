@@ -613,3 +613,66 @@ fn a_deleted_proxy_link_is_recreated_and_never_leaks_meanwhile() {
     assert!(!ok && err.contains("stop it first"), "{err}");
     assert!(tb.host.nft_table().is_some());
 }
+
+#[test]
+fn callers_no_container_holds_are_denied_by_default_in_the_providers_shape() {
+    if !root_or_skip("callers_no_container_holds_are_denied_by_default_in_the_providers_shape") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&["--unknown-policy", "deny"]);
+    let aws = http(
+        &tb.container,
+        IMDS,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+        &[],
+    )
+    .0
+    .unwrap();
+    assert_eq!(aws.status, 403);
+    assert!(
+        aws.body
+            .starts_with("Forbidden: denied by imds-proxy policy deny"),
+        "{aws:?}"
+    );
+    let gce = http(
+        &tb.container,
+        IMDS,
+        "GET",
+        "/computeMetadata/v1/project/project-id",
+        &[("Metadata-Flavor", "Google")],
+    )
+    .0
+    .unwrap();
+    assert_eq!(gce.status, 403);
+    assert_eq!(
+        gce.headers.get("metadata-flavor").map(String::as_str),
+        Some("Google")
+    );
+    let azure = http(
+        &tb.container,
+        IMDS,
+        "GET",
+        "/metadata/instance?api-version=2021-02-01",
+        &[("Metadata", "true")],
+    )
+    .0
+    .unwrap();
+    assert_eq!(azure.status, 403);
+    let v: serde_json::Value = serde_json::from_str(&azure.body).unwrap();
+    assert_eq!(v["error"], "forbidden");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("unknown caller"),
+        "{v}"
+    );
+    assert_eq!(
+        tb.imds.count(),
+        0,
+        "a denied request reached the metadata service"
+    );
+    d.wait_for("denied by policy deny", QUICK);
+}

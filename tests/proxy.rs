@@ -79,6 +79,9 @@ fn serve(c: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         } else if path == "/hop" {
             b"HTTP/1.1 404 Not Found\r\nServer: EC2ws\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 9\r\n\r\nnot found"
                 .to_vec()
+        } else if path.starts_with("/metadata/instance") {
+            let body = r#"{"compute":{"vmId":"vm-1","userData":"c2VjcmV0","customData":"eA=="},"network":{"interface":[]}}"#;
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
         } else if path == "/smuggle" {
             // Chunked framing plus a Content-Length that covers only part of the body.
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n14\r\nhello-HTTP/1.1 200 X\r\n0\r\n\r\n"
@@ -110,6 +113,15 @@ struct Running {
 }
 
 async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
+    start_with(upstream, timeout_ms, None, "allow").await
+}
+
+async fn start_with(
+    upstream: SocketAddr,
+    timeout_ms: u64,
+    inventory: Option<tokio::sync::watch::Receiver<Arc<imds_proxy::docker::Inventory>>>,
+    unknown: &str,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let p = Arc::new(Proxy::new(ProxySettings {
@@ -117,7 +129,12 @@ async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
         request_timeout: Duration::from_millis(timeout_ms),
         max_body_bytes: 1024,
         max_header_bytes: 8192,
-        inventory: None,
+        inventory,
+        // Loopback callers are no container unless a test's inventory says so.
+        policies: imds_proxy::policy::select::Defaults {
+            unlabelled: imds_proxy::policy::Policy::builtin("allow").unwrap(),
+            unknown: imds_proxy::policy::Policy::builtin(unknown).unwrap(),
+        },
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(proxy::serve(
@@ -489,5 +506,107 @@ async fn the_upstream_receives_the_canonical_path_and_hostile_paths_go_nowhere()
         seen.lock().unwrap().len(),
         before,
         "a hostile path reached the upstream"
+    );
+}
+
+/// A request from a chosen loopback address (each stands for one container).
+async fn from(src: &str, addr: SocketAddr, path: &str) -> common::Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(&get(path)).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    common::parse_answer(&buf).unwrap()
+}
+
+fn container(id: char, ip: &str, policy: &str) -> bollard::models::ContainerSummary {
+    use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
+    ContainerSummary {
+        id: Some(id.to_string().repeat(64)),
+        names: Some(vec![format!("/c-{policy}")]),
+        labels: Some([("imds-proxy.policy".to_string(), policy.to_string())].into()),
+        network_settings: Some(ContainerSummaryNetworkSettings {
+            networks: Some(
+                [(
+                    "bridge".to_string(),
+                    EndpointSettings {
+                        ip_address: Some(ip.into()),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            ),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
+    let (up, seen) = upstream();
+    let inventory = imds_proxy::docker::Inventory::from_summaries(&[
+        container('a', "127.0.0.2", "metadata-only"),
+        container('b', "127.0.0.3", "deny"),
+    ]);
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(inventory));
+    let p = start_with(up, 2000, Some(rx), "deny").await;
+
+    // metadata-only: metadata yes, credentials no (AWS-shaped refusal).
+    assert_eq!(
+        from("127.0.0.2", p.addr, "/latest/meta-data/instance-id")
+            .await
+            .status,
+        200
+    );
+    let a = from(
+        "127.0.0.2",
+        p.addr,
+        "/latest/meta-data/iam/security-credentials/role",
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.headers.get("content-type").map(String::as_str),
+        Some("text/plain")
+    );
+    assert!(
+        a.body
+            .contains("policy metadata-only: deny /*/meta-data/iam/security-credentials/**"),
+        "{a:?}"
+    );
+    // The Azure instance document arrives without the user data it embeds.
+    let a = from(
+        "127.0.0.2",
+        p.addr,
+        "/metadata/instance?api-version=2021-02-01",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(doc["compute"]["vmId"], "vm-1");
+    assert!(
+        doc["compute"].get("userData").is_none() && doc["compute"].get("customData").is_none(),
+        "{doc}"
+    );
+    // deny: nothing.
+    let a = from("127.0.0.3", p.addr, "/latest/meta-data/instance-id").await;
+    assert_eq!(a.status, 403);
+    // An address no container holds: the unknown-caller policy (deny here).
+    let a = from("127.0.0.4", p.addr, "/").await;
+    assert_eq!((a.status, json_error(&a).as_str()), (403, "forbidden"));
+    let upstream_saw: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.head.lines().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        upstream_saw,
+        [
+            "GET /latest/meta-data/instance-id HTTP/1.1",
+            "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1"
+        ]
     );
 }

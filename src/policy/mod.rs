@@ -8,6 +8,7 @@
 //! that part removed from the answer.
 
 pub mod canonical;
+pub mod select;
 
 use canonical::CanonicalPath;
 

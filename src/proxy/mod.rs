@@ -20,7 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::docker::Endpoint;
 use crate::policy::canonical::{CanonicalError, CanonicalPath};
+use crate::policy::{self, select, Provider, Verdict};
 
 /// Largest answer accepted from the upstream (metadata documents are small; user data
 /// is at most a few hundred KiB on every cloud).
@@ -54,6 +56,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Who is behind an address, when Docker can say.
     pub inventory: Option<tokio::sync::watch::Receiver<Arc<crate::docker::Inventory>>>,
+    /// Policies for unlabelled containers and unknown callers.
+    pub policies: select::Defaults,
 }
 
 /// Why a request was answered by the proxy itself instead of the upstream.
@@ -75,6 +79,10 @@ pub enum ProxyError {
     BadRequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} is not a metadata request; the proxy does not tunnel")]
     MethodNotAllowed(http::Method),
+    #[error("the answer embeds data the policy denies and is not JSON that could be redacted")]
+    Unredactable,
+    #[error("denied by {reason}")]
+    Denied { provider: Provider, reason: String },
     #[error("the request path has no canonical form: {0}")]
     BadPath(#[source] CanonicalError),
     #[error("the request target cannot be forwarded")]
@@ -94,11 +102,17 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad_request_target"),
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_request_path"),
+            Self::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Unredactable => (StatusCode::BAD_GATEWAY, "unredactable_answer"),
         }
     }
 
-    /// A short JSON answer naming the cause.
+    /// A short JSON answer naming the cause; a policy denial in the shape of the
+    /// provider the request was for.
     pub fn into_response(self) -> Response<Full<Bytes>> {
+        if let Self::Denied { provider, reason } = &self {
+            return denial(*provider, reason);
+        }
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() }).to_string();
         Response::builder()
@@ -137,18 +151,22 @@ impl Proxy {
         let started = Instant::now();
         let who = self.identify(client).await;
         let deadline = self.settings.request_timeout;
-        let result =
-            match tokio::time::timeout(deadline, self.forward(req, started + deadline)).await {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
-            };
+        let result = match tokio::time::timeout(
+            deadline,
+            self.forward(req, started + deadline, who.as_deref()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let container = who
             .map(|e| format!("{}/{}", e.name, e.container.short()))
             .unwrap_or_else(|| "-".into());
         match result {
-            Ok(resp) => {
-                info!(%client, status = resp.status().as_u16(), container = %container, elapsed_ms, "forwarded");
+            Ok((resp, because)) => {
+                info!(%client, status = resp.status().as_u16(), container = %container, policy = %because, elapsed_ms, "forwarded");
                 resp
             }
             Err(e) => {
@@ -184,11 +202,13 @@ impl Proxy {
         }
     }
 
+    /// Decides, then forwards; returns the answer and the policy reason.
     async fn forward(
         &self,
         req: Request<Incoming>,
         deadline: Instant,
-    ) -> Result<Response<Full<Bytes>>, ProxyError> {
+        who: Option<&Endpoint>,
+    ) -> Result<(Response<Full<Bytes>>, String), ProxyError> {
         let (parts, body) = req.into_parts();
         if parts.method == http::Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method));
@@ -214,6 +234,21 @@ impl Proxy {
         // The canonical path is what policy sees and what the upstream receives: the
         // two can never read the request differently.
         let canonical = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
+        let (chosen, why) = select::policy_for(who, &self.settings.policies);
+        let decision = policy::decide(
+            &chosen,
+            &policy::Request {
+                path: &canonical,
+                query: parts.uri.query(),
+            },
+        );
+        let because = format!("{} ({why})", decision.because);
+        if decision.verdict == Verdict::Deny {
+            return Err(ProxyError::Denied {
+                provider: Provider::of(&canonical),
+                reason: because,
+            });
+        }
         let path = match parts.uri.query() {
             Some(q) => format!("{canonical}?{q}"),
             None => canonical.to_string(),
@@ -251,6 +286,11 @@ impl Proxy {
             }
             Err(e) => return Err(ProxyError::UpstreamFailed(e)),
         };
+        let body = if decision.redact.is_empty() {
+            body
+        } else {
+            redact(parts.status, body, &decision.redact)?
+        };
         let mut resp = Response::builder()
             .status(parts.status)
             .body(Full::new(body))
@@ -262,7 +302,67 @@ impl Proxy {
         if !head_request {
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
-        Ok(resp)
+        Ok((resp, because))
+    }
+}
+
+/// A policy denial as the provider itself would shape a refusal, with the reason.
+fn denial(provider: Provider, reason: &str) -> Response<Full<Bytes>> {
+    let b = Response::builder().status(StatusCode::FORBIDDEN);
+    let (b, body) = match provider {
+        Provider::Azure => (
+            b.header(http::header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            serde_json::json!({ "error": "forbidden", "error_description": format!("Denied by imds-proxy {reason}") }).to_string(),
+        ),
+        Provider::Gce => (
+            b.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8").header("Metadata-Flavor", "Google"),
+            format!("403 Forbidden: denied by imds-proxy {reason}\n"),
+        ),
+        Provider::Aws => (
+            b.header(http::header::CONTENT_TYPE, "text/plain"),
+            format!("Forbidden: denied by imds-proxy {reason}\n"),
+        ),
+        Provider::Other => (
+            b.header(http::header::CONTENT_TYPE, "application/json"),
+            serde_json::json!({ "error": "forbidden", "message": format!("denied by imds-proxy {reason}") }).to_string(),
+        ),
+    };
+    b.body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Removes the given key paths from a JSON answer (an Azure document that embeds a
+/// subtree the policy denies). A successful answer that is not JSON is withheld rather
+/// than passed whole; error answers pass as they are.
+fn redact(status: StatusCode, body: Bytes, paths: &[Vec<String>]) -> Result<Bytes, ProxyError> {
+    let mut doc: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) if !status.is_success() => return Ok(body),
+        Err(_) => return Err(ProxyError::Unredactable),
+    };
+    for path in paths {
+        remove_path(&mut doc, path);
+    }
+    Ok(Bytes::from(doc.to_string()))
+}
+
+/// Removes `path` (keys matched without case, as Azure paths are) from a JSON value.
+fn remove_path(v: &mut serde_json::Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(obj) = v.as_object_mut() else { return };
+    let keys: Vec<String> = obj
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(first))
+        .cloned()
+        .collect();
+    for k in keys {
+        if rest.is_empty() {
+            obj.remove(&k);
+        } else if let Some(child) = obj.get_mut(&k) {
+            remove_path(child, rest);
+        }
     }
 }
 

@@ -465,6 +465,11 @@ impl Testbed {
             "--docker-socket",
             "/nonexistent/docker.sock",
         ];
+        // Without Docker every caller is unknown; unknown callers are denied unless a
+        // test says otherwise (the last flag given wins).
+        if !extra.contains(&"--unknown-policy") {
+            args.extend(["--unknown-policy", "allow"]);
+        }
         args.extend_from_slice(extra);
         Daemon::spawn(&self.host, &args)
     }
