@@ -81,46 +81,24 @@ impl ConfigArgs {
             Some(p) => RawConfig::from_file(p)?,
             None => RawConfig::default(),
         };
-        raw.set_text("upstream", "upstream", self.upstream.clone());
-        raw.set_text("listen", "listen", self.listen.clone());
-        raw.set_text("link_name", "link-name", self.link_name.clone());
-        raw.set_text("bridges", "bridges", self.bridges.clone());
-        raw.set_text(
-            "request_timeout_ms",
-            "request-timeout-ms",
-            self.request_timeout_ms.clone(),
-        );
-        raw.set_text(
-            "drain_timeout_ms",
-            "drain-timeout-ms",
-            self.drain_timeout_ms.clone(),
-        );
-        raw.set_text(
-            "max_request_body_bytes",
-            "max-request-body-bytes",
-            self.max_request_body_bytes.clone(),
-        );
-        raw.set_text(
-            "max_header_bytes",
-            "max-header-bytes",
-            self.max_header_bytes.clone(),
-        );
-        raw.set_text(
-            "remove_on_exit",
-            "remove-on-exit",
-            self.remove_on_exit.clone(),
-        );
-        raw.set_text("docker_socket", "docker-socket", self.docker_socket.clone());
-        raw.set_text(
-            "unlabelled_policy",
-            "unlabelled-policy",
-            self.unlabelled_policy.clone(),
-        );
-        raw.set_text(
-            "unknown_policy",
-            "unknown-policy",
-            self.unknown_policy.clone(),
-        );
+        // Flags and variables win over the file; each flag is named after its key.
+        let given: [(&'static str, &Option<String>); 12] = [
+            ("upstream", &self.upstream),
+            ("listen", &self.listen),
+            ("link_name", &self.link_name),
+            ("bridges", &self.bridges),
+            ("request_timeout_ms", &self.request_timeout_ms),
+            ("drain_timeout_ms", &self.drain_timeout_ms),
+            ("max_request_body_bytes", &self.max_request_body_bytes),
+            ("max_header_bytes", &self.max_header_bytes),
+            ("remove_on_exit", &self.remove_on_exit),
+            ("docker_socket", &self.docker_socket),
+            ("unlabelled_policy", &self.unlabelled_policy),
+            ("unknown_policy", &self.unknown_policy),
+        ];
+        for (key, value) in given {
+            raw.set_text(key, value.clone());
+        }
         raw.validate(require_upstream)
     }
 }

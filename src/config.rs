@@ -67,6 +67,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File,
+    /// The key whose flag or variable set it.
     Flag(&'static str),
 }
 
@@ -74,10 +75,11 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File => f.write_str("config file"),
-            Source::Flag(name) => write!(
+            Source::Flag(key) => write!(
                 f,
-                "--{name} / IMDS_PROXY_{}",
-                name.replace('-', "_").to_uppercase()
+                "--{} / IMDS_PROXY_{}",
+                key.replace('_', "-"),
+                key.to_uppercase()
             ),
         }
     }
@@ -166,11 +168,12 @@ impl RawConfig {
         Ok(raw)
     }
 
-    /// Sets a key from a flag or environment variable (wins over the file).
-    pub fn set_text(&mut self, key: &'static str, flag: &'static str, value: Option<String>) {
+    /// Sets a key from its flag (`--<key>`, dashes for underscores) or its
+    /// `IMDS_PROXY_<KEY>` variable; wins over the file.
+    pub fn set_text(&mut self, key: &'static str, value: Option<String>) {
         if let Some(v) = value {
             self.values
-                .insert(key.to_owned(), (Source::Flag(flag), Raw::Text(v)));
+                .insert(key.to_owned(), (Source::Flag(key), Raw::Text(v)));
         }
     }
 

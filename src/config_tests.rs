@@ -58,10 +58,10 @@ fn every_setting_from_the_file() {
 fn flags_and_variables_override_the_file() {
     let mut r =
         raw("upstream = \"http://10.0.0.1\"\nbridges = [\"docker0\"]\nremove_on_exit = true");
-    r.set_text("upstream", "upstream", Some("http://10.0.0.2:81".into()));
-    r.set_text("bridges", "bridges", Some("br0, br-*".into()));
-    r.set_text("remove_on_exit", "remove-on-exit", Some("false".into()));
-    r.set_text("listen", "listen", None);
+    r.set_text("upstream", Some("http://10.0.0.2:81".into()));
+    r.set_text("bridges", Some("br0, br-*".into()));
+    r.set_text("remove_on_exit", Some("false".into()));
+    r.set_text("listen", None);
     let c = r.validate(true).unwrap();
     assert_eq!(
         c.upstream.unwrap().authority().unwrap().as_str(),
@@ -134,7 +134,7 @@ fn upstream_urls_that_cannot_be_a_metadata_service_are_rejected() {
         "not a url",
     ] {
         let mut r = RawConfig::default();
-        r.set_text("upstream", "upstream", Some(bad.into()));
+        r.set_text("upstream", Some(bad.into()));
         let e = errors(&r, true);
         assert_eq!(e[0].key, "upstream", "{bad}");
         assert_eq!(e[0].source, Some(Source::Flag("upstream")), "{bad}");
@@ -153,12 +153,12 @@ fn listen_addresses_clouds_use_are_refused() {
         "169.254.20.10",
     ] {
         let mut r = RawConfig::default();
-        r.set_text("listen", "listen", Some(taken.into()));
+        r.set_text("listen", Some(taken.into()));
         let e = errors(&r, false);
         assert!(e[0].reason.contains("is used by"), "{taken}: {:?}", e[0]);
     }
     let mut r = RawConfig::default();
-    r.set_text("listen", "listen", Some("169.254.5.5".into()));
+    r.set_text("listen", Some("169.254.5.5".into()));
     assert_eq!(
         r.validate(false).unwrap().listen,
         "169.254.5.5:80".parse().unwrap()
@@ -168,7 +168,7 @@ fn listen_addresses_clouds_use_are_refused() {
 #[test]
 fn the_own_link_must_not_look_like_a_container_bridge() {
     let mut r = RawConfig::default();
-    r.set_text("link_name", "link-name", Some("br-meta".into()));
+    r.set_text("link_name", Some("br-meta".into()));
     let e = errors(&r, false);
     assert_eq!(e[0].key, "link_name");
     assert!(e[0].reason.contains("matches bridge pattern"), "{:?}", e[0]);
@@ -203,7 +203,7 @@ fn a_broken_file_is_a_syntax_error_not_a_panic() {
 #[test]
 fn an_empty_variable_does_not_switch_remove_on_exit_on() {
     let mut r = RawConfig::default();
-    r.set_text("remove_on_exit", "remove-on-exit", Some(String::new()));
+    r.set_text("remove_on_exit", Some(String::new()));
     let e = errors(&r, false);
     assert_eq!(e[0].key, "remove_on_exit");
     assert!(e[0].reason.contains("empty value"), "{:?}", e[0]);
