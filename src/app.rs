@@ -23,6 +23,8 @@ use crate::reconcile::{Event, Reconciler};
 
 /// How often the table's existence is verified, on top of change notifications.
 const VERIFY_EVERY: Duration = Duration::from_millis(500);
+/// How often the config file is checked for changes.
+const CONFIG_POLL_EVERY: Duration = Duration::from_secs(1);
 /// How often the link list is re-read, on top of link notifications.
 const RELIST_LINKS_EVERY: Duration = Duration::from_secs(30);
 
@@ -157,7 +159,10 @@ async fn remove_interception(cfg: &Config) -> Result<(), AppError> {
 }
 
 /// `imds-proxy run`.
-pub async fn run(cfg: Config) -> Result<(), AppError> {
+/// Re-reads the configuration (file, variables, flags) for a reload.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
     let started = Instant::now();
     require_root()?;
     let _instance = single_instance()?;
@@ -172,7 +177,9 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "interception live"
     );
-    let signal = live.reconcile_until_signal(&cfg, &mut signals).await;
+    let signal = live
+        .reconcile_until_signal(&cfg, &mut signals, &reload)
+        .await;
     live.shut_down(&cfg, signal).await
 }
 
@@ -180,6 +187,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -188,6 +196,7 @@ impl Signals {
         Ok(Self {
             term: on(SignalKind::terminate())?,
             int: on(SignalKind::interrupt())?,
+            hup: on(SignalKind::hangup())?,
         })
     }
 }
@@ -200,6 +209,7 @@ struct Live {
     ev_rx: mpsc::UnboundedReceiver<Event>,
     stop_proxy: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<proxy::DrainReport>,
+    policies_tx: tokio::sync::watch::Sender<Arc<crate::policy::select::Policies>>,
 }
 
 /// The ordered start-up; any error leaves the table closed (or absent if it never got
@@ -248,16 +258,14 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         })
         .map_err(AppError::Watch)?;
     }
+    let (policies_tx, policies_rx) = tokio::sync::watch::channel(Arc::new(cfg.policies.clone()));
     let proxy = Arc::new(Proxy::new(ProxySettings {
         upstream,
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
         inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),
-        policies: crate::policy::select::Defaults {
-            unlabelled: cfg.unlabelled_policy.clone(),
-            unknown: cfg.unknown_policy.clone(),
-        },
+        policies: policies_rx,
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
@@ -274,6 +282,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         ev_rx,
         stop_proxy,
         server,
+        policies_tx,
     })
 }
 
@@ -283,13 +292,28 @@ impl Live {
         &mut self,
         cfg: &Config,
         signals: &mut Signals,
+        reload: &Reload,
     ) -> &'static str {
         let mut verify = tokio::time::interval(VERIFY_EVERY);
         let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
+        let mut watch_file = tokio::time::interval(CONFIG_POLL_EVERY);
+        let mut stamp = config_stamp(cfg);
         loop {
             let first = tokio::select! {
                 _ = signals.term.recv() => return "SIGTERM",
                 _ = signals.int.recv() => return "SIGINT",
+                _ = signals.hup.recv() => {
+                    self.reload(cfg, reload, "SIGHUP");
+                    continue;
+                }
+                _ = watch_file.tick() => {
+                    let now = config_stamp(cfg);
+                    if now != stamp {
+                        stamp = now;
+                        self.reload(cfg, reload, "config file changed");
+                    }
+                    continue;
+                }
                 Some(e) = self.link_rx.recv() => Event::Link(e),
                 Some(e) = self.ev_rx.recv() => e,
                 _ = verify.tick() => Event::Verify,
@@ -312,6 +336,39 @@ impl Live {
             guard_own_link(&self.handle, cfg, &batch, resync).await;
             if let Err(e) = self.rec.handle(batch).await {
                 warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
+            }
+        }
+    }
+
+    /// Applies a reloaded configuration's policies; a configuration that does not
+    /// validate changes nothing and says why.
+    fn reload(&self, running: &Config, reload: &Reload, trigger: &str) {
+        match reload() {
+            Ok(new) => {
+                let changed = self.policies_tx.send_if_modified(|current| {
+                    if **current == new.policies {
+                        false
+                    } else {
+                        *current = Arc::new(new.policies.clone());
+                        true
+                    }
+                });
+                let mut rest = new.clone();
+                rest.policies = running.policies.clone();
+                if rest != *running {
+                    warn!(
+                        trigger,
+                        "settings other than policies changed; they take effect on restart"
+                    );
+                }
+                info!(
+                    trigger,
+                    policies_changed = changed,
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                warn!(trigger, error = %proxy::error_chain(&e), "configuration reload refused; the previous configuration keeps serving")
             }
         }
     }
@@ -367,6 +424,12 @@ async fn guard_own_link(handle: &rtnetlink::Handle, cfg: &Config, events: &[Even
             warn!(error = %proxy::error_chain(&e), "failed to restore the own link; containers stay refused")
         }
     }
+}
+
+/// The config file's modification time and size, to notice edits.
+fn config_stamp(cfg: &Config) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(cfg.config_file.as_ref()?).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 /// Lifts the soft open-files limit to the hard one: a shell's default of 1024 would cap

@@ -30,7 +30,7 @@ pub enum Command {
 }
 
 /// Settings shared by every subcommand.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
     /// TOML config file.
     #[arg(long, env = "IMDS_PROXY_CONFIG")]
@@ -99,6 +99,8 @@ impl ConfigArgs {
         for (key, value) in given {
             raw.set_text(key, value.clone());
         }
-        raw.validate(require_upstream)
+        let mut cfg = raw.validate(require_upstream)?;
+        cfg.config_file = self.config.clone();
+        Ok(cfg)
     }
 }

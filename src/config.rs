@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
-use crate::policy::Policy;
+use crate::policy::select::Policies;
+use crate::policy::{Pattern, Policy, Rule, Verdict};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
@@ -57,10 +58,10 @@ pub struct Config {
     pub remove_on_exit: bool,
     /// The Docker Engine API socket.
     pub docker_socket: String,
-    /// Policy for containers without an `imds-proxy.policy` label.
-    pub unlabelled_policy: Policy,
-    /// Policy for callers no known container holds.
-    pub unknown_policy: Policy,
+    /// Named policies and the defaults for unlabelled containers and unknown callers.
+    pub policies: Policies,
+    /// The file this came from, watched for changes.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -137,6 +138,7 @@ pub const KEYS: &[&str] = &[
     "docker_socket",
     "unlabelled_policy",
     "unknown_policy",
+    "policies",
 ];
 
 impl RawConfig {
@@ -255,16 +257,23 @@ impl RawConfig {
             parse_socket_path,
             DEFAULT_DOCKER_SOCKET.to_owned()
         );
+        let named = parse!("policies", parse_named_policies, BTreeMap::new());
+        let resolve = |r: &Raw| parse_policy_name(r, &named);
         let unlabelled_policy = parse!(
             "unlabelled_policy",
-            parse_policy,
+            resolve,
             Policy::builtin("allow").expect("built-in")
         );
         let unknown_policy = parse!(
             "unknown_policy",
-            parse_policy,
+            resolve,
             Policy::builtin("deny").expect("built-in")
         );
+        let policies = Policies {
+            named,
+            unlabelled: unlabelled_policy,
+            unknown: unknown_policy,
+        };
 
         if let Some(p) = bridges.iter().find(|p| p.matches(&link_name)) {
             let src = field("link_name").map(|(s, _)| s);
@@ -288,8 +297,8 @@ impl RawConfig {
                 max_header_bytes,
                 remove_on_exit,
                 docker_socket,
-                unlabelled_policy,
-                unknown_policy,
+                policies,
+                config_file: None,
             })
         } else {
             Err(ConfigError::Invalid(errors))
@@ -297,10 +306,89 @@ impl RawConfig {
     }
 }
 
-fn parse_policy(r: &Raw) -> Result<Policy, String> {
+fn parse_policy_name(r: &Raw, named: &BTreeMap<String, Policy>) -> Result<Policy, String> {
     let s = text(r)?;
-    Policy::builtin(s.trim())
-        .ok_or_else(|| format!("{s:?} is not a policy (allow, metadata-only, deny)"))
+    let name = s.trim();
+    named
+        .get(name)
+        .cloned()
+        .or_else(|| Policy::builtin(name))
+        .ok_or_else(|| {
+            let mut known: Vec<&str> = vec!["allow", "metadata-only", "deny"];
+            known.extend(named.keys().map(String::as_str));
+            format!("{s:?} is not a policy (known: {})", known.join(", "))
+        })
+}
+
+/// `[policies.<name>]` tables: `default = "allow"|"deny"`, `deny = [patterns]`,
+/// `allow = [patterns]`. Deny patterns are tried first, then allow patterns, then the
+/// default. Every problem in every policy is reported.
+fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
+    let Raw::Toml(toml::Value::Table(t)) = r else {
+        return Err("expected tables like [policies.readonly]".into());
+    };
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, body) in t {
+        if Policy::builtin(name).is_some() {
+            errors.push(format!("{name}: the built-in policies cannot be redefined"));
+            continue;
+        }
+        let Some(body) = body.as_table() else {
+            errors.push(format!("{name}: expected a table"));
+            continue;
+        };
+        let mut rules = Vec::new();
+        let mut default = Verdict::Deny;
+        for (key, v) in body {
+            match (key.as_str(), v) {
+                ("default", toml::Value::String(d)) if d == "allow" => default = Verdict::Allow,
+                ("default", toml::Value::String(d)) if d == "deny" => default = Verdict::Deny,
+                ("default", v) => errors.push(format!(
+                    "{name}.default: expected \"allow\" or \"deny\", got {v}"
+                )),
+                (list @ ("deny" | "allow"), toml::Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item.as_str().map(Pattern::parse) {
+                            Some(Ok(pattern)) => rules.push((
+                                list == "deny",
+                                Rule {
+                                    pattern,
+                                    verdict: if list == "deny" {
+                                        Verdict::Deny
+                                    } else {
+                                        Verdict::Allow
+                                    },
+                                },
+                            )),
+                            Some(Err(e)) => errors.push(format!("{name}.{list}[{i}]: {e}")),
+                            None => errors.push(format!(
+                                "{name}.{list}[{i}]: expected a path pattern string"
+                            )),
+                        }
+                    }
+                }
+                (other, _) => errors.push(format!(
+                    "{name}.{other}: unknown key (default, deny, allow)"
+                )),
+            }
+        }
+        // Deny rules first: a deny can never be shadowed by a broader allow.
+        rules.sort_by_key(|(deny, _)| !*deny);
+        out.insert(
+            name.clone(),
+            Policy {
+                name: name.clone(),
+                rules: rules.into_iter().map(|(_, r)| r).collect(),
+                default,
+            },
+        );
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 fn parse_socket_path(r: &Raw) -> Result<String, String> {

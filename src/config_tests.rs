@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::Verdict;
 
 fn raw(toml: &str) -> RawConfig {
     RawConfig::from_toml(toml).expect("valid toml")
@@ -207,4 +208,51 @@ fn an_empty_variable_does_not_switch_remove_on_exit_on() {
     let e = errors(&r, false);
     assert_eq!(e[0].key, "remove_on_exit");
     assert!(e[0].reason.contains("empty value"), "{:?}", e[0]);
+}
+
+#[test]
+fn named_policies_from_the_file_can_be_picked_as_defaults() {
+    let c = raw(r#"
+        unlabelled_policy = "readonly"
+        [policies.readonly]
+        default = "deny"
+        allow = ["/latest/meta-data/**", "/computeMetadata/v1/project/**"]
+        deny = ["/latest/meta-data/iam/**"]
+    "#)
+    .validate(false)
+    .unwrap();
+    let p = &c.policies.unlabelled;
+    assert_eq!(p.name, "readonly");
+    assert_eq!(p.default, Verdict::Deny);
+    // Deny rules come first, whatever the order in the file.
+    assert_eq!(p.rules[0].verdict, Verdict::Deny);
+    assert_eq!(p.rules.len(), 3);
+    assert_eq!(c.policies.unknown.name, "deny");
+}
+
+#[test]
+fn every_problem_in_named_policies_is_reported() {
+    let e = errors(
+        &raw(r#"
+            unknown_policy = "nope"
+            [policies.allow]
+            default = "deny"
+            [policies.bad]
+            default = "maybe"
+            allow = ["no-slash", 5]
+            extra = 1
+        "#),
+        false,
+    );
+    let text = ConfigError::Invalid(e).to_string();
+    for needle in [
+        "allow: the built-in policies cannot be redefined",
+        "bad.default: expected \"allow\" or \"deny\"",
+        "bad.allow[0]: \"no-slash\": a path pattern starts with /",
+        "bad.allow[1]: expected a path pattern string",
+        "bad.extra: unknown key",
+        "unknown_policy (from config file): \"nope\" is not a policy (known: allow, metadata-only, deny)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
 }

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(_) => app::run(cfg).await,
+            Command::Run(args) => app::run(cfg, Box::new(move || args.load(true))).await,
             Command::Rules(_) => app::rules(&cfg).await.map(|text| print!("{text}")),
             Command::Uninstall(_) => app::uninstall(&cfg).await,
         }

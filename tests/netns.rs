@@ -676,3 +676,85 @@ fn callers_no_container_holds_are_denied_by_default_in_the_providers_shape() {
     );
     d.wait_for("denied by policy deny", QUICK);
 }
+
+#[test]
+fn a_config_change_changes_the_answer_without_a_restart() {
+    if !root_or_skip("a_config_change_changes_the_answer_without_a_restart") {
+        return;
+    }
+    let tb = Testbed::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imds-proxy.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap();
+    write("unknown_policy = \"allow\"\n");
+    let d = tb.daemon(&["--config", file.to_str().unwrap()]);
+    let creds = "/latest/meta-data/iam/security-credentials/role";
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", creds, &[])
+            .0
+            .unwrap()
+            .status,
+        200
+    );
+
+    // An edit to the file is picked up on its own...
+    write("unknown_policy = \"readonly\"\n[policies.readonly]\ndefault = \"allow\"\ndeny = [\"/*/meta-data/iam/**\"]\n");
+    d.wait_for("configuration reloaded", Duration::from_secs(3));
+    let a = http(&tb.container, IMDS, "GET", creds, &[]).0.unwrap();
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(a.body.contains("policy readonly"), "{a:?}");
+    assert_eq!(
+        http(
+            &tb.container,
+            IMDS,
+            "GET",
+            "/latest/meta-data/instance-id",
+            &[]
+        )
+        .0
+        .unwrap()
+        .status,
+        200
+    );
+
+    // ...a broken edit changes nothing and says why...
+    write("unknown_policy = \"readonly\"\n[policies.readonly]\ndefault = \"perhaps\"\n");
+    d.wait_for("configuration reload refused", Duration::from_secs(3));
+    assert_eq!(
+        http(&tb.container, IMDS, "GET", creds, &[])
+            .0
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(
+        http(
+            &tb.container,
+            IMDS,
+            "GET",
+            "/latest/meta-data/instance-id",
+            &[]
+        )
+        .0
+        .unwrap()
+        .status,
+        200
+    );
+
+    // ...and SIGHUP reloads at once.
+    write("unknown_policy = \"deny\"\n");
+    d.signal(Signal::SIGHUP);
+    d.wait_for("trigger=\"SIGHUP\" policies_changed=", Duration::from_secs(2));
+    until(Duration::from_secs(2), "the deny policy", || {
+        http(
+            &tb.container,
+            IMDS,
+            "GET",
+            "/latest/meta-data/instance-id",
+            &[],
+        )
+        .0
+        .is_ok_and(|a| a.status == 403)
+    });
+    assert!(tb.host.nft_table().is_some(), "the daemon kept running");
+}

@@ -131,10 +131,10 @@ async fn start_with(
         max_header_bytes: 8192,
         inventory,
         // Loopback callers are no container unless a test's inventory says so.
-        policies: imds_proxy::policy::select::Defaults {
-            unlabelled: imds_proxy::policy::Policy::builtin("allow").unwrap(),
-            unknown: imds_proxy::policy::Policy::builtin(unknown).unwrap(),
-        },
+        policies: tokio::sync::watch::channel(Arc::new(
+            imds_proxy::policy::select::Policies::builtin("allow", unknown),
+        ))
+        .1,
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(proxy::serve(

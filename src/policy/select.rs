@@ -1,6 +1,9 @@
 //! Which policy applies to a caller: from its container's labels, or the configured
 //! defaults for unlabelled containers and for callers no container owns.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use super::Policy;
 use crate::docker::Endpoint;
 
@@ -9,26 +12,47 @@ pub const POLICY_LABEL: &str = "imds-proxy.policy";
 /// The origin project's label for "may use the managed identity": the `allow` policy.
 pub const LEGACY_ALLOW_LABEL: &str = "MSIClientContainer";
 
-/// The defaults, validated at start-up.
+/// Every policy a container can pick, and the defaults; validated as a whole, swapped
+/// whole on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Defaults {
+pub struct Policies {
+    /// Policies from the config file, by name (never a built-in name).
+    pub named: BTreeMap<String, Policy>,
     /// For containers without a policy label.
     pub unlabelled: Policy,
     /// For addresses no known container holds.
     pub unknown: Policy,
 }
 
+impl Policies {
+    /// A policy by name: the config file's, or a built-in one.
+    pub fn get(&self, name: &str) -> Option<Policy> {
+        self.named
+            .get(name)
+            .cloned()
+            .or_else(|| Policy::builtin(name))
+    }
+
+    /// Built-ins only, with the given defaults.
+    pub fn builtin(unlabelled: &str, unknown: &str) -> Self {
+        Self {
+            named: BTreeMap::new(),
+            unlabelled: Policy::builtin(unlabelled).expect("built-in policy name"),
+            unknown: Policy::builtin(unknown).expect("built-in policy name"),
+        }
+    }
+}
+
 /// The policy for a caller and a short reason, for the log.
 pub fn policy_for<'a>(
     caller: Option<&Endpoint>,
-    defaults: &'a Defaults,
-) -> (std::borrow::Cow<'a, Policy>, String) {
-    use std::borrow::Cow;
+    policies: &'a Policies,
+) -> (Cow<'a, Policy>, String) {
     let Some(c) = caller else {
-        return (Cow::Borrowed(&defaults.unknown), "unknown caller".into());
+        return (Cow::Borrowed(&policies.unknown), "unknown caller".into());
     };
     if let Some(name) = c.labels.get(POLICY_LABEL) {
-        return match Policy::builtin(name.trim()) {
+        return match policies.get(name.trim()) {
             Some(p) => (Cow::Owned(p), format!("label {POLICY_LABEL}={name}")),
             // A typo must not widen access: an unknown name denies.
             None => (
@@ -44,7 +68,7 @@ pub fn policy_for<'a>(
         );
     }
     (
-        Cow::Borrowed(&defaults.unlabelled),
+        Cow::Borrowed(&policies.unlabelled),
         "unlabelled container".into(),
     )
 }
@@ -68,11 +92,8 @@ mod tests {
         }
     }
 
-    fn defaults() -> Defaults {
-        Defaults {
-            unlabelled: Policy::builtin("allow").unwrap(),
-            unknown: Policy::builtin("deny").unwrap(),
-        }
+    fn defaults() -> Policies {
+        Policies::builtin("allow", "deny")
     }
 
     #[test]
@@ -108,5 +129,35 @@ mod tests {
             &d,
         );
         assert_eq!(p.name, "deny");
+    }
+}
+
+#[cfg(test)]
+mod named {
+    use super::*;
+    use crate::docker::ContainerId;
+    use crate::policy::{Pattern, Rule, Verdict};
+
+    #[test]
+    fn a_label_can_pick_a_policy_from_the_config_file() {
+        let mut p = Policies::builtin("allow", "deny");
+        let ci = Policy {
+            name: "ci".into(),
+            rules: vec![Rule {
+                pattern: Pattern::parse("/latest/**").unwrap(),
+                verdict: Verdict::Allow,
+            }],
+            default: Verdict::Deny,
+        };
+        p.named.insert("ci".into(), ci.clone());
+        let ep = Endpoint {
+            container: ContainerId("d".repeat(64)),
+            name: "d".into(),
+            labels: [("imds-proxy.policy".to_string(), "ci".to_string())].into(),
+            network: "bridge".into(),
+            ipv4: "172.17.0.9".parse().unwrap(),
+            mac: None,
+        };
+        assert_eq!(*policy_for(Some(&ep), &p).0, ci);
     }
 }

@@ -56,8 +56,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Who is behind an address, when Docker can say.
     pub inventory: Option<tokio::sync::watch::Receiver<Arc<crate::docker::Inventory>>>,
-    /// Policies for unlabelled containers and unknown callers.
-    pub policies: select::Defaults,
+    /// The policies in force; replaced whole when the configuration is reloaded.
+    pub policies: tokio::sync::watch::Receiver<Arc<select::Policies>>,
 }
 
 /// Why a request was answered by the proxy itself instead of the upstream.
@@ -234,7 +234,8 @@ impl Proxy {
         // The canonical path is what policy sees and what the upstream receives: the
         // two can never read the request differently.
         let canonical = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
-        let (chosen, why) = select::policy_for(who, &self.settings.policies);
+        let policies = self.settings.policies.borrow().clone();
+        let (chosen, why) = select::policy_for(who, &policies);
         let decision = policy::decide(
             &chosen,
             &policy::Request {

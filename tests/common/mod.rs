@@ -466,8 +466,8 @@ impl Testbed {
             "/nonexistent/docker.sock",
         ];
         // Without Docker every caller is unknown; unknown callers are denied unless a
-        // test says otherwise (the last flag given wins).
-        if !extra.contains(&"--unknown-policy") {
+        // test says otherwise (by flag or in its config file).
+        if !extra.contains(&"--unknown-policy") && !extra.contains(&"--config") {
             args.extend(["--unknown-policy", "allow"]);
         }
         args.extend_from_slice(extra);
