@@ -744,7 +744,10 @@ fn a_config_change_changes_the_answer_without_a_restart() {
     // ...and SIGHUP reloads at once.
     write("unknown_policy = \"deny\"\n");
     d.signal(Signal::SIGHUP);
-    d.wait_for("trigger=\"SIGHUP\" policies_changed=", Duration::from_secs(2));
+    d.wait_for(
+        "trigger=\"SIGHUP\" policies_changed=",
+        Duration::from_secs(2),
+    );
     until(Duration::from_secs(2), "the deny policy", || {
         http(
             &tb.container,
