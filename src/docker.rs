@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -191,6 +191,9 @@ async fn session(
                 Some(Ok(_)) => {
                     // Let a burst (start = create + connect + start) settle into one list.
                     tokio::time::sleep(DEBOUNCE).await;
+                    while let Some(Some(more)) = events.next().now_or_never() {
+                        more?;
+                    }
                     resync(&docker, tx).await?;
                 }
                 Some(Err(e)) => return Err(e),

@@ -54,10 +54,6 @@ impl Reconciler {
         &self.snapshot
     }
 
-    pub fn firewall(&self) -> &Arc<dyn Firewall> {
-        &self.firewall
-    }
-
     /// Applies the current plan unconditionally.
     pub async fn apply(&mut self) -> Result<(), FirewallError> {
         let fw = self.firewall.clone();

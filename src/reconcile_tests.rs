@@ -1,18 +1,10 @@
 use super::*;
-use crate::firewall::plan::{BridgePattern, Match};
+use crate::firewall::plan::Match;
 use crate::firewall::MemoryFirewall;
 
 fn setup(bridges: &[&str], mode: Mode) -> (MemoryFirewall, Reconciler) {
     let fw = MemoryFirewall::default();
-    let snap = Snapshot {
-        bridges: bridges.iter().map(|b| b.to_string()).collect(),
-        patterns: vec![
-            BridgePattern::Exact("docker0".into()),
-            BridgePattern::Prefix("br-".into()),
-        ],
-        listen: "169.254.93.254:80".parse().unwrap(),
-        mode,
-    };
+    let snap = Snapshot::for_test(bridges, mode);
     (fw.clone(), Reconciler::new(Arc::new(fw), snap))
 }
 

@@ -127,10 +127,7 @@ fn after_sigkill_containers_are_refused_fast_never_passed_through() {
     }
     let tb = Testbed::new();
     let d = tb.daemon(&[]);
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
     d.kill9();
     let before = tb.imds.count();
     for _ in 0..3 {
@@ -194,10 +191,7 @@ fn remove_on_exit_and_uninstall_reopen_direct_access() {
     assert!(d.wait(Duration::from_secs(10)).success());
     assert!(tb.host.nft_table().is_none());
     assert!(!tb.host.ip("-br link").contains("imdsproxy0"));
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
 
     let d = tb.daemon(&[]);
     d.kill9();
@@ -205,10 +199,7 @@ fn remove_on_exit_and_uninstall_reopen_direct_access() {
     assert!(tb.host.nft_table().is_none());
     assert!(!tb.host.ip("-br link").contains("imdsproxy0"));
     let seen = tb.imds.count();
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
     assert_eq!(tb.imds.count(), seen + 1);
     assert_eq!(
         tb.imds.last().peer.ip().to_string(),
@@ -241,10 +232,7 @@ fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
             took.as_millis(),
         );
         d.wait_for_nth("nftables table restored", n + 1, QUICK);
-        assert_eq!(
-            http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-            200
-        );
+        assert_eq!(tb.status("/"), 200);
     }
     // A rule deleted from the table is put back as well.
     let listing = tb.host.exec(&[
@@ -293,20 +281,14 @@ fn rules_prints_exactly_what_run_installs_and_a_restart_keeps_one_table() {
     assert!(!second.wait(Duration::from_secs(10)).success());
     second.wait_for("already running", QUICK);
     assert_eq!(tb.host.nft_table().unwrap(), printed);
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
 
     // After a crash, a new start replaces the stale table: still exactly one.
     d.kill9();
     let d2 = tb.daemon(&[]);
     assert_eq!(tb.host.nft_table_count(), 1);
     assert_eq!(tb.host.nft_table().unwrap(), printed);
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
     let live = d2.wait_for("interception live", QUICK);
     measure(
         "process spawn to interception live, incl. exec (ms)",
@@ -465,10 +447,7 @@ fn the_proxy_port_answers_only_containers_and_the_host() {
     // Containers reach the proxy only as the metadata address, not by its own address.
     let r = http(&tb.container, PROXY_ADDR, "GET", "/", &[]);
     assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
 }
 
 #[test]
@@ -585,10 +564,7 @@ fn a_deleted_proxy_link_is_recreated_and_never_leaks_meanwhile() {
     tb.host
         .ip(&format!("addr del {PROXY_ADDR}/32 dev imdsproxy0"));
     d.wait_for_nth("own link restored", restored + 1, Duration::from_secs(2));
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", "/", &[]).0.unwrap().status,
-        200
-    );
+    assert_eq!(tb.status("/"), 200);
     assert_eq!(tb.imds.last().peer.ip().to_string(), "10.99.0.1");
 
     // Even while the address is missing, DNATed traffic is refused, not routed on: give
@@ -689,13 +665,7 @@ fn a_config_change_changes_the_answer_without_a_restart() {
     write("unknown_policy = \"allow\"\n");
     let d = tb.daemon(&["--config", file.to_str().unwrap()]);
     let creds = "/latest/meta-data/iam/security-credentials/role";
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", creds, &[])
-            .0
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(tb.status(creds), 200);
 
     // An edit to the file is picked up on its own...
     write("unknown_policy = \"readonly\"\n[policies.readonly]\ndefault = \"allow\"\ndeny = [\"/*/meta-data/iam/**\"]\n");
@@ -703,43 +673,13 @@ fn a_config_change_changes_the_answer_without_a_restart() {
     let a = http(&tb.container, IMDS, "GET", creds, &[]).0.unwrap();
     assert_eq!(a.status, 403, "{a:?}");
     assert!(a.body.contains("policy readonly"), "{a:?}");
-    assert_eq!(
-        http(
-            &tb.container,
-            IMDS,
-            "GET",
-            "/latest/meta-data/instance-id",
-            &[]
-        )
-        .0
-        .unwrap()
-        .status,
-        200
-    );
+    assert_eq!(tb.status("/latest/meta-data/instance-id"), 200);
 
     // ...a broken edit changes nothing and says why...
     write("unknown_policy = \"readonly\"\n[policies.readonly]\ndefault = \"perhaps\"\n");
     d.wait_for("configuration reload refused", Duration::from_secs(3));
-    assert_eq!(
-        http(&tb.container, IMDS, "GET", creds, &[])
-            .0
-            .unwrap()
-            .status,
-        403
-    );
-    assert_eq!(
-        http(
-            &tb.container,
-            IMDS,
-            "GET",
-            "/latest/meta-data/instance-id",
-            &[]
-        )
-        .0
-        .unwrap()
-        .status,
-        200
-    );
+    assert_eq!(tb.status(creds), 403);
+    assert_eq!(tb.status("/latest/meta-data/instance-id"), 200);
 
     // ...and SIGHUP reloads at once.
     write("unknown_policy = \"deny\"\n");

@@ -119,6 +119,22 @@ impl Snapshot {
     }
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// Docker's default patterns and the default listen address: the tests' host.
+    pub(crate) fn for_test(bridges: &[&str], mode: Mode) -> Self {
+        Self {
+            bridges: bridges.iter().map(|b| b.to_string()).collect(),
+            patterns: vec![
+                BridgePattern::Exact("docker0".into()),
+                BridgePattern::Prefix("br-".into()),
+            ],
+            listen: "169.254.93.254:80".parse().expect("valid address"),
+            mode,
+        }
+    }
+}
+
 /// Netfilter hook a base chain is attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {

@@ -5,15 +5,7 @@
 use super::*;
 
 fn snapshot(bridges: &[&str], mode: Mode) -> Snapshot {
-    Snapshot {
-        bridges: bridges.iter().map(|b| b.to_string()).collect(),
-        patterns: vec![
-            BridgePattern::Exact("docker0".into()),
-            BridgePattern::Prefix("br-".into()),
-        ],
-        listen: "169.254.93.254:80".parse().unwrap(),
-        mode,
-    }
+    Snapshot::for_test(bridges, mode)
 }
 
 #[test]

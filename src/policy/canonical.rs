@@ -83,11 +83,6 @@ impl CanonicalPath {
         &self.segments
     }
 
-    /// Whether the path ends with `/` (a directory listing).
-    pub fn is_directory(&self) -> bool {
-        self.directory
-    }
-
     /// Lower-case segments, for matching.
     pub fn lower(&self) -> Vec<String> {
         self.segments.iter().map(|s| s.to_lowercase()).collect()

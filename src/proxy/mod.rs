@@ -465,7 +465,13 @@ pub async fn serve(
 /// Counts open connections, overall and per client.
 #[derive(Default, Clone)]
 struct ConnLimits {
-    open: Arc<std::sync::Mutex<std::collections::HashMap<ClientAddr, usize>>>,
+    open: Arc<std::sync::Mutex<OpenConns>>,
+}
+
+#[derive(Default)]
+struct OpenConns {
+    total: usize,
+    per_client: std::collections::HashMap<ClientAddr, usize>,
 }
 
 /// One admitted connection; releases its place when dropped.
@@ -477,12 +483,12 @@ struct ConnPermit {
 impl ConnLimits {
     fn admit(&self, client: ClientAddr) -> Option<ConnPermit> {
         let mut open = self.open.lock().expect("connection table lock");
-        let total: usize = open.values().sum();
-        let mine = open.get(&client).copied().unwrap_or(0);
-        if mine >= MAX_CONNECTIONS_PER_CLIENT || total >= MAX_CONNECTIONS {
+        let mine = open.per_client.get(&client).copied().unwrap_or(0);
+        if mine >= MAX_CONNECTIONS_PER_CLIENT || open.total >= MAX_CONNECTIONS {
             return None;
         }
-        *open.entry(client).or_insert(0) += 1;
+        open.total += 1;
+        *open.per_client.entry(client).or_insert(0) += 1;
         Some(ConnPermit {
             limits: self.clone(),
             client,
@@ -493,10 +499,11 @@ impl ConnLimits {
 impl Drop for ConnPermit {
     fn drop(&mut self) {
         let mut open = self.limits.open.lock().expect("connection table lock");
-        if let Some(n) = open.get_mut(&self.client) {
+        open.total -= 1;
+        if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.client);
+                open.per_client.remove(&self.client);
             }
         }
     }

@@ -437,6 +437,15 @@ impl Testbed {
         d
     }
 
+    /// The status of the container's GET of `path` at the metadata address (panics
+    /// if the request is not answered at all).
+    pub fn status(&self, path: &str) -> u16 {
+        http(&self.container, IMDS, "GET", path, &[])
+            .0
+            .expect("request answered")
+            .status
+    }
+
     /// Starts a container request that the fake service answers after `ms`, and
     /// returns once the service has received it: a request in flight.
     pub fn in_flight(
