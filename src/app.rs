@@ -265,6 +265,8 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
         inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),
+        identify_wait: cfg.identify_wait,
+        origins: Arc::new(proxy::identify::ConntrackOrigins),
         policies: policies_rx,
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();

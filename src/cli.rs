@@ -72,6 +72,13 @@ pub struct ConfigArgs {
     /// Policy for callers no known container holds [default: deny].
     #[arg(long, env = "IMDS_PROXY_UNKNOWN_POLICY")]
     pub unknown_policy: Option<String>,
+    /// Policy for the host's own processes and `--network host` containers [default: allow].
+    #[arg(long, env = "IMDS_PROXY_HOST_POLICY")]
+    pub host_policy: Option<String>,
+    /// How long a request from a container Docker has not reported yet waits for it
+    /// before a 503 with Retry-After, in milliseconds [default: 1000].
+    #[arg(long, env = "IMDS_PROXY_IDENTIFY_WAIT_MS")]
+    pub identify_wait_ms: Option<String>,
 }
 
 impl ConfigArgs {
@@ -82,7 +89,7 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 12] = [
+        let given: [(&'static str, &Option<String>); 14] = [
             ("upstream", &self.upstream),
             ("listen", &self.listen),
             ("link_name", &self.link_name),
@@ -95,6 +102,8 @@ impl ConfigArgs {
             ("docker_socket", &self.docker_socket),
             ("unlabelled_policy", &self.unlabelled_policy),
             ("unknown_policy", &self.unknown_policy),
+            ("host_policy", &self.host_policy),
+            ("identify_wait_ms", &self.identify_wait_ms),
         ];
         for (key, value) in given {
             raw.set_text(key, value.clone());

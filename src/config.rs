@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
 use crate::policy::select::Policies;
-use crate::policy::{Pattern, Policy, Rule, Verdict};
+use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
@@ -58,6 +58,8 @@ pub struct Config {
     pub remove_on_exit: bool,
     /// The Docker Engine API socket.
     pub docker_socket: String,
+    /// How long a request from a port Docker has not reported yet waits for it.
+    pub identify_wait: Duration,
     /// Named policies and the defaults for unlabelled containers and unknown callers.
     pub policies: Policies,
     /// The file this came from, watched for changes.
@@ -138,6 +140,8 @@ pub const KEYS: &[&str] = &[
     "docker_socket",
     "unlabelled_policy",
     "unknown_policy",
+    "host_policy",
+    "identify_wait_ms",
     "policies",
 ];
 
@@ -269,10 +273,21 @@ impl RawConfig {
             resolve,
             Policy::builtin("deny").expect("built-in")
         );
+        let host_policy = parse!(
+            "host_policy",
+            resolve,
+            Policy::builtin("allow").expect("built-in")
+        );
+        let identify_wait = parse!(
+            "identify_wait_ms",
+            |r| parse_millis(r, 0, 60_000),
+            Duration::from_secs(1)
+        );
         let policies = Policies {
             named,
             unlabelled: unlabelled_policy,
             unknown: unknown_policy,
+            host: host_policy,
         };
 
         if let Some(p) = bridges.iter().find(|p| p.matches(&link_name)) {
@@ -297,6 +312,7 @@ impl RawConfig {
                 max_header_bytes,
                 remove_on_exit,
                 docker_socket,
+                identify_wait,
                 policies,
                 config_file: None,
             })
@@ -321,8 +337,9 @@ fn parse_policy_name(r: &Raw, named: &BTreeMap<String, Policy>) -> Result<Policy
 }
 
 /// `[policies.<name>]` tables: `default = "allow"|"deny"`, `deny = [patterns]`,
-/// `allow = [patterns]`. Deny patterns are tried first, then allow patterns, then the
-/// default. Every problem in every policy is reported.
+/// `allow = [patterns]`, `rate_limit = "20/s"` (optional; see [`RateLimit`]). Deny
+/// patterns are tried first, then allow patterns, then the default. Every problem in
+/// every policy is reported.
 fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
     let Raw::Toml(toml::Value::Table(t)) = r else {
         return Err("expected tables like [policies.readonly]".into());
@@ -340,6 +357,7 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
         };
         let mut rules = Vec::new();
         let mut default = Verdict::Deny;
+        let mut rate_limit = None;
         for (key, v) in body {
             match (key.as_str(), v) {
                 ("default", toml::Value::String(d)) if d == "allow" => default = Verdict::Allow,
@@ -368,8 +386,16 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
                         }
                     }
                 }
+                ("rate_limit", toml::Value::String(text)) => match text.parse::<RateLimit>() {
+                    Ok(limit) => rate_limit = Some(limit),
+                    Err(e) => errors.push(format!("{name}.rate_limit: {e}")),
+                },
+                ("rate_limit", v) => errors.push(format!(
+                    "{name}.rate_limit: expected a string like \"20/s\", \"300/min\" or \"5/s burst 10\", got {}",
+                    v.type_str()
+                )),
                 (other, _) => errors.push(format!(
-                    "{name}.{other}: unknown key (default, deny, allow)"
+                    "{name}.{other}: unknown key (default, deny, allow, rate_limit)"
                 )),
             }
         }
@@ -381,6 +407,7 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
                 name: name.clone(),
                 rules: rules.into_iter().map(|(_, r)| r).collect(),
                 default,
+                rate_limit,
             },
         );
     }

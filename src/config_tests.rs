@@ -256,3 +256,81 @@ fn every_problem_in_named_policies_is_reported() {
         assert!(text.contains(needle), "missing {needle:?} in {text}");
     }
 }
+
+#[test]
+fn a_named_policy_can_set_a_rate_limit() {
+    let c = raw(r#"
+        unlabelled_policy = "fast"
+        unknown_policy = "slow"
+        [policies.fast]
+        default = "allow"
+        rate_limit = "20/s"
+        [policies.slow]
+        rate_limit = "300/min"
+        [policies.bursty]
+        rate_limit = " 5/s  burst 10 "
+        [policies.unlimited]
+        default = "allow"
+    "#)
+    .validate(false)
+    .unwrap();
+    let shown = |name: &str| {
+        c.policies
+            .get(name)
+            .unwrap()
+            .rate_limit
+            .map(|l| l.to_string())
+    };
+    assert_eq!(shown("fast").as_deref(), Some("20/s burst 20"));
+    assert_eq!(shown("slow").as_deref(), Some("300/min burst 5"));
+    assert_eq!(shown("bursty").as_deref(), Some("5/s burst 10"));
+    assert_eq!(shown("unlimited"), None);
+    for builtin in ["allow", "metadata-only", "deny"] {
+        assert_eq!(shown(builtin), None, "{builtin}");
+    }
+    assert_eq!(c.policies.unlabelled.rate_limit, "20/s".parse().ok());
+    assert_eq!(c.policies.unknown.rate_limit, "300/min".parse().ok());
+}
+
+#[test]
+fn every_bad_rate_limit_is_reported_with_its_policy_and_value() {
+    let e = errors(
+        &raw(r#"
+            [policies.zero]
+            rate_limit = "0/s"
+            [policies.negative]
+            rate_limit = "-5/min"
+            [policies.junk]
+            rate_limit = "fast"
+            [policies.unit]
+            rate_limit = "20/sec"
+            [policies.noburst]
+            rate_limit = "5/s burst 0"
+            [policies.absurd]
+            rate_limit = "1000001/s"
+            [policies.absurdmin]
+            rate_limit = "60000001/min"
+            [policies.number]
+            rate_limit = 20
+            [policies.typo]
+            ratelimit = "20/s"
+        "#),
+        false,
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "policies");
+    let text = ConfigError::Invalid(e).to_string();
+    for needle in [
+        "zero.rate_limit: \"0/s\": a rate of 0/s lets no request through",
+        "negative.rate_limit: \"-5/min\": the rate -5 is negative",
+        "junk.rate_limit: \"fast\": \"fast\" is not a rate",
+        "unit.rate_limit: \"20/sec\": unit \"sec\" is not one of s, min, h",
+        "noburst.rate_limit: \"5/s burst 0\": a burst of 0 lets no request through",
+        "absurd.rate_limit: \"1000001/s\": 1000001/s is more than 1000000 requests per second",
+        "absurdmin.rate_limit: \"60000001/min\": 60000001/min is more than 1000000 requests per second",
+        "number.rate_limit: expected a string like \"20/s\", \"300/min\" or \"5/s burst 10\", got integer",
+        "typo.ratelimit: unknown key (default, deny, allow, rate_limit)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
+}

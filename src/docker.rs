@@ -2,8 +2,10 @@
 //! Docker Engine API.
 //!
 //! One task owns the connection. It lists the running containers (one call gives every
-//! endpoint with labels, addresses and MACs), then follows the event stream and lists
-//! again after every container or network event, on every reconnection and every 30 s.
+//! endpoint with labels, addresses and MACs) and the networks (which bridge each one
+//! uses), finds each endpoint's host bridge port (see [`crate::ports`]), then follows
+//! the event stream and lists again after every container or network event, whenever
+//! the proxy meets a port it does not know, on every reconnection and every 30 s.
 //! The result is an immutable [`Inventory`] published through a `watch` channel, so
 //! request handlers read it without locks held across awaits. When Docker is
 //! unreachable the last inventory keeps serving and the task retries with backoff.
@@ -11,13 +13,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptions,
+};
 use bollard::Docker;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::ports::{PortMap, PortReader};
 
 /// How often the inventory is re-listed without any event.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -48,21 +54,39 @@ pub struct Endpoint {
     pub network: String,
     pub ipv4: Ipv4Addr,
     pub mac: Option<String>,
+    /// Interface index of the endpoint's host bridge port: what the kernel stamps the
+    /// container's metadata connections with. `None` if it could not be found; such an
+    /// endpoint is never matched by a request.
+    pub port: Option<u32>,
 }
 
 /// Every known container endpoint, by IPv4 address. Immutable once published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     by_ip: HashMap<Ipv4Addr, Arc<Endpoint>>,
-    /// Docker answered the last list: an unknown address may be a container whose
-    /// start is still being reported, worth a short wait.
+    by_port: HashMap<u32, Arc<Endpoint>>,
+    /// Docker answered the last list: an unknown port may be a container whose start
+    /// is still being reported, worth a short wait.
     pub connected: bool,
+    /// When the list this inventory was built from was requested: a request that
+    /// arrived before it is answered by it.
+    pub listed_at: Option<Instant>,
 }
 
 impl Inventory {
     /// The endpoint holding `ip`, if any.
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<&Arc<Endpoint>> {
         self.by_ip.get(&ip)
+    }
+
+    /// The endpoint behind host bridge port `port`, if any.
+    pub fn by_port(&self, port: u32) -> Option<&Arc<Endpoint>> {
+        self.by_port.get(&port)
+    }
+
+    /// Whether this inventory reflects a list requested at or after `t`.
+    pub fn listed_since(&self, t: Instant) -> bool {
+        self.listed_at.is_some_and(|l| l >= t)
     }
 
     pub fn len(&self) -> usize {
@@ -77,7 +101,10 @@ impl Inventory {
     /// host network have no address of their own and are left out; an address listed
     /// twice (which Docker never does for running containers) is left out entirely
     /// rather than given to either.
-    pub fn from_summaries(list: &[bollard::models::ContainerSummary]) -> Self {
+    pub fn from_summaries(
+        list: &[bollard::models::ContainerSummary],
+        port_of: impl Fn(&str, &str) -> Option<u32>,
+    ) -> Self {
         let mut by_ip: HashMap<Ipv4Addr, Arc<Endpoint>> = HashMap::new();
         let mut clashes = Vec::new();
         for c in list {
@@ -109,6 +136,7 @@ impl Inventory {
                     network: network.clone(),
                     ipv4,
                     mac: ep.mac_address.clone().filter(|m| !m.is_empty()),
+                    port: port_of(&id, network),
                 });
                 if by_ip.insert(ipv4, endpoint).is_some() {
                     clashes.push(ipv4);
@@ -118,25 +146,59 @@ impl Inventory {
         for ip in clashes {
             by_ip.remove(&ip);
         }
+        let mut by_port: HashMap<u32, Arc<Endpoint>> = HashMap::new();
+        let mut port_clashes = Vec::new();
+        for e in by_ip.values() {
+            if let Some(p) = e.port {
+                if by_port.insert(p, e.clone()).is_some() {
+                    port_clashes.push(p);
+                }
+            }
+        }
+        for p in port_clashes {
+            by_port.remove(&p);
+        }
         Self {
             by_ip,
+            by_port,
             connected: true,
+            listed_at: None,
         }
     }
 }
 
-/// Starts the inventory task for the Docker socket at `socket`.
-pub fn spawn(socket: String) -> watch::Receiver<Arc<Inventory>> {
-    let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
-    tokio::spawn(follow(socket, tx));
-    rx
+/// The live inventory and a way to ask for a fresh one.
+#[derive(Debug, Clone)]
+pub struct InventoryHandle {
+    pub rx: watch::Receiver<Arc<Inventory>>,
+    /// Wakes the inventory task for an immediate re-list.
+    pub kick: Arc<Notify>,
 }
 
-async fn follow(socket: String, tx: watch::Sender<Arc<Inventory>>) {
+/// Starts the inventory task for the Docker socket at `socket`.
+pub fn spawn(socket: String) -> InventoryHandle {
+    let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
+    let kick = Arc::new(Notify::new());
+    tokio::spawn(follow(socket, tx, kick.clone()));
+    InventoryHandle { rx, kick }
+}
+
+/// What the inventory task keeps between lists.
+struct Lister {
+    ports: Option<PortReader>,
+    /// Init process of each container seen, by id (a container keeps its pid).
+    pids: HashMap<String, i64>,
+}
+
+async fn follow(socket: String, tx: watch::Sender<Arc<Inventory>>, kick: Arc<Notify>) {
     let mut backoff = BACKOFF_MIN;
     let mut was_down = false;
+    let mut lister = Lister {
+        ports: None,
+        pids: HashMap::new(),
+    };
     loop {
-        match session(&socket, &tx, &mut was_down).await {
+        match session(&socket, &tx, &kick, &mut lister, &mut was_down).await {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => {
                 // Keep serving what is known, but stop waiting for news.
@@ -165,6 +227,8 @@ async fn follow(socket: String, tx: watch::Sender<Arc<Inventory>>) {
 async fn session(
     socket: &str,
     tx: &watch::Sender<Arc<Inventory>>,
+    kick: &Notify,
+    lister: &mut Lister,
     was_down: &mut bool,
 ) -> Result<(), bollard::errors::Error> {
     let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)?
@@ -175,7 +239,7 @@ async fn session(
     let mut events = docker.events(Some(
         EventsOptionsBuilder::default().filters(&filters).build(),
     ));
-    resync(&docker, tx).await?;
+    lister.resync(&docker, tx).await?;
     if *was_down {
         info!(
             containers = tx.borrow().len(),
@@ -194,35 +258,113 @@ async fn session(
                     while let Some(Some(more)) = events.next().now_or_never() {
                         more?;
                     }
-                    resync(&docker, tx).await?;
+                    lister.resync(&docker, tx).await?;
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(bollard::errors::Error::DockerStreamError { error: "event stream ended".into() }),
             },
-            _ = tick.tick() => resync(&docker, tx).await?,
+            _ = kick.notified() => lister.resync(&docker, tx).await?,
+            _ = tick.tick() => lister.resync(&docker, tx).await?,
         }
     }
 }
 
-async fn resync(
-    docker: &Docker,
-    tx: &watch::Sender<Arc<Inventory>>,
-) -> Result<(), bollard::errors::Error> {
-    let list = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default().all(false).build(),
-        ))
-        .await?;
-    let inventory = Inventory::from_summaries(&list);
-    tx.send_if_modified(|current| {
-        if **current == inventory {
-            false
-        } else {
-            *current = Arc::new(inventory);
-            true
+impl Lister {
+    /// Lists containers and networks, finds every endpoint's bridge port and publishes
+    /// the result (always: its `listed_at` tells waiting requests they have an answer).
+    async fn resync(
+        &mut self,
+        docker: &Docker,
+        tx: &watch::Sender<Arc<Inventory>>,
+    ) -> Result<(), bollard::errors::Error> {
+        let started = Instant::now();
+        let list = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default().all(false).build(),
+            ))
+            .await?;
+        let networks = docker.list_networks(None::<ListNetworksOptions>).await?;
+        let bridges: HashMap<String, String> = networks
+            .iter()
+            .filter_map(|n| Some((n.name.clone()?, bridge_of(n)?)))
+            .collect();
+        let live: std::collections::HashSet<&str> =
+            list.iter().filter_map(|c| c.id.as_deref()).collect();
+        self.pids.retain(|id, _| live.contains(id.as_str()));
+        for id in &live {
+            if !self.pids.contains_key(*id) {
+                let pid = docker
+                    .inspect_container(id, None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state?.pid)
+                    .filter(|p| *p > 0);
+                if let Some(pid) = pid {
+                    self.pids.insert(id.to_string(), pid);
+                }
+            }
         }
-    });
-    Ok(())
+        let (ports, nsids) = self.ports_and_nsids().await;
+        let port_of =
+            |id: &str, network: &str| ports.port_of(bridges.get(network)?, *nsids.get(id)?);
+        let mut inventory = Inventory::from_summaries(&list, port_of);
+        inventory.listed_at = Some(started);
+        debug!(
+            endpoints = inventory.len(),
+            ports = inventory.by_port.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "inventory listed"
+        );
+        tx.send_replace(Arc::new(inventory));
+        Ok(())
+    }
+
+    /// The host's bridge ports and the namespace id of every known container. Errors
+    /// leave ports unresolved (their containers match no request) and are logged.
+    async fn ports_and_nsids(&mut self) -> (PortMap, HashMap<String, i32>) {
+        if self.ports.is_none() {
+            match PortReader::open() {
+                Ok(r) => self.ports = Some(r),
+                Err(e) => {
+                    warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified");
+                    return Default::default();
+                }
+            }
+        }
+        let reader = self.ports.as_ref().expect("opened above");
+        // Ports first: listing them assigns the peer namespaces their ids.
+        let ports = match reader.ports().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified");
+                self.ports = None;
+                return Default::default();
+            }
+        };
+        let mut nsids = HashMap::new();
+        for (id, pid) in &self.pids {
+            if let Some(n) = reader.nsid_of(*pid, id).await {
+                nsids.insert(id.clone(), n);
+            }
+        }
+        (ports, nsids)
+    }
+}
+
+/// The Linux bridge a Docker network of the `bridge` driver uses.
+fn bridge_of(n: &bollard::models::Network) -> Option<String> {
+    if n.driver.as_deref() != Some("bridge") {
+        return None;
+    }
+    if let Some(name) = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+    {
+        return Some(name.clone());
+    }
+    let id = n.id.as_deref()?;
+    Some(format!("br-{}", &id[..id.len().min(12)]))
 }
 
 #[cfg(test)]
@@ -267,23 +409,26 @@ mod tests {
 
     #[test]
     fn every_network_of_a_container_maps_to_it() {
-        let inv = Inventory::from_summaries(&[
-            summary(
-                "a".repeat(64).as_str(),
-                "web",
-                &[
-                    ("bridge", "172.17.0.2", "02:42:ac:11:00:02"),
-                    ("app", "172.18.0.5", "02:42:ac:12:00:05"),
-                ],
-                &[("imds-proxy.policy", "deny")],
-            ),
-            summary(
-                "b".repeat(64).as_str(),
-                "db",
-                &[("bridge", "172.17.0.3", "")],
-                &[],
-            ),
-        ]);
+        let inv = Inventory::from_summaries(
+            &[
+                summary(
+                    "a".repeat(64).as_str(),
+                    "web",
+                    &[
+                        ("bridge", "172.17.0.2", "02:42:ac:11:00:02"),
+                        ("app", "172.18.0.5", "02:42:ac:12:00:05"),
+                    ],
+                    &[("imds-proxy.policy", "deny")],
+                ),
+                summary(
+                    "b".repeat(64).as_str(),
+                    "db",
+                    &[("bridge", "172.17.0.3", "")],
+                    &[],
+                ),
+            ],
+            |_, _| None,
+        );
         assert_eq!(inv.len(), 3);
         let web = inv.lookup("172.18.0.5".parse().unwrap()).unwrap();
         assert_eq!(
@@ -304,11 +449,14 @@ mod tests {
 
     #[test]
     fn host_network_containers_and_clashing_addresses_identify_no_one() {
-        let inv = Inventory::from_summaries(&[
-            summary("h", "hostnet", &[("host", "", "")], &[]),
-            summary("x", "one", &[("bridge", "172.17.0.9", "m1")], &[]),
-            summary("y", "two", &[("bridge", "172.17.0.9", "m2")], &[]),
-        ]);
+        let inv = Inventory::from_summaries(
+            &[
+                summary("h", "hostnet", &[("host", "", "")], &[]),
+                summary("x", "one", &[("bridge", "172.17.0.9", "m1")], &[]),
+                summary("y", "two", &[("bridge", "172.17.0.9", "m2")], &[]),
+            ],
+            |_, _| None,
+        );
         assert!(inv.is_empty(), "{inv:?}");
     }
 }

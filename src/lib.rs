@@ -13,5 +13,6 @@ pub mod docker;
 pub mod firewall;
 pub mod link;
 pub mod policy;
+pub mod ports;
 pub mod proxy;
 pub mod reconcile;

@@ -12,7 +12,7 @@ fn has_dnat(fw: &MemoryFirewall) -> bool {
     fw.state().table.unwrap().chains.iter().any(|c| {
         c.rules
             .iter()
-            .any(|r| matches!(r.action, crate::firewall::plan::Action::Dnat(_)))
+            .any(|r| matches!(r.action, crate::firewall::plan::Action::DnatKeepingMark(_)))
     })
 }
 

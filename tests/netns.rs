@@ -218,8 +218,9 @@ fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
     let tb = Testbed::new();
     let d = tb.daemon(&[]);
     let installed = tb.host.nft_table().unwrap();
-    let actions: [&[&str]; 2] = [
+    let actions: [&[&str]; 3] = [
         &["nft", "delete", "table", "ip", "imds_proxy"],
+        &["nft", "delete", "table", "bridge", "imds_proxy"],
         &["nft", "flush", "ruleset"],
     ];
     for (n, args) in actions.iter().enumerate() {

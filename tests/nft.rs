@@ -66,14 +66,17 @@ fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
         let fw = NetlinkFirewall::open().unwrap();
         fw.apply(&rs).unwrap();
         fw.apply(&rs).unwrap();
-        assert_eq!(
-            std::process::Command::new("nft")
-                .args(["list", "table", "ip", "imds_proxy"])
-                .output()
-                .unwrap()
-                .stdout,
-            expected.as_bytes()
-        );
+        let list = |family: &str| {
+            String::from_utf8(
+                std::process::Command::new("nft")
+                    .args(["list", "table", family, "imds_proxy"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap()
+        };
+        assert_eq!(list("ip") + &list("bridge"), expected);
         (
             fw.remove().unwrap(),
             fw.remove().unwrap(),
@@ -81,5 +84,10 @@ fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
         )
     });
     assert_eq!(ns.nft_table_count(), 0);
+    assert_eq!(
+        ns.exec(&["nft", "list", "tables"]).trim(),
+        "",
+        "both tables removed"
+    );
     assert!(removed && !removed_again && !exists);
 }

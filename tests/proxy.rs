@@ -116,11 +116,81 @@ async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
     start_with(upstream, timeout_ms, None, "allow").await
 }
 
+/// Stands in for the kernel's port stamp: 127.0.0.1 is a host process, any other
+/// loopback address 127.0.0.N came in by bridge port N, unless `forged` says which
+/// port a source address really came in by.
+#[derive(Debug, Default)]
+struct FakeOrigins {
+    forged: std::collections::HashMap<std::net::IpAddr, u32>,
+}
+
+impl proxy::identify::Origins for FakeOrigins {
+    fn origin(&self, _local: SocketAddr, peer: SocketAddr) -> proxy::identify::Origin {
+        use proxy::identify::Origin;
+        if let Some(p) = self.forged.get(&peer.ip()) {
+            return Origin::Port(*p);
+        }
+        match peer.ip() {
+            std::net::IpAddr::V4(v4) if v4.octets()[3] == 1 => Origin::Host,
+            std::net::IpAddr::V4(v4) => Origin::Port(v4.octets()[3] as u32),
+            _ => Origin::Elsewhere,
+        }
+    }
+}
+
+/// An inventory whose container `c` with address 127.0.0.N owns bridge port N.
+fn inventory_of(
+    list: &[bollard::models::ContainerSummary],
+    connected: bool,
+) -> imds_proxy::docker::InventoryHandle {
+    let mut inv = imds_proxy::docker::Inventory::from_summaries(list, |id, _| {
+        list.iter()
+            .find(|c| c.id.as_deref() == Some(id))
+            .and_then(|c| {
+                c.network_settings
+                    .as_ref()?
+                    .networks
+                    .as_ref()?
+                    .values()
+                    .next()?
+                    .ip_address
+                    .clone()
+            })
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+            .map(|ip| ip.octets()[3] as u32)
+    });
+    inv.connected = connected;
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(inv));
+    // A live inventory task never drops its sender; one that is gone means no news.
+    std::mem::forget(tx);
+    imds_proxy::docker::InventoryHandle {
+        rx,
+        kick: Arc::new(tokio::sync::Notify::new()),
+    }
+}
+
 async fn start_with(
     upstream: SocketAddr,
     timeout_ms: u64,
-    inventory: Option<tokio::sync::watch::Receiver<Arc<imds_proxy::docker::Inventory>>>,
+    inventory: Option<imds_proxy::docker::InventoryHandle>,
     unknown: &str,
+) -> Running {
+    start_full(
+        upstream,
+        timeout_ms,
+        inventory,
+        unknown,
+        FakeOrigins::default(),
+    )
+    .await
+}
+
+async fn start_full(
+    upstream: SocketAddr,
+    timeout_ms: u64,
+    inventory: Option<imds_proxy::docker::InventoryHandle>,
+    unknown: &str,
+    origins: FakeOrigins,
 ) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -130,6 +200,8 @@ async fn start_with(
         max_body_bytes: 1024,
         max_header_bytes: 8192,
         inventory,
+        identify_wait: Duration::from_millis(300),
+        origins: Arc::new(origins),
         // Loopback callers are no container unless a test's inventory says so.
         policies: tokio::sync::watch::channel(Arc::new(
             imds_proxy::policy::select::Policies::builtin("allow", unknown),
@@ -546,12 +618,14 @@ fn container(id: char, ip: &str, policy: &str) -> bollard::models::ContainerSumm
 #[tokio::test(flavor = "multi_thread")]
 async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
     let (up, seen) = upstream();
-    let inventory = imds_proxy::docker::Inventory::from_summaries(&[
-        container('a', "127.0.0.2", "metadata-only"),
-        container('b', "127.0.0.3", "deny"),
-    ]);
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(inventory));
-    let p = start_with(up, 2000, Some(rx), "deny").await;
+    let inventory = inventory_of(
+        &[
+            container('a', "127.0.0.2", "metadata-only"),
+            container('b', "127.0.0.3", "deny"),
+        ],
+        false,
+    );
+    let p = start_with(up, 2000, Some(inventory), "deny").await;
 
     // metadata-only: metadata yes, credentials no (AWS-shaped refusal).
     assert_eq!(
@@ -608,5 +682,51 @@ async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
             "GET /latest/meta-data/instance-id HTTP/1.1",
             "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1"
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_source_address_gets_no_identity_and_an_unreported_port_is_told_to_retry() {
+    let (up, seen) = upstream();
+    let list = [
+        container('a', "127.0.0.2", "allow"),
+        container('b', "127.0.0.3", "deny"),
+    ];
+    // 127.0.0.2 as a source address, but from b's bridge port: b forging a's address.
+    let origins = FakeOrigins {
+        forged: [("127.0.0.2".parse().unwrap(), 3)].into(),
+    };
+    let p = start_full(up, 2000, Some(inventory_of(&list, true)), "allow", origins).await;
+    let a = from(
+        "127.0.0.2",
+        p.addr,
+        "/latest/meta-data/iam/security-credentials/role",
+    )
+    .await;
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(
+        a.body
+            .contains("source address 127.0.0.2 is not the calling container's"),
+        "{a:?}"
+    );
+    // A port Docker has not reported: a bounded wait, then 503 with Retry-After, even
+    // though the unknown-caller policy here is allow.
+    let t = Instant::now();
+    let a = from("127.0.0.7", p.addr, "/latest/meta-data/").await;
+    let waited = t.elapsed();
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.headers.get("retry-after").map(String::as_str), Some("1"));
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "waited {waited:?}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+    // The host itself: the host policy (allow).
+    assert_eq!(
+        from("127.0.0.1", p.addr, "/latest/meta-data/").await.status,
+        200
     );
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::nfnl::{self, Attr};
 use super::plan::IMDS_V4;
@@ -147,6 +147,67 @@ fn cut_once(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<(usize, bo
         }
     }
     Ok((deleted, interrupted))
+}
+
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_MARK: u16 = 8;
+
+/// The conntrack request for the TCP connection whose reply direction goes from
+/// `local` (the proxy's end) to `peer`: after DNAT that is the one unique key of the
+/// container's connection.
+fn mark_request(local: SocketAddrV4, peer: SocketAddrV4) -> Vec<u8> {
+    let mut ip = Vec::new();
+    nfnl::put_attr(&mut ip, CTA_IP_V4_SRC, &local.ip().octets());
+    nfnl::put_attr(&mut ip, CTA_IP_V4_DST, &peer.ip().octets());
+    let mut proto = Vec::new();
+    nfnl::put_attr(&mut proto, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
+    nfnl::put_attr(&mut proto, CTA_PROTO_SRC_PORT, &local.port().to_be_bytes());
+    nfnl::put_attr(&mut proto, CTA_PROTO_DST_PORT, &peer.port().to_be_bytes());
+    let mut tuple = Vec::new();
+    nfnl::put_attr(&mut tuple, CTA_TUPLE_IP | nfnl::NLA_F_NESTED, &ip);
+    nfnl::put_attr(&mut tuple, CTA_TUPLE_PROTO | nfnl::NLA_F_NESTED, &proto);
+    let mut body = Vec::new();
+    nfnl::put_attr(&mut body, CTA_TUPLE_REPLY | nfnl::NLA_F_NESTED, &tuple);
+    nfnl::request(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        nfnl::NLM_F_REQUEST,
+        1,
+        AF_INET,
+        &body,
+    )
+}
+
+/// The connection mark of the TCP connection accepted at `local` from `peer`; `None`
+/// if conntrack has no such connection (a host process on loopback may not be
+/// tracked). The bridge table stamps container connections with their bridge port.
+pub fn connection_mark(local: SocketAddrV4, peer: SocketAddrV4) -> io::Result<Option<u32>> {
+    let sock = nfnl::socket()?;
+    let timeout = nix::sys::time::TimeVal::new(1, 0);
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(io::Error::from)?;
+    sock.send(&mark_request(local, peer), 0)?;
+    let mut buf = vec![0u8; 8192];
+    let n = sock.recv(&mut &mut buf[..], 0)?;
+    let Some(m) = nfnl::messages(&buf[..n]).next() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "conntrack sent no answer",
+        ));
+    };
+    match m.error_code() {
+        Some(code) if -code == libc::ENOENT => return Ok(None),
+        Some(code) => return Err(io::Error::from_raw_os_error(-code)),
+        None => {}
+    }
+    let mark = m
+        .attrs()
+        .get(CTA_MARK)
+        .and_then(|a| a.value.get(..4))
+        .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+    Ok(Some(mark.unwrap_or(0)))
 }
 
 /// IPv4 addresses configured on this host (in the current network namespace).

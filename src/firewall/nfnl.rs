@@ -124,6 +124,17 @@ impl<'a> IntoIterator for Attrs<'a> {
     }
 }
 
+/// `NLA_F_NESTED`: the attribute holds attributes.
+pub const NLA_F_NESTED: u16 = 0x8000;
+
+/// Appends one attribute (padded to 4 bytes) to `out`.
+pub fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align4(out.len()), 0);
+}
+
 pub fn align4(n: usize) -> usize {
     (n + 3) & !3
 }

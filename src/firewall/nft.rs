@@ -77,8 +77,7 @@ impl NetlinkFirewall {
                             let _ = reply.send(remove(&socket));
                         }
                         Request::Exists(reply) => {
-                            let _ = reply
-                                .send(table_names(&socket).map(|t| t.contains(&table_cname())));
+                            let _ = reply.send(table_names(&socket).map(|t| both_present(&t)));
                         }
                     }
                 }
@@ -180,7 +179,7 @@ impl Expression for Reject {
 
 /// Adds the expressions for one match, in the form nft itself generates (so that
 /// `nft list` prints it back the same way).
-fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>) {
+fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, bridge: bool) {
     match m {
         Match::IifnameInSet(_) => {
             rule.add_expr(&nft_expr!(meta iifname));
@@ -195,6 +194,15 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>) {
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, prefix.as_bytes()));
         }
         Match::IpDaddr(addr) => {
+            if bridge {
+                // In the bridge family the network header is IPv4 only if the
+                // ethertype says so: the dependency nft itself adds.
+                rule.add_expr(&nft_expr!(payload ethernet ethertype));
+                rule.add_expr(&expr::Cmp::new(
+                    expr::CmpOp::Eq,
+                    &(nlibc::ETH_P_IP as u16).to_be_bytes()[..],
+                ));
+            }
             rule.add_expr(&nft_expr!(payload ipv4 daddr));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *addr));
         }
@@ -209,6 +217,10 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>) {
             rule.add_expr(&nft_expr!(payload tcp dport));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
         }
+        Match::MarkSet => {
+            rule.add_expr(&nft_expr!(meta mark));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, 0u32));
+        }
     }
 }
 
@@ -219,7 +231,9 @@ fn add_l4proto_tcp(rule: &mut nftnl::Rule<'_>) {
 
 fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
     match a {
-        Action::Dnat(to) => {
+        Action::DnatKeepingMark(to) => {
+            rule.add_expr(&nft_expr!(meta mark));
+            rule.add_expr(&nft_expr!(ct mark set));
             rule.add_expr(&expr::Immediate::new(
                 to.ip().octets(),
                 expr::Register::Reg1,
@@ -241,6 +255,11 @@ fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
             rule.add_expr(&Reject { tcp_reset: true });
         }
         Action::Reject => rule.add_expr(&Reject { tcp_reset: false }),
+        Action::MarkPort => {
+            // Both are 32 bits: the port's interface index becomes the packet mark.
+            rule.add_expr(&nft_expr!(meta iif));
+            rule.add_expr(&nft_expr!(meta mark set));
+        }
     }
 }
 
@@ -286,20 +305,47 @@ fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
         chain.set_hook(hook, c.priority);
         chain.set_type(match c.kind {
             ChainKind::Nat => nftnl::ChainType::Nat,
-            ChainKind::Filter => nftnl::ChainType::Filter,
+            ChainKind::Filter | ChainKind::BridgeFilter => nftnl::ChainType::Filter,
         });
         chain.set_policy(nftnl::Policy::Accept);
         batch.add(&chain, MsgType::Add);
-        for r in &c.rules {
-            let mut rule = nftnl::Rule::new(&chain);
-            for m in &r.matches {
-                add_match(&mut rule, m, &set);
-            }
-            add_action(&mut rule, &r.action);
-            batch.add(&rule, MsgType::Add);
-        }
+        add_rules(&mut batch, &chain, &c.rules, &set, false);
     }
+
+    // The bridge family table, replaced in the same transaction.
+    let btable = Table::new(
+        CString::new(rs.table).expect("table name has no NUL"),
+        ProtoFamily::Bridge,
+    );
+    batch.add(&btable, MsgType::Add);
+    batch.add(&btable, MsgType::Del);
+    batch.add(&btable, MsgType::Add);
+    let c = &rs.port_chain;
+    let name = CString::new(c.name).expect("chain name has no NUL");
+    let mut chain = Chain::new(&name, &btable);
+    chain.set_hook(nftnl::Hook::PreRouting, c.priority);
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_policy(nftnl::Policy::Accept);
+    batch.add(&chain, MsgType::Add);
+    add_rules(&mut batch, &chain, &c.rules, &set, true);
     batch.finalize()
+}
+
+fn add_rules(
+    batch: &mut Batch,
+    chain: &Chain<'_>,
+    rules: &[plan::Rule],
+    set: &Set<'_, IfName>,
+    bridge: bool,
+) {
+    for r in rules {
+        let mut rule = nftnl::Rule::new(chain);
+        for m in &r.matches {
+            add_match(&mut rule, m, set, bridge);
+        }
+        add_action(&mut rule, &r.action);
+        batch.add(&rule, MsgType::Add);
+    }
 }
 
 fn apply(socket: &mnl::Socket, rs: &Ruleset) -> Result<(), FirewallError> {
@@ -309,11 +355,15 @@ fn apply(socket: &mnl::Socket, rs: &Ruleset) -> Result<(), FirewallError> {
 }
 
 fn remove(socket: &mnl::Socket) -> Result<bool, FirewallError> {
-    let existed = table_names(socket)?.contains(&table_cname());
-    let table = Table::new(table_cname(), ProtoFamily::Ipv4);
+    let existed = table_names(socket)?
+        .iter()
+        .any(|(_, name)| *name == table_cname());
     let mut batch = Batch::new();
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
+    for family in [ProtoFamily::Ipv4, ProtoFamily::Bridge] {
+        let table = Table::new(table_cname(), family);
+        batch.add(&table, MsgType::Add);
+        batch.add(&table, MsgType::Del);
+    }
     let batch = batch.finalize();
     send_and_process(socket, &batch)
         .map_err(|e| FirewallError::from_io("delete the nftables table", e))?;
@@ -371,7 +421,15 @@ fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
 
 /// Names of the `ip` family nftables tables (a table of another family with the same
 /// name is someone else's and must not count as ours).
-fn table_names(socket: &mnl::Socket) -> Result<HashSet<CString>, FirewallError> {
+/// Both of the daemon's tables (`ip` and `bridge`) exist.
+fn both_present(tables: &HashSet<(u32, CString)>) -> bool {
+    let name = table_cname();
+    [nlibc::NFPROTO_IPV4, nlibc::NFPROTO_BRIDGE]
+        .iter()
+        .all(|f| tables.contains(&(*f as u32, name.clone())))
+}
+
+fn table_names(socket: &mnl::Socket) -> Result<HashSet<(u32, CString)>, FirewallError> {
     let seq = 0;
     let get = nftnl::table::get_tables_nlmsg(seq);
     let err = |e| FirewallError::from_io("list nftables tables", e);
@@ -381,15 +439,16 @@ fn table_names(socket: &mnl::Socket) -> Result<HashSet<CString>, FirewallError> 
     let mut tables = HashSet::new();
     loop {
         let n = socket.recv_raw(&mut buffer).map_err(err)?;
-        match mnl::cb_run2(&buffer[..n], seq, portid, ipv4_table_cb, &mut tables).map_err(err)? {
+        match mnl::cb_run2(&buffer[..n], seq, portid, table_cb, &mut tables).map_err(err)? {
             mnl::CbResult::Stop => return Ok(tables),
             mnl::CbResult::Ok => continue,
         }
     }
 }
 
-/// Collects the name of each `ip` family table in a table dump.
-fn ipv4_table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<CString>) -> nlibc::c_int {
+/// Collects the family and name of each `ip` and `bridge` family table in a table dump
+/// (a table of another family with the same name is someone else's).
+fn table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<(u32, CString)>) -> nlibc::c_int {
     // SAFETY: `header` is a complete netlink message handed over by mnl_cb_run; the
     // table object is allocated, filled by libnftnl from that message, read, and freed
     // here; the name is copied before the free.
@@ -399,13 +458,13 @@ fn ipv4_table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<CString>) -> nli
             return -1;
         }
         let parsed = sys::nftnl_table_nlmsg_parse(header, t);
+        let family = sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16);
         if parsed >= 0
-            && sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16)
-                == nlibc::NFPROTO_IPV4 as u32
+            && (family == nlibc::NFPROTO_IPV4 as u32 || family == nlibc::NFPROTO_BRIDGE as u32)
         {
             let name = sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16);
             if !name.is_null() {
-                tables.insert(std::ffi::CStr::from_ptr(name).to_owned());
+                tables.insert((family, std::ffi::CStr::from_ptr(name).to_owned()));
             }
         }
         sys::nftnl_table_free(t);

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// Name of the one nftables table the daemon owns (family `ip`).
+/// Name of the daemon's nftables tables: one in the `ip` family (interception, refusals)
+/// and one in the `bridge` family (which bridge port a metadata packet came in by).
 pub const TABLE: &str = "imds_proxy";
 /// Name of the named set that holds the container bridges present right now.
 pub const BRIDGE_SET: &str = "bridges";
@@ -148,6 +149,8 @@ pub enum Hook {
 pub enum ChainKind {
     Nat,
     Filter,
+    /// A filter chain of the `bridge` family table.
+    BridgeFilter,
 }
 
 /// One condition of a rule, in the order the kernel evaluates it.
@@ -163,19 +166,25 @@ pub enum Match {
     TcpDport(u16),
     /// `ct status dnat`: the connection was DNATed (by our prerouting rule).
     CtStatusDnat,
+    /// `meta mark != 0`: the bridge table stamped the packet with its port.
+    MarkSet,
 }
 
 /// What a rule does when every condition holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `dnat to A:P`
-    Dnat(SocketAddrV4),
     /// `accept` (only this table's verdict: other tables still see the packet)
     Accept,
     /// `reject with tcp reset`, for TCP packets only.
     RejectTcpReset,
     /// `reject` (ICMP port unreachable).
     Reject,
+    /// `meta mark set iif` (bridge family): stamps the packet with the index of the
+    /// bridge port it entered by, the container's own veth.
+    MarkPort,
+    /// `ct mark set meta mark dnat to A:P`: keeps the port stamp on the connection, where
+    /// the proxy reads it, and sends the connection to the proxy.
+    DnatKeepingMark(SocketAddrV4),
 }
 
 /// One rule.
@@ -203,27 +212,52 @@ pub struct Ruleset {
     /// Elements of the `bridges` set.
     pub bridges: BTreeSet<String>,
     pub chains: Vec<Chain>,
+    /// The one chain of the `bridge` family table.
+    pub port_chain: Chain,
 }
 
 /// `dstnat` is -100; ten ahead of it so our binding wins over Docker's own NAT.
 pub const PRIO_DSTNAT_AHEAD: i32 = -110;
 /// `filter` is 0; ten ahead of Docker's filter chains.
 pub const PRIO_FILTER_AHEAD: i32 = -10;
+/// Bridge family `dstnat`, the earliest standard bridge priority; it must be below 0,
+/// where the kernel's own br_netfilter hook hands frames to the IP stack.
+pub const PRIO_BRIDGE_FIRST: i32 = -300;
 
 /// Computes the ruleset for a snapshot. Pure: same snapshot, same ruleset.
 pub fn plan(s: &Snapshot) -> Ruleset {
     let listen_ip = *s.listen.ip();
     let mut prerouting = Vec::new();
     if s.mode == Mode::Open {
+        // Only packets the bridge table stamped with their port: the proxy identifies
+        // the caller by that port, which a container cannot forge, not by its source
+        // address, which it can. Anything unstamped falls to the refusals below.
         prerouting.push(Rule {
             matches: vec![
                 Match::IifnameInSet(BRIDGE_SET),
                 Match::IpDaddr(IMDS_V4),
                 Match::TcpDport(IMDS_PORT),
+                Match::MarkSet,
             ],
-            action: Action::Dnat(s.listen),
+            action: Action::DnatKeepingMark(s.listen),
         });
     }
+
+    // Every metadata packet that enters a bridge is stamped with the bridge port it
+    // came in by, before anything else sees it (in every mode: harmless when closed,
+    // and ready the moment the DNAT rule appears). Kernels commonly lack the bridge
+    // `meta ibrname` key, so this cannot be narrowed to the container bridges; the
+    // `ip` table only honours the stamp from those.
+    let port_chain = Chain {
+        name: "prerouting",
+        kind: ChainKind::BridgeFilter,
+        hook: Hook::Prerouting,
+        priority: PRIO_BRIDGE_FIRST,
+        rules: vec![Rule {
+            matches: vec![Match::IpDaddr(IMDS_V4), Match::TcpDport(IMDS_PORT)],
+            action: Action::MarkPort,
+        }],
+    };
 
     // Fail closed: whatever was not DNATed above and still goes to the metadata address
     // from a container bridge is refused, promptly, both when the host routes it on
@@ -307,6 +341,7 @@ pub fn plan(s: &Snapshot) -> Ruleset {
                 rules: forward,
             },
         ],
+        port_chain,
     }
 }
 
@@ -328,6 +363,7 @@ impl fmt::Display for Match {
             Match::IpDaddr(a) => write!(f, "ip daddr {a}"),
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
+            Match::MarkSet => f.write_str("meta mark != 0x00000000"),
         }
     }
 }
@@ -335,10 +371,11 @@ impl fmt::Display for Match {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Dnat(to) => write!(f, "dnat to {to}"),
             Action::Accept => f.write_str("accept"),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::Reject => f.write_str("reject"),
+            Action::MarkPort => f.write_str("meta mark set iif"),
+            Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
         }
     }
 }
@@ -361,6 +398,9 @@ impl fmt::Display for Chain {
             (ChainKind::Filter, Hook::Prerouting) => ("filter", "prerouting", "filter", 0),
             (ChainKind::Filter, Hook::Input) => ("filter", "input", "filter", 0),
             (ChainKind::Filter, Hook::Forward) => ("filter", "forward", "filter", 0),
+            (ChainKind::BridgeFilter, Hook::Prerouting) => ("filter", "prerouting", "dstnat", -300),
+            (ChainKind::BridgeFilter, Hook::Input) => ("filter", "input", "filter", -200),
+            (ChainKind::BridgeFilter, Hook::Forward) => ("filter", "forward", "filter", -200),
         };
         let offset = self.priority - base_value;
         let prio = match offset {
@@ -396,6 +436,9 @@ impl fmt::Display for Ruleset {
             writeln!(f)?;
             write!(f, "{c}")?;
         }
+        writeln!(f, "}}")?;
+        writeln!(f, "table bridge {} {{", self.table)?;
+        write!(f, "{}", self.port_chain)?;
         writeln!(f, "}}")
     }
 }

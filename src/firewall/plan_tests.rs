@@ -69,7 +69,7 @@ fn dnat_goes_to_the_configured_listen_address() {
     let text = plan(&s).to_string();
     assert!(
         text.contains(
-            "iifname @bridges ip daddr 169.254.169.254 tcp dport 80 dnat to 169.254.77.7:8080"
+            "iifname @bridges ip daddr 169.254.169.254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark dnat to 169.254.77.7:8080"
         ),
         "{text}"
     );
@@ -133,4 +133,23 @@ fn bridge_patterns_parse_and_match() {
         ["br-a", "eth0", "br-b", "lo"],
     );
     assert_eq!(snap.into_iter().collect::<Vec<_>>(), ["br-a", "br-b"]);
+}
+
+#[test]
+fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
+    let rs = plan(&snapshot(&["docker0"], Mode::Open));
+    let pre = &rs.chains[0];
+    assert_eq!(pre.rules.len(), 1);
+    assert!(pre.rules[0].matches.contains(&Match::MarkSet));
+    assert!(matches!(pre.rules[0].action, Action::DnatKeepingMark(_)));
+    // The bridge table stamps in both modes, first of all bridge hooks.
+    for mode in [Mode::Open, Mode::Closed] {
+        let rs = plan(&snapshot(&["docker0"], mode));
+        assert_eq!(rs.port_chain.priority, PRIO_BRIDGE_FIRST);
+        assert_eq!(rs.port_chain.rules.len(), 1);
+        assert_eq!(
+            rs.port_chain.rules[0].to_string(),
+            "ip daddr 169.254.169.254 tcp dport 80 meta mark set iif"
+        );
+    }
 }

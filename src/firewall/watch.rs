@@ -15,6 +15,7 @@ use super::plan::TABLE;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_BRIDGE: u8 = 7;
 /// Attribute 1 is the table name in table, chain, rule, set and element messages.
 const ATTR_TABLE: u16 = 1;
 /// Message types from NFT_MSG_NEWTABLE (0) to NFT_MSG_DELSETELEM (14) name a table.
@@ -51,7 +52,10 @@ pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignCha
         return None;
     }
     let op = msg.ty & 0xff;
-    if op > LAST_TABLE_SCOPED || msg.pid == own_portid || msg.family() != Some(NFPROTO_IPV4) {
+    if op > LAST_TABLE_SCOPED
+        || msg.pid == own_portid
+        || !matches!(msg.family(), Some(NFPROTO_IPV4 | NFPROTO_BRIDGE))
+    {
         return None;
     }
     let table = msg.attrs().get(ATTR_TABLE)?;
@@ -163,6 +167,9 @@ mod tests {
     #[test]
     fn a_rule_deleted_from_our_table_is_reported() {
         let c = classify(&notification(8, 7, NFPROTO_IPV4, TABLE), 42).unwrap();
+        assert_eq!(c.what, "rule deleted");
+        // The bridge table (the port stamp) is watched the same way.
+        let c = classify(&notification(8, 7, NFPROTO_BRIDGE, TABLE), 42).unwrap();
         assert_eq!(c.what, "rule deleted");
     }
 }

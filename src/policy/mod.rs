@@ -6,11 +6,16 @@
 //! `recursive=true` listing of an ancestor is denied, and an Azure document that would
 //! embed the subtree (`/metadata/instance` embeds `compute/userData`) is allowed with
 //! that part removed from the answer.
+//!
+//! A policy may also carry a [`RateLimit`]; [`ratelimit::RateLimiter`] keeps the
+//! per-container token buckets that enforce it.
 
 pub mod canonical;
+pub mod ratelimit;
 pub mod select;
 
 use canonical::CanonicalPath;
+pub use ratelimit::{RateLimit, RateLimiter};
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +166,9 @@ pub struct Policy {
     /// First match wins.
     pub rules: Vec<Rule>,
     pub default: Verdict,
+    /// Requests one container may make under this policy; `None`: no limit (the
+    /// built-in policies).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Paths `metadata-only` denies: tokens and credentials of every provider, and user
@@ -189,16 +197,19 @@ impl Policy {
                 name: name.into(),
                 rules: vec![],
                 default: Verdict::Allow,
+                rate_limit: None,
             }),
             "deny" => Some(Self {
                 name: name.into(),
                 rules: vec![],
                 default: Verdict::Deny,
+                rate_limit: None,
             }),
             "metadata-only" => Some(Self {
                 name: name.into(),
                 rules: SECRET_PATHS.iter().map(|p| deny(p)).collect(),
                 default: Verdict::Allow,
+                rate_limit: None,
             }),
             _ => None,
         }

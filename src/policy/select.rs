@@ -20,8 +20,10 @@ pub struct Policies {
     pub named: BTreeMap<String, Policy>,
     /// For containers without a policy label.
     pub unlabelled: Policy,
-    /// For addresses no known container holds.
+    /// For callers no known container owns.
     pub unknown: Policy,
+    /// For the host's own processes (and containers on `--network host`).
+    pub host: Policy,
 }
 
 impl Policies {
@@ -33,22 +35,28 @@ impl Policies {
             .or_else(|| Policy::builtin(name))
     }
 
-    /// Built-ins only, with the given defaults.
+    /// Built-ins only, with the given defaults (host processes: `allow`).
     pub fn builtin(unlabelled: &str, unknown: &str) -> Self {
         Self {
             named: BTreeMap::new(),
             unlabelled: Policy::builtin(unlabelled).expect("built-in policy name"),
             unknown: Policy::builtin(unknown).expect("built-in policy name"),
+            host: Policy::builtin("allow").expect("built-in policy name"),
         }
     }
 }
 
-/// The policy for a caller and a short reason, for the log.
+/// The policy for a caller (a container, or with `host` a host process, or neither:
+/// unknown) and a short reason, for the log.
 pub fn policy_for<'a>(
     caller: Option<&Endpoint>,
+    host: bool,
     policies: &'a Policies,
 ) -> (Cow<'a, Policy>, String) {
     let Some(c) = caller else {
+        if host {
+            return (Cow::Borrowed(&policies.host), "host process".into());
+        }
         return (Cow::Borrowed(&policies.unknown), "unknown caller".into());
     };
     if let Some(name) = c.labels.get(POLICY_LABEL) {
@@ -89,6 +97,7 @@ mod tests {
             network: "bridge".into(),
             ipv4: "172.17.0.2".parse().unwrap(),
             mac: None,
+            port: Some(7),
         }
     }
 
@@ -99,7 +108,7 @@ mod tests {
     #[test]
     fn labels_pick_the_policy_and_defaults_cover_the_rest() {
         let d = defaults();
-        let name = |c: Option<&Endpoint>| policy_for(c, &d).0.name.clone();
+        let name = |c: Option<&Endpoint>| policy_for(c, false, &d).0.name.clone();
         assert_eq!(
             name(Some(&ep(&[("imds-proxy.policy", "metadata-only")]))),
             "metadata-only"
@@ -108,12 +117,20 @@ mod tests {
         assert_eq!(name(Some(&ep(&[("MSIClientContainer", "")]))), "allow");
         assert_eq!(name(Some(&ep(&[("other", "x")]))), "allow");
         assert_eq!(name(None), "deny");
+        assert_eq!(policy_for(None, true, &d).0.name, "allow");
+        let mut hardened = defaults();
+        hardened.host = Policy::builtin("metadata-only").unwrap();
+        let (p, why) = policy_for(None, true, &hardened);
+        assert_eq!(
+            (p.name.as_str(), why.as_str()),
+            ("metadata-only", "host process")
+        );
     }
 
     #[test]
     fn a_misspelt_policy_denies() {
         let d = defaults();
-        let (p, why) = policy_for(Some(&ep(&[("imds-proxy.policy", "alow")])), &d);
+        let (p, why) = policy_for(Some(&ep(&[("imds-proxy.policy", "alow")])), false, &d);
         assert_eq!(p.name, "deny");
         assert!(why.contains("names no policy"), "{why}");
     }
@@ -126,6 +143,7 @@ mod tests {
                 ("imds-proxy.policy", "deny"),
                 ("MSIClientContainer", ""),
             ])),
+            false,
             &d,
         );
         assert_eq!(p.name, "deny");
@@ -148,6 +166,7 @@ mod named {
                 verdict: Verdict::Allow,
             }],
             default: Verdict::Deny,
+            rate_limit: None,
         };
         p.named.insert("ci".into(), ci.clone());
         let ep = Endpoint {
@@ -157,7 +176,8 @@ mod named {
             network: "bridge".into(),
             ipv4: "172.17.0.9".parse().unwrap(),
             mac: None,
+            port: Some(7),
         };
-        assert_eq!(*policy_for(Some(&ep), &p).0, ci);
+        assert_eq!(*policy_for(Some(&ep), false, &p).0, ci);
     }
 }

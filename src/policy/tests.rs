@@ -164,3 +164,10 @@ fn patterns_parse_strictly() {
     );
     assert!(!p.matches_below(&segs("/b")));
 }
+
+#[test]
+fn built_in_policies_have_no_rate_limit() {
+    for name in ["allow", "metadata-only", "deny"] {
+        assert_eq!(Policy::builtin(name).unwrap().rate_limit, None, "{name}");
+    }
+}

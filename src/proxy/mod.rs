@@ -1,8 +1,10 @@
-//! The embedded HTTP proxy: identifies the caller by its peer address (DNAT keeps the
-//! container's source address), forwards the request to the metadata service and
-//! returns the answer; never hangs a container on a slow or dead upstream.
+//! The embedded HTTP proxy: identifies the caller by the bridge port its connection
+//! came in by (see [`identify`]), decides by its policy, forwards the request to the
+//! metadata service and returns the answer; never hangs a container on a slow or dead
+//! upstream.
 
 pub mod headers;
+pub mod identify;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,9 +22,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::docker::Endpoint;
+use crate::docker::InventoryHandle;
 use crate::policy::canonical::{CanonicalError, CanonicalPath};
 use crate::policy::{self, select, Provider, Verdict};
+use identify::{Caller, Lookup, Origin, Origins};
 
 /// Largest answer accepted from the upstream (metadata documents are small; user data
 /// is at most a few hundred KiB on every cloud).
@@ -31,8 +34,8 @@ const MAX_UPSTREAM_BODY: usize = 4 << 20;
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Open connections in all.
 pub const MAX_CONNECTIONS: usize = 4096;
-/// How long an unknown caller waits for Docker to report its container.
-pub const IDENTIFY_WAIT: Duration = Duration::from_secs(1);
+/// What a caller Docker could not name in time is told to wait before trying again.
+const RETRY_AFTER_SECS: u64 = 1;
 /// A client must send its whole request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,8 +57,12 @@ pub struct ProxySettings {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
-    /// Who is behind an address, when Docker can say.
-    pub inventory: Option<tokio::sync::watch::Receiver<Arc<crate::docker::Inventory>>>,
+    /// Which container is behind a bridge port, when Docker can say.
+    pub inventory: Option<InventoryHandle>,
+    /// How long a request from a port Docker has not reported yet waits for it.
+    pub identify_wait: Duration,
+    /// Reads which bridge port a connection came in by.
+    pub origins: Arc<dyn Origins>,
     /// The policies in force; replaced whole when the configuration is reloaded.
     pub policies: tokio::sync::watch::Receiver<Arc<select::Policies>>,
 }
@@ -87,6 +94,15 @@ pub enum ProxyError {
     BadPath(#[source] CanonicalError),
     #[error("the request target cannot be forwarded")]
     BadTarget(#[source] http::Error),
+    #[error("Docker has not reported the calling container yet; retry shortly")]
+    Undetermined,
+    #[error("rate limit {limit} of {reason} exceeded")]
+    RateLimited {
+        provider: Provider,
+        limit: policy::RateLimit,
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 impl ProxyError {
@@ -104,6 +120,8 @@ impl ProxyError {
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_request_path"),
             Self::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Unredactable => (StatusCode::BAD_GATEWAY, "unredactable_answer"),
+            Self::Undetermined => (StatusCode::SERVICE_UNAVAILABLE, "caller_not_yet_known"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         }
     }
 
@@ -111,14 +129,37 @@ impl ProxyError {
     /// provider the request was for.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         if let Self::Denied { provider, reason } = &self {
-            return denial(*provider, reason);
+            return refusal(
+                *provider,
+                StatusCode::FORBIDDEN,
+                &format!("denied by imds-proxy {reason}"),
+                None,
+            );
+        }
+        if let Self::RateLimited {
+            provider,
+            retry_after,
+            ..
+        } = &self
+        {
+            // Whole seconds, rounded up: never invite a retry that is refused again.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            return refusal(
+                *provider,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("imds-proxy: {self}"),
+                Some(secs.max(1)),
+            );
         }
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() }).to_string();
-        Response::builder()
+        let mut b = Response::builder()
             .status(status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if matches!(self, Self::Undetermined) {
+            b = b.header(http::header::RETRY_AFTER, RETRY_AFTER_SECS);
+        }
+        b.body(Full::new(Bytes::from(body)))
             .expect("static response parts are valid")
     }
 }
@@ -127,6 +168,18 @@ impl ProxyError {
 pub struct Proxy {
     settings: ProxySettings,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Per-caller request budgets of policies that set `rate_limit` (held only for the
+    /// check itself, never across an await).
+    limiter: std::sync::Mutex<policy::RateLimiter<RateKey>>,
+}
+
+/// Whose budget a request uses: each container its own; host processes share one,
+/// unknown callers another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RateKey {
+    Container(crate::docker::ContainerId),
+    Host,
+    Unknown,
 }
 
 impl Proxy {
@@ -139,21 +192,30 @@ impl Proxy {
             .pool_max_idle_per_host(64)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { settings, client }
+        Self {
+            settings,
+            client,
+            limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
+        }
     }
 
-    /// Answers one request from `client`. Never fails: errors become JSON answers.
+    /// Answers one request from `client`, whose connection came in from `origin`.
+    /// Never fails: errors become answers. Writes one audit event per request.
     pub async fn handle(
         &self,
         client: ClientAddr,
+        origin: Origin,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let who = self.identify(client).await;
+        let method = req.method().clone();
+        let caller = self.identify(client, origin, started).await;
+        let identify_us = started.elapsed().as_micros() as u64;
         let deadline = self.settings.request_timeout;
+        let mut audit = Audit::default();
         let result = match tokio::time::timeout(
             deadline,
-            self.forward(req, started + deadline, who.as_deref()),
+            self.forward(req, started + deadline, &caller, &mut audit),
         )
         .await
         {
@@ -161,55 +223,88 @@ impl Proxy {
             Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let container = who
-            .map(|e| format!("{}/{}", e.name, e.container.short()))
-            .unwrap_or_else(|| "-".into());
-        match result {
-            Ok((resp, because)) => {
-                info!(%client, status = resp.status().as_u16(), container = %container, policy = %because, elapsed_ms, "forwarded");
-                resp
-            }
+        let (container, container_id) = match &caller {
+            Caller::Container(e) => (e.name.as_str(), e.container.short()),
+            Caller::Host => ("(host)", "-"),
+            Caller::Forged { .. } => ("(forged source)", "-"),
+            _ => ("-", "-"),
+        };
+        let resp = match result {
+            Ok(resp) => resp,
             Err(e) => {
-                warn!(%client, container = %container, error = %error_chain(&e), elapsed_ms, "answered by the proxy");
+                if audit.decision.is_empty() {
+                    audit.decision = "error";
+                }
+                audit.error = Some(error_chain(&e));
                 e.into_response()
             }
+        };
+        let path = audit.path.as_deref().unwrap_or("-");
+        let query_keys = audit.query_keys.as_deref().unwrap_or("");
+        let status = resp.status().as_u16();
+        let upstream_status = audit.upstream_status.unwrap_or(0);
+        if let Caller::Forged {
+            port_owner,
+            claimed,
+        } = &caller
+        {
+            warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
         }
+        match &audit.error {
+            None => {
+                info!(%client, container_id, container, %method, path, query_keys, decision = audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, "request")
+            }
+            Some(error) => {
+                warn!(%client, container_id, container, %method, path, query_keys, decision = audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, error = %error, "request")
+            }
+        }
+        resp
     }
 
-    /// The container at `client`. A container's first request can arrive before Docker
-    /// has reported its start: while Docker is reachable, an unknown address waits for
-    /// the inventory's next updates, at most [`IDENTIFY_WAIT`].
-    async fn identify(&self, client: ClientAddr) -> Option<Arc<crate::docker::Endpoint>> {
-        let IpAddr::V4(ip) = client.0 else {
-            return None;
+    /// The caller behind a connection. A container's first request can arrive before
+    /// Docker has reported its start: while Docker is reachable, a port no known
+    /// container owns asks for a fresh list and waits for it, at most `identify_wait`.
+    async fn identify(&self, client: ClientAddr, origin: Origin, arrived: Instant) -> Caller {
+        let Some(handle) = &self.settings.inventory else {
+            return match identify::lookup(None, origin, client.0) {
+                Lookup::Decided(c) => c,
+                Lookup::Wait => Caller::Unknown,
+            };
         };
-        let mut rx = self.settings.inventory.clone()?;
-        let give_up = tokio::time::Instant::now() + IDENTIFY_WAIT;
+        let mut rx = handle.rx.clone();
+        let give_up = tokio::time::Instant::from_std(arrived + self.settings.identify_wait);
+        let mut asked = false;
         loop {
             {
                 let inv = rx.borrow_and_update();
-                if let Some(e) = inv.lookup(ip) {
-                    return Some(e.clone());
-                }
-                if !inv.connected {
-                    return None;
+                if let Lookup::Decided(c) = identify::lookup(Some(&inv), origin, client.0) {
+                    return c;
                 }
             }
-            match tokio::time::timeout_at(give_up, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return None,
+            if !asked {
+                handle.kick.notify_one();
+                asked = true;
+            }
+            // Timed out, or the inventory task is gone (no news will come): decide now.
+            if !matches!(
+                tokio::time::timeout_at(give_up, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return identify::give_up(Some(&rx.borrow()), arrived);
             }
         }
     }
 
-    /// Decides, then forwards; returns the answer and the policy reason.
+    /// Decides, then forwards; fills in the audit record as it goes.
     async fn forward(
         &self,
         req: Request<Incoming>,
         deadline: Instant,
-        who: Option<&Endpoint>,
-    ) -> Result<(Response<Full<Bytes>>, String), ProxyError> {
+        caller: &Caller,
+        audit: &mut Audit,
+    ) -> Result<Response<Full<Bytes>>, ProxyError> {
         let (parts, body) = req.into_parts();
+        audit.query_keys = parts.uri.query().map(query_keys);
         if parts.method == http::Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method));
         }
@@ -234,8 +329,26 @@ impl Proxy {
         // The canonical path is what policy sees and what the upstream receives: the
         // two can never read the request differently.
         let canonical = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
+        audit.path = Some(canonical.to_string());
+        let provider = Provider::of(&canonical);
+        let who = match caller {
+            Caller::Container(e) => Some(&**e),
+            Caller::Forged { claimed, .. } => {
+                audit.decision = "deny";
+                audit.rule = format!("source address {claimed} is not the calling container's");
+                return Err(ProxyError::Denied {
+                    provider,
+                    reason: audit.rule.clone(),
+                });
+            }
+            Caller::Undetermined => {
+                audit.decision = "retry";
+                return Err(ProxyError::Undetermined);
+            }
+            Caller::Host | Caller::Unknown => None,
+        };
         let policies = self.settings.policies.borrow().clone();
-        let (chosen, why) = select::policy_for(who, &policies);
+        let (chosen, why) = select::policy_for(who, matches!(caller, Caller::Host), &policies);
         let decision = policy::decide(
             &chosen,
             &policy::Request {
@@ -243,13 +356,36 @@ impl Proxy {
                 query: parts.uri.query(),
             },
         );
-        let because = format!("{} ({why})", decision.because);
+        audit.rule = format!("{} ({why})", decision.because);
         if decision.verdict == Verdict::Deny {
+            audit.decision = "deny";
             return Err(ProxyError::Denied {
-                provider: Provider::of(&canonical),
-                reason: because,
+                provider,
+                reason: audit.rule.clone(),
             });
         }
+        if let Some(limit) = chosen.rate_limit {
+            let key = match caller {
+                Caller::Container(e) => RateKey::Container(e.container.clone()),
+                Caller::Host => RateKey::Host,
+                _ => RateKey::Unknown,
+            };
+            let checked =
+                self.limiter
+                    .lock()
+                    .expect("rate limiter lock")
+                    .check(&key, limit, Instant::now());
+            if let Err(retry_after) = checked {
+                audit.decision = "rate-limited";
+                return Err(ProxyError::RateLimited {
+                    provider,
+                    limit,
+                    reason: chosen.name.clone(),
+                    retry_after,
+                });
+            }
+        }
+        audit.decision = "allow";
         let path = match parts.uri.query() {
             Some(q) => format!("{canonical}?{q}"),
             None => canonical.to_string(),
@@ -280,6 +416,7 @@ impl Proxy {
             }
         })?;
         let (parts, body) = resp.into_parts();
+        audit.upstream_status = Some(parts.status.as_u16());
         let body = match Limited::new(body, MAX_UPSTREAM_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -303,29 +440,77 @@ impl Proxy {
         if !head_request {
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
-        Ok((resp, because))
+        Ok(resp)
     }
 }
 
-/// A policy denial as the provider itself would shape a refusal, with the reason.
-fn denial(provider: Provider, reason: &str) -> Response<Full<Bytes>> {
-    let b = Response::builder().status(StatusCode::FORBIDDEN);
+/// What the audit event of one request says besides who called.
+#[derive(Debug, Default)]
+struct Audit {
+    /// The canonical path (never the query: its values may be secrets).
+    path: Option<String>,
+    /// The names of the query parameters, without their values.
+    query_keys: Option<String>,
+    /// allow, deny, retry or error.
+    decision: &'static str,
+    /// The policy rule that decided, and why that policy applied.
+    rule: String,
+    upstream_status: Option<u16>,
+    error: Option<String>,
+}
+
+/// `a=1&b=2` → `a,b`: what was asked, without the values.
+fn query_keys(q: &str) -> String {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('=').next().unwrap_or(""))
+        .map(|k| {
+            k.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(64)
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A refusal (policy denial, rate limit) as the provider itself would shape it, with
+/// the reason.
+fn refusal(
+    provider: Provider,
+    status: StatusCode,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status);
+    if let Some(secs) = retry_after {
+        b = b.header(http::header::RETRY_AFTER, secs);
+    }
+    let code = match status {
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        _ => "forbidden",
+    };
+    let reason = status.canonical_reason().unwrap_or("");
     let (b, body) = match provider {
         Provider::Azure => (
-            b.header(http::header::CONTENT_TYPE, "application/json; charset=utf-8"),
-            serde_json::json!({ "error": "forbidden", "error_description": format!("Denied by imds-proxy {reason}") }).to_string(),
+            b.header(
+                http::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            ),
+            serde_json::json!({ "error": code, "error_description": message }).to_string(),
         ),
         Provider::Gce => (
-            b.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8").header("Metadata-Flavor", "Google"),
-            format!("403 Forbidden: denied by imds-proxy {reason}\n"),
+            b.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header("Metadata-Flavor", "Google"),
+            format!("{} {reason}: {message}\n", status.as_u16()),
         ),
         Provider::Aws => (
             b.header(http::header::CONTENT_TYPE, "text/plain"),
-            format!("Forbidden: denied by imds-proxy {reason}\n"),
+            format!("{reason}: {message}\n"),
         ),
         Provider::Other => (
             b.header(http::header::CONTENT_TYPE, "application/json"),
-            serde_json::json!({ "error": "forbidden", "message": format!("denied by imds-proxy {reason}") }).to_string(),
+            serde_json::json!({ "error": code, "message": message }).to_string(),
         ),
     };
     b.body(Full::new(Bytes::from(body)))
@@ -417,7 +602,11 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let client = ClientAddr(canonical_ip(peer));
-        let Some(permit) = limits.admit(client) else {
+        let origin = match stream.local_addr() {
+            Ok(local) => proxy.settings.origins.origin(local, peer),
+            Err(_) => Origin::Elsewhere,
+        };
+        let Some(permit) = limits.admit(conn_key(origin, client)) else {
             // Closing at once costs the others nothing; the container sees a reset.
             warn!(%client, "connection refused: too many open connections");
             drop(stream);
@@ -425,11 +614,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let span = info_span!("conn", client.addr = %client);
+        let span = info_span!("conn", client.addr = %client, origin = ?origin);
         let service = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
             let span = info_span!("request", client.addr = %client, method = %req.method(), path = %req.uri().path());
-            async move { Ok::<_, Infallible>(proxy.handle(client, req).await) }.instrument(span)
+            async move { Ok::<_, Infallible>(proxy.handle(client, origin, req).await) }
+                .instrument(span)
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -471,17 +661,32 @@ struct ConnLimits {
 #[derive(Default)]
 struct OpenConns {
     total: usize,
-    per_client: std::collections::HashMap<ClientAddr, usize>,
+    per_client: std::collections::HashMap<ConnKey, usize>,
+}
+
+/// Whose share a connection counts against: its bridge port when it has one (a forged
+/// source address cannot use up another container's share), else its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ConnKey {
+    Port(u32),
+    Addr(ClientAddr),
+}
+
+fn conn_key(origin: Origin, client: ClientAddr) -> ConnKey {
+    match origin {
+        Origin::Port(p) => ConnKey::Port(p),
+        _ => ConnKey::Addr(client),
+    }
 }
 
 /// One admitted connection; releases its place when dropped.
 struct ConnPermit {
     limits: ConnLimits,
-    client: ClientAddr,
+    client: ConnKey,
 }
 
 impl ConnLimits {
-    fn admit(&self, client: ClientAddr) -> Option<ConnPermit> {
+    fn admit(&self, client: ConnKey) -> Option<ConnPermit> {
         let mut open = self.open.lock().expect("connection table lock");
         let mine = open.per_client.get(&client).copied().unwrap_or(0);
         if mine >= MAX_CONNECTIONS_PER_CLIENT || open.total >= MAX_CONNECTIONS {

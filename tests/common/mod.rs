@@ -143,10 +143,15 @@ impl Netns {
         assert!(child.wait().unwrap().success(), "nft -f failed on {script}");
     }
 
-    /// The daemon's table as `nft` lists it, or None.
+    /// The daemon's tables (`ip`, then `bridge`) as `nft` lists them, or None if the
+    /// `ip` table is missing.
     pub fn nft_table(&self) -> Option<String> {
-        let (ok, out, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
-        ok.then_some(out)
+        let (ok, ip, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
+        if !ok {
+            return None;
+        }
+        let (_, bridge, _) = self.try_exec(&["nft", "list", "table", "bridge", "imds_proxy"]);
+        Some(ip + &bridge)
     }
 
     pub fn nft_table_count(&self) -> usize {

@@ -1,0 +1,170 @@
+//! Which host bridge port belongs to which container, seen from the host only.
+//!
+//! A container's interface on a bridge network is one end of a veth pair; the other end
+//! is a port of the network's bridge in the host namespace. The host end carries the
+//! container namespace's id (`IFLA_LINK_NETNSID`) and its bridge (`IFLA_MASTER`), so
+//! the port of (container, network) is the port of that network's bridge whose peer
+//! lives in the container's namespace. Nothing inside the container is consulted: a
+//! container can rename, re-address or add interfaces in its own namespace, but it
+//! cannot create or move a port of a host bridge.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::Handle;
+
+/// Errors of the port lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    #[error("could not open a route netlink connection")]
+    Connect(#[source] std::io::Error),
+    #[error("could not list the host's links")]
+    Links(#[source] rtnetlink::Error),
+}
+
+/// One bridge port whose peer is in another namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub index: u32,
+    /// Name of the bridge the port belongs to.
+    pub bridge: String,
+    /// Id (in the host namespace) of the namespace the peer lives in.
+    pub peer_nsid: i32,
+}
+
+/// The bridge ports of the host, for matching against containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMap {
+    ports: Vec<Port>,
+}
+
+impl PortMap {
+    pub fn new(ports: Vec<Port>) -> Self {
+        Self { ports }
+    }
+
+    /// The port of `bridge` whose peer is in the namespace `nsid`. Pure. Two such ports
+    /// (never made by Docker) identify no one.
+    pub fn port_of(&self, bridge: &str, nsid: i32) -> Option<u32> {
+        let mut found = self
+            .ports
+            .iter()
+            .filter(|p| p.bridge == bridge && p.peer_nsid == nsid);
+        let first = found.next()?;
+        found.next().is_none().then_some(first.index)
+    }
+}
+
+/// Talks to the kernel for the inventory task.
+pub struct PortReader {
+    handle: Handle,
+}
+
+impl PortReader {
+    /// Opens a route netlink connection (its task runs on the current runtime).
+    pub fn open() -> Result<Self, PortsError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(PortsError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Every bridge port of the host whose peer is in another namespace.
+    pub async fn ports(&self) -> Result<PortMap, PortsError> {
+        let mut names: HashMap<u32, String> = HashMap::new();
+        let mut raw: Vec<(u32, u32, i32)> = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(PortsError::Links)? {
+            let index = l.header.index;
+            let (mut master, mut nsid) = (None, None);
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => {
+                        names.insert(index, n.clone());
+                    }
+                    LinkAttribute::Controller(m) => master = Some(*m),
+                    LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
+                    _ => {}
+                }
+            }
+            if let (Some(m), Some(id)) = (master, nsid) {
+                raw.push((index, m, id));
+            }
+        }
+        Ok(PortMap::new(
+            raw.into_iter()
+                .filter_map(|(index, master, peer_nsid)| {
+                    Some(Port {
+                        index,
+                        bridge: names.get(&master)?.clone(),
+                        peer_nsid,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// The id the host gives the network namespace of process `pid`, if that process
+    /// still belongs to container `container_id` (a pid is checked against the
+    /// container's cgroup after its namespace is opened, so a recycled pid never
+    /// lends its namespace to the container).
+    pub async fn nsid_of(&self, pid: i64, container_id: &str) -> Option<i32> {
+        let ns = File::open(format!("/proc/{pid}/ns/net")).ok()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        if !cgroup.contains(container_id) {
+            return None;
+        }
+        let mut msg = NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(ns.as_raw_fd() as u32)];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut answers = self.handle.clone().request(req).ok()?;
+        while let Some(m) = futures::StreamExt::next(&mut answers).await {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) = m.payload {
+                return m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(index: u32, bridge: &str, peer_nsid: i32) -> Port {
+        Port {
+            index,
+            bridge: bridge.into(),
+            peer_nsid,
+        }
+    }
+
+    #[test]
+    fn the_port_is_the_one_on_the_network_bridge_with_the_peer_in_the_container() {
+        let map = PortMap::new(vec![
+            port(10, "docker0", 1),
+            port(11, "br-aaa", 1),
+            port(12, "docker0", 2),
+        ]);
+        assert_eq!(map.port_of("docker0", 1), Some(10));
+        assert_eq!(map.port_of("br-aaa", 1), Some(11));
+        assert_eq!(map.port_of("docker0", 2), Some(12));
+        assert_eq!(map.port_of("br-aaa", 2), None);
+        assert_eq!(map.port_of("docker0", 3), None);
+    }
+
+    #[test]
+    fn two_candidate_ports_identify_no_one() {
+        let map = PortMap::new(vec![port(10, "docker0", 1), port(13, "docker0", 1)]);
+        assert_eq!(map.port_of("docker0", 1), None);
+    }
+}

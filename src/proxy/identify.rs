@@ -1,0 +1,259 @@
+//! Who is calling: the bridge port the kernel stamped the connection with, checked
+//! against the inventory, never the source address alone.
+//!
+//! The bridge table marks every metadata packet with the interface index of the bridge
+//! port it entered by (the container's own veth), and the DNAT rule copies that mark
+//! onto the connection; [`Origins`] reads it back for each accepted connection. A
+//! container can forge its source address, and even its MAC, but not the port its
+//! frames enter the bridge by. So a caller is the container whose port the connection
+//! came in by, and only if the source address is that container's own on that network;
+//! an address that belongs to another container is refused, never served as the other
+//! container.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::docker::{Endpoint, Inventory};
+
+/// Where a connection came from, as the kernel recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Through a container bridge, by this bridge port (its interface index).
+    Port(u32),
+    /// From this host (loopback, no port stamp): a host process, or a container on
+    /// `--network host`.
+    Host,
+    /// Neither (no stamp and not a local address): trusted with nothing.
+    Elsewhere,
+}
+
+/// Reads the origin of an accepted connection: a kernel side effect behind a trait so
+/// the proxy can be tested without conntrack.
+pub trait Origins: Send + Sync + std::fmt::Debug + 'static {
+    fn origin(&self, local: SocketAddr, peer: SocketAddr) -> Origin;
+}
+
+/// The real one: the conntrack mark of the connection.
+#[derive(Debug)]
+pub struct ConntrackOrigins;
+
+impl Origins for ConntrackOrigins {
+    fn origin(&self, local: SocketAddr, peer: SocketAddr) -> Origin {
+        let (Some(local), Some(peer)) = (v4(local), v4(peer)) else {
+            return Origin::Elsewhere;
+        };
+        match crate::firewall::conntrack::connection_mark(local, peer) {
+            Ok(Some(mark)) if mark != 0 => Origin::Port(mark),
+            Ok(_) => host_or_elsewhere(*peer.ip()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the connection's conntrack mark; treating the caller as unknown");
+                Origin::Elsewhere
+            }
+        }
+    }
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+/// Unstamped connections reach the proxy only over loopback (the ruleset refuses the
+/// rest); a peer address of this host is a host process.
+fn host_or_elsewhere(peer: Ipv4Addr) -> Origin {
+    if peer.is_loopback() || local_addrs().contains(&peer) {
+        Origin::Host
+    } else {
+        Origin::Elsewhere
+    }
+}
+
+fn local_addrs() -> HashSet<Ipv4Addr> {
+    crate::firewall::conntrack::local_ipv4_addrs().unwrap_or_default()
+}
+
+/// Who the caller is, for policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Container(Arc<Endpoint>),
+    Host,
+    /// No container owns the port (or Docker is unreachable): the unknown-caller policy.
+    Unknown,
+    /// The source address is not the address of the container on that port: refused.
+    Forged {
+        port_owner: Arc<Endpoint>,
+        claimed: IpAddr,
+    },
+    /// Docker has not said in time who owns the port: answer 503 and let the SDK retry.
+    Undetermined,
+}
+
+/// What one look at the inventory says. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Decided(Caller),
+    /// Not known yet: worth waiting for a fresher inventory.
+    Wait,
+}
+
+/// Decides from one inventory.
+pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
+    let port = match origin {
+        Origin::Host => return Lookup::Decided(Caller::Host),
+        Origin::Elsewhere => return Lookup::Decided(Caller::Unknown),
+        Origin::Port(p) => p,
+    };
+    let Some(inv) = inv else {
+        return Lookup::Decided(Caller::Unknown);
+    };
+    match inv.by_port(port) {
+        Some(e) if IpAddr::V4(e.ipv4) == peer => Lookup::Decided(Caller::Container(e.clone())),
+        Some(e) => Lookup::Decided(Caller::Forged {
+            port_owner: e.clone(),
+            claimed: peer,
+        }),
+        // Docker is away: no news is coming.
+        None if !inv.connected => Lookup::Decided(Caller::Unknown),
+        None => Lookup::Wait,
+    }
+}
+
+/// After the wait: Docker listed containers after the request arrived and none owns
+/// the port, so it is no container's; otherwise Docker could not say in time.
+pub fn give_up(inv: Option<&Inventory>, arrived: Instant) -> Caller {
+    match inv {
+        Some(inv) if inv.listed_since(arrived) => Caller::Unknown,
+        _ => Caller::Undetermined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
+
+    /// Containers `a` (172.17.0.2, port 10) and `b` (172.17.0.3, port 11), and `c`
+    /// (172.17.0.4) whose port could not be found.
+    fn inventory(connected: bool) -> Inventory {
+        let c = |id: char, ip: &str| ContainerSummary {
+            id: Some(id.to_string().repeat(64)),
+            names: Some(vec![format!("/{id}")]),
+            network_settings: Some(ContainerSummaryNetworkSettings {
+                networks: Some(
+                    [(
+                        "bridge".to_string(),
+                        EndpointSettings {
+                            ip_address: Some(ip.into()),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                ),
+            }),
+            ..Default::default()
+        };
+        let mut inv = Inventory::from_summaries(
+            &[
+                c('a', "172.17.0.2"),
+                c('b', "172.17.0.3"),
+                c('c', "172.17.0.4"),
+            ],
+            |id, _| match &id[..1] {
+                "a" => Some(10),
+                "b" => Some(11),
+                _ => None,
+            },
+        );
+        inv.connected = connected;
+        inv
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn name(l: Lookup) -> String {
+        match l {
+            Lookup::Decided(Caller::Container(e)) => e.name.clone(),
+            Lookup::Decided(Caller::Forged {
+                port_owner,
+                claimed,
+            }) => {
+                format!("forged {claimed} on {}'s port", port_owner.name)
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_port_and_the_address_must_both_be_the_containers() {
+        let inv = inventory(true);
+        let cases = [
+            (Origin::Port(10), "172.17.0.2", "a"),
+            (Origin::Port(11), "172.17.0.3", "b"),
+            // b's port, a's address: b forging a's source address (with or without a's
+            // MAC: the port is what counts).
+            (
+                Origin::Port(11),
+                "172.17.0.2",
+                "forged 172.17.0.2 on b's port",
+            ),
+            (
+                Origin::Port(10),
+                "172.17.0.9",
+                "forged 172.17.0.9 on a's port",
+            ),
+            // A port nobody owns yet: wait for Docker, whatever the address claims.
+            (Origin::Port(12), "172.17.0.2", "Wait"),
+            // c's port was never found: c's address alone identifies no one.
+            (Origin::Port(13), "172.17.0.4", "Wait"),
+            (Origin::Host, "172.17.0.2", "Decided(Host)"),
+            (Origin::Elsewhere, "172.17.0.2", "Decided(Unknown)"),
+        ];
+        for (origin, peer, want) in cases {
+            assert_eq!(
+                name(lookup(Some(&inv), origin, ip(peer))),
+                want,
+                "{origin:?} {peer}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_docker_unknown_ports_are_unknown_at_once() {
+        let inv = inventory(false);
+        assert_eq!(
+            name(lookup(Some(&inv), Origin::Port(12), ip("172.17.0.2"))),
+            "Decided(Unknown)"
+        );
+        // Known containers keep being served during the outage.
+        assert_eq!(
+            name(lookup(Some(&inv), Origin::Port(10), ip("172.17.0.2"))),
+            "a"
+        );
+        assert_eq!(
+            name(lookup(None, Origin::Port(10), ip("172.17.0.2"))),
+            "Decided(Unknown)"
+        );
+    }
+
+    #[test]
+    fn after_the_wait_a_fresh_list_means_no_container_and_a_stale_one_means_retry() {
+        let arrived = Instant::now();
+        let mut inv = inventory(true);
+        inv.listed_at = Some(arrived - std::time::Duration::from_millis(5));
+        assert_eq!(give_up(Some(&inv), arrived), Caller::Undetermined);
+        inv.listed_at = Some(arrived + std::time::Duration::from_millis(5));
+        assert_eq!(give_up(Some(&inv), arrived), Caller::Unknown);
+        assert_eq!(give_up(None, arrived), Caller::Undetermined);
+    }
+}
