@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # in a `cargo test` log (between its `Running` line and the next one) must say ok., at
 # least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
 check_tiers() {
-  awk -v tiers="lib netns docker proxy cli nft" '
+  awk -v tiers="lib netns docker identity proxy cli nft" '
     BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
     { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
     /^ *Running / {                                  # a new test binary starts
@@ -51,6 +51,8 @@ work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)
 export IMDS_PROXY_REQUIRE_ROOT_TESTS=1          # root and Docker tests fail, never skip
 export IMDS_PROXY_MEASURE_FILE="$work/measure.txt"
 export IMDS_PROXY_SKIP_FILE="$work/skipped.txt"    # every skip, whatever libtest captured
+export IMDS_PROXY_DAEMON_LOG_FILE="$work/daemon.log" # every line any test's daemon logged
+export IMDS_PROXY_ISSUED_FILE="$work/issued.txt"     # every credential the fake clouds issued
 started_dockerd=""
 
 cleanup() {
@@ -99,3 +101,11 @@ if [ -s "$IMDS_PROXY_SKIP_FILE" ]; then
   tiers_ok=""
 fi
 [ -n "$tiers_ok" ] || { echo "not every test of every tier ran" >&2; exit 1; }
+
+# No credential any fake cloud issued during the run may appear in any daemon log.
+[ -s "$IMDS_PROXY_ISSUED_FILE" ] || { echo "no test issued a credential: the log check below would prove nothing" >&2; exit 1; }
+if grep -F -f "$IMDS_PROXY_ISSUED_FILE" "$IMDS_PROXY_DAEMON_LOG_FILE" >&2; then
+  echo "a credential issued during the run appears in a daemon log (above)" >&2
+  exit 1
+fi
+echo "credentials: $(wc -l < "$IMDS_PROXY_ISSUED_FILE") issued, none in $(wc -l < "$IMDS_PROXY_DAEMON_LOG_FILE") daemon log lines"

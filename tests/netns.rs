@@ -70,15 +70,15 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
     }
 
     // The host keeps its direct path: its request does not pass through the proxy.
-    let forwarded_before = d.log_count("forwarded");
+    let audited_before = d.log_count(AUDIT);
     let before = tb.imds.count();
     let (r, _) = http(&tb.host, IMDS, "GET", "/host-direct", &[]);
     assert_eq!(r.expect("host request").status, 200);
     assert_eq!(tb.imds.count(), before + 1);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
-        d.log_count("forwarded"),
-        forwarded_before,
+        d.log_count(AUDIT),
+        audited_before,
         "host request went through the proxy"
     );
 }

@@ -175,11 +175,12 @@ async fn start_with(
     inventory: Option<imds_proxy::docker::InventoryHandle>,
     unknown: &str,
 ) -> Running {
+    let policies = imds_proxy::policy::select::Policies::builtin("allow", unknown);
     start_full(
         upstream,
         timeout_ms,
         inventory,
-        unknown,
+        policies,
         FakeOrigins::default(),
     )
     .await
@@ -189,7 +190,7 @@ async fn start_full(
     upstream: SocketAddr,
     timeout_ms: u64,
     inventory: Option<imds_proxy::docker::InventoryHandle>,
-    unknown: &str,
+    policies: imds_proxy::policy::select::Policies,
     origins: FakeOrigins,
 ) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -202,11 +203,7 @@ async fn start_full(
         inventory,
         identify_wait: Duration::from_millis(300),
         origins: Arc::new(origins),
-        // Loopback callers are no container unless a test's inventory says so.
-        policies: tokio::sync::watch::channel(Arc::new(
-            imds_proxy::policy::select::Policies::builtin("allow", unknown),
-        ))
-        .1,
+        policies: tokio::sync::watch::channel(Arc::new(policies)).1,
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(proxy::serve(
@@ -696,7 +693,8 @@ async fn a_forged_source_address_gets_no_identity_and_an_unreported_port_is_told
     let origins = FakeOrigins {
         forged: [("127.0.0.2".parse().unwrap(), 3)].into(),
     };
-    let p = start_full(up, 2000, Some(inventory_of(&list, true)), "allow", origins).await;
+    let policies = imds_proxy::policy::select::Policies::builtin("allow", "allow");
+    let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
     let a = from(
         "127.0.0.2",
         p.addr,
@@ -728,5 +726,46 @@ async fn a_forged_source_address_gets_no_identity_and_an_unreported_port_is_told
     assert_eq!(
         from("127.0.0.1", p.addr, "/latest/meta-data/").await.status,
         200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_policy_answers_429_with_retry_after_per_container() {
+    let (up, seen) = upstream();
+    let mut policies = imds_proxy::policy::select::Policies::builtin("allow", "deny");
+    let mut limited = imds_proxy::policy::Policy::builtin("allow").unwrap();
+    limited.name = "limited".into();
+    limited.rate_limit = Some("1/min burst 2".parse().unwrap());
+    policies.named.insert("limited".into(), limited);
+    let list = [
+        container('a', "127.0.0.2", "limited"),
+        container('b', "127.0.0.3", "limited"),
+    ];
+    let inventory = inventory_of(&list, false);
+    let p = start_full(up, 2000, Some(inventory), policies, FakeOrigins::default()).await;
+    let path = "/computeMetadata/v1/project/project-id";
+    for _ in 0..2 {
+        assert_eq!(from("127.0.0.2", p.addr, path).await.status, 200);
+    }
+    let a = from("127.0.0.2", p.addr, path).await;
+    assert_eq!(a.status, 429, "{a:?}");
+    // The provider's own shape (GCE here), with a wait the container can honour.
+    assert_eq!(
+        a.headers.get("metadata-flavor").map(String::as_str),
+        Some("Google")
+    );
+    let wait: u64 = a.headers.get("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert!(
+        a.body
+            .contains("rate limit 1/min burst 2 of limited exceeded"),
+        "{a:?}"
+    );
+    // Another container with the same policy has its own budget.
+    assert_eq!(from("127.0.0.3", p.addr, path).await.status, 200);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        3,
+        "the refused request never reached the upstream"
     );
 }

@@ -252,10 +252,10 @@ impl Proxy {
         }
         match &audit.error {
             None => {
-                info!(%client, container_id, container, %method, path, query_keys, decision = audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, "request")
+                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, "request")
             }
             Some(error) => {
-                warn!(%client, container_id, container, %method, path, query_keys, decision = audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, error = %error, "request")
+                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, error = %error, "request")
             }
         }
         resp

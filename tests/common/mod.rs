@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_imds-proxy");
 pub const IMDS: &str = "169.254.169.254";
 pub const PROXY_ADDR: &str = "169.254.93.254";
+/// What starts the daemon's audit event, one per request answered.
+pub const AUDIT: &str = ": request client=";
 
 /// Root tests run only as root; where the suite demands them (CI), not being root fails.
 pub fn root_or_skip(test: &str) -> bool {
@@ -212,6 +216,9 @@ impl Seen {
 #[derive(Clone, Default)]
 pub struct FakeImds {
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Every credential it handed out (`/security-credentials/...`, `/token` paths),
+    /// so a test can check that none of them ever reaches a log.
+    pub issued: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeImds {
@@ -234,6 +241,11 @@ impl FakeImds {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// The credentials handed out so far.
+    pub fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
     }
 
     pub fn last(&self) -> Seen {
@@ -275,8 +287,19 @@ impl FakeImds {
             {
                 thread::sleep(Duration::from_millis(ms));
             }
+            let token = if target.contains("security-credentials/") || target.contains("/token") {
+                let t = format!(
+                    "SECRET-{:x}-{n}",
+                    std::process::id() as u64 * 7919 + n as u64
+                );
+                self.issued.lock().unwrap().push(t.clone());
+                append_to_env_file("IMDS_PROXY_ISSUED_FILE", &t);
+                t
+            } else {
+                String::new()
+            };
             let body = format!(
-                "{{\"served_by\":\"fake-imds\",\"port\":{port},\"target\":{:?},\"n\":{n}}}",
+                "{{\"served_by\":\"fake-imds\",\"port\":{port},\"target\":{:?},\"n\":{n},\"Token\":{token:?}}}",
                 target
             );
             let resp = format!(
@@ -549,6 +572,7 @@ impl Daemon {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[daemon] {line}");
+                append_to_env_file("IMDS_PROXY_DAEMON_LOG_FILE", &line);
                 l.0.lock().unwrap().push(strip_ansi(&line));
                 l.1.notify_all();
             }
@@ -671,7 +695,13 @@ pub fn refused(r: &(Result<Answer, std::io::Error>, Duration)) -> std::io::Error
 pub fn measure(what: &str, value: impl std::fmt::Display) {
     let line = format!("{what}: {value}");
     eprintln!("MEASURE {line}");
-    if let Ok(path) = std::env::var("IMDS_PROXY_MEASURE_FILE") {
+    append_to_env_file("IMDS_PROXY_MEASURE_FILE", &line);
+}
+
+/// Appends a line to the file named by environment variable `var`, if it is set (the
+/// test command collects measurements, daemon logs and issued credentials this way).
+pub fn append_to_env_file(var: &str, line: &str) {
+    if let Ok(path) = std::env::var(var) {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,592 @@
+//! Docker scenes for the root-namespace tests: containers and networks the tests create,
+//! the fake cloud behind a veth, the daemon, and their removal in a safe order.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::*;
+
+/// A `FROM scratch` image holding only busybox-static; built locally, never pulled.
+pub const IMAGE: &str = "imds-proxy-test-busybox:1";
+/// A refusal must come at once, not after a timeout.
+pub const FAST: Duration = Duration::from_secs(3);
+/// Headers that would mark a request as relayed.
+pub const RELAY_HEADERS: [&str; 4] = ["x-forwarded-for", "forwarded", "via", "x-real-ip"];
+/// Docker's default bridge network and its addresses.
+pub const DEFAULT_NET: &str = "bridge";
+pub const DOCKER0_PREFIX: &str = "172.17.";
+/// Every container and network the test creates carries this label (scripts/test.sh
+/// removes any left over by it).
+pub const LABEL: &str = "imds-proxy-test";
+
+/// The scenario uses the root namespace: only one Docker test may run at a time.
+pub static ROOT_NS: Mutex<()> = Mutex::new(());
+
+/// Everything the test creates, removed in a safe order on drop (also on panic):
+/// containers, networks, the daemon, its table and link, the cloud.
+pub struct Scene {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub daemon: Option<Daemon>,
+    /// Whether the daemon may have left its table and link in the root namespace.
+    pub installed: bool,
+    pub veth: Option<String>,
+    pub cloud: Option<Netns>,
+}
+
+impl Scene {
+    pub fn new() -> Self {
+        Self {
+            containers: Vec::new(),
+            networks: Vec::new(),
+            daemon: None,
+            installed: false,
+            veth: None,
+            cloud: None,
+        }
+    }
+
+    /// The cloud: a fake metadata service in its own namespace behind a veth pair with
+    /// link-local /30 addresses. Returns it with the root side's and the cloud side's
+    /// addresses.
+    pub fn start_cloud(&mut self) -> (FakeImds, String, String) {
+        let (root_ip, cloud_ip) = upstream_addrs();
+        let cloud = Netns::new("cloud");
+        let veth = format!("ipxcl{}", std::process::id());
+        self.veth = Some(veth.clone());
+        cmd(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &cloud.name,
+        ]);
+        cmd(&["ip", "addr", "add", &format!("{root_ip}/30"), "dev", &veth]);
+        cmd(&["ip", "link", "set", &veth, "up"]);
+        cloud.ip(&format!("addr add {cloud_ip}/30 dev eth0"));
+        cloud.ip("link set eth0 up");
+        let imds = FakeImds::start(&cloud, &[&format!("{cloud_ip}:80")]);
+        self.cloud = Some(cloud);
+        // The root namespace reaches the fake directly (not through the metadata address).
+        let sanity = root_get(&format!("{cloud_ip}:80"), "/upstream-sanity");
+        assert!(sanity.contains("fake-imds"), "upstream sanity: {sanity:?}");
+        assert_eq!(imds.count(), 1);
+
+        (imds, root_ip, cloud_ip)
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    /// Refuses to let a container start unless the daemon's table intercepts it (the
+    /// root namespace routes the metadata address to a real network).
+    fn assert_intercepted(&self) {
+        assert!(
+            self.installed && try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]).0,
+            "refusing to run a container: table ip imds_proxy is not installed"
+        );
+    }
+
+    fn next_name(&mut self) -> String {
+        let name = format!("ipx{}-c{}", std::process::id(), self.containers.len());
+        self.containers.push(name.clone());
+        name
+    }
+
+    /// Starts a long-running container (for `docker exec`); returns its name.
+    pub fn start(&mut self, network: &str, labels: &[&str], extra: &[&str]) -> String {
+        self.assert_intercepted();
+        let name = self.next_name();
+        let labels: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
+        let mut args = vec![
+            "docker",
+            "run",
+            "-d",
+            "--label",
+            LABEL,
+            "--name",
+            &name,
+            "--network",
+            network,
+        ];
+        args.extend(labels);
+        args.extend(extra);
+        args.extend([IMAGE, "sleep", "600"]);
+        cmd(&args);
+        name
+    }
+
+    /// Starts a container at address `ip` whose entrypoint asks for credentials at
+    /// once, logs the answer and `RC=<wget's exit code>`, then stays up.
+    pub fn start_asking(&mut self, network: &str, ip: &str, policy: &str) -> String {
+        self.assert_intercepted();
+        let name = self.next_name();
+        let label = format!("imds-proxy.policy={policy}");
+        let script = format!(
+            "wget -q -O - http://{IMDS}/latest/meta-data/iam/security-credentials/role 2>&1; rc=$?; echo; echo RC=$rc; sleep 600"
+        );
+        cmd(&[
+            "docker",
+            "run",
+            "-d",
+            "--label",
+            LABEL,
+            "--label",
+            &label,
+            "--name",
+            &name,
+            "--network",
+            network,
+            "--ip",
+            ip,
+            IMAGE,
+            "sh",
+            "-c",
+            &script,
+        ]);
+        name
+    }
+
+    /// Removes a container now (it stays on the clean-up list; removing twice is harmless).
+    pub fn remove(&mut self, name: &str) {
+        cmd(&["docker", "rm", "-f", name]);
+    }
+
+    /// Runs a container on `network` that asks the metadata address for `path`.
+    pub fn run(&mut self, network: &str, path: &str) -> Run {
+        self.run_labelled(network, path, &[])
+    }
+
+    /// Like [`Scene::run`], with extra `key=value` labels on the container.
+    pub fn run_labelled(&mut self, network: &str, path: &str, labels: &[&str]) -> Run {
+        assert!(
+            path.starts_with('/')
+                && path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)),
+            "unsafe path {path:?}"
+        );
+        // Safety: the root namespace routes the metadata address to a real network; a
+        // container may only send there while the daemon's table intercepts it.
+        self.assert_intercepted();
+        let name = self.next_name();
+        let script = format!(
+            "ip -4 -o addr show dev eth0 | awk '{{print \"ADDR=\" $4}}'\n\
+             echo BODY-BEGIN\n\
+             time timeout 8 wget -q -O - http://{IMDS}{path}\n\
+             rc=$?\n\
+             echo\n\
+             echo BODY-END\n\
+             exit $rc\n"
+        );
+        let start = Instant::now();
+        let extra_labels: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
+        let out = Command::new("docker")
+            .args(["run", "--rm"])
+            .args(&extra_labels)
+            .args([
+                "--label",
+                LABEL,
+                "--name",
+                &name,
+                "--network",
+                network,
+                IMAGE,
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker run");
+        let took = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let addr = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ADDR="))
+            .map(|a| a.split('/').next().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = stdout
+            .split_once("BODY-BEGIN\n")
+            .and_then(|(_, b)| b.split_once("\nBODY-END"))
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_default();
+        let inner_secs = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("real"))
+            .and_then(parse_busybox_time);
+        Run {
+            name: name.clone(),
+            network: network.to_owned(),
+            code: out.status.code(),
+            stdout,
+            stderr,
+            took,
+            addr,
+            body,
+            inner_secs,
+        }
+    }
+
+    /// A container on `network` asks for `path` and is answered by the fake upstream
+    /// through the proxy: exactly one new upstream request, from the proxy's side of the
+    /// veth, unmarked; the daemon logs the container's own address.
+    pub fn ask(&mut self, network: &str, path: &str, imds: &FakeImds, proxy_side: &str) -> Run {
+        const FORWARDED: &str = AUDIT;
+        let before = imds.count();
+        let logged_before = self.daemon().log_count(FORWARDED);
+        let r = self.run(network, path);
+        assert_eq!(r.code, Some(0), "request from {network} failed: {r:?}");
+        assert!(r.body.contains("fake-imds"), "{r:?}");
+        assert!(!r.addr.is_empty(), "no container address: {r:?}");
+        assert_eq!(imds.count(), before + 1, "upstream requests: {r:?}");
+        let seen = imds.last();
+        assert_eq!(
+            seen.peer.ip().to_string(),
+            proxy_side,
+            "not via the proxy: {seen:?}"
+        );
+        assert_eq!(seen.target, path);
+        assert_eq!(seen.header("host"), Some(IMDS));
+        for h in RELAY_HEADERS {
+            assert_eq!(seen.header(h), None, "{h} was added: {seen:?}");
+        }
+        // The proxy knew who asked: the container's address survives DNAT.
+        let d = self.daemon();
+        d.wait_for_nth(FORWARDED, logged_before + 1, Duration::from_secs(2));
+        let line = d
+            .log()
+            .into_iter()
+            .filter(|l| l.contains(FORWARDED))
+            .nth(logged_before)
+            .unwrap();
+        for needle in [
+            format!("client.addr={} ", r.addr),
+            format!("{FORWARDED}{} ", r.addr),
+            " status=200 ".to_string(),
+            " decision=allow ".to_string(),
+            // ...and which container that is, from the Docker inventory.
+            format!(" container={} ", r.name),
+            format!("path={path}"),
+        ] {
+            assert!(
+                line.contains(&needle),
+                "daemon log line lacks {needle:?}: {line}"
+            );
+        }
+        r
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = quiet(&["docker", "rm", "-f", c]);
+        }
+        for n in &self.networks {
+            let _ = quiet(&["docker", "network", "rm", n]);
+        }
+        // SIGKILL; the table (closed or open) stays until the uninstall below.
+        drop(self.daemon.take());
+        if self.installed {
+            let _ = quiet(&[BIN, "uninstall"]);
+        }
+        if let Some(v) = &self.veth {
+            let _ = quiet(&["ip", "link", "del", v]);
+        }
+        drop(self.cloud.take());
+    }
+}
+
+/// One container's attempt.
+#[derive(Debug)]
+pub struct Run {
+    /// The container's name.
+    pub name: String,
+    #[allow(dead_code)] // shown in failure messages
+    pub network: String,
+    pub code: Option<i32>,
+    #[allow(dead_code)] // shown in failure messages
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+    /// The container's IPv4 address on its network.
+    pub addr: String,
+    pub body: String,
+    /// wget's run time as busybox `time` measured it inside the container.
+    pub inner_secs: Option<f64>,
+}
+
+impl Run {
+    pub fn assert_refused(&self) {
+        assert_eq!(self.code, Some(1), "expected wget to fail: {self:?}");
+        assert!(
+            self.stderr.contains("Connection refused"),
+            "expected a refusal: {self:?}"
+        );
+        assert!(!self.body.contains("fake-imds"), "{self:?}");
+        assert!(
+            self.took < FAST,
+            "refusal took {:?} (docker run): {self:?}",
+            self.took
+        );
+        let inner = self.inner_secs.expect("busybox time output");
+        assert!(
+            inner < FAST.as_secs_f64(),
+            "refusal took {inner} s in the container"
+        );
+    }
+}
+
+/// `0m 0.01s` → 0.01
+pub fn parse_busybox_time(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (m, rest) = s.split_once('m')?;
+    let secs = rest.trim().strip_suffix('s')?;
+    Some(m.trim().parse::<f64>().ok()? * 60.0 + secs.parse::<f64>().ok()?)
+}
+
+pub fn quiet(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn docker_answers() -> bool {
+    quiet(&["docker", "version"])
+}
+
+/// Like `root_or_skip`: no Docker engine skips, unless the suite demands the root tests.
+pub fn docker_or_skip(test: &str) -> bool {
+    if docker_answers() {
+        return true;
+    }
+    if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        panic!("{test}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but no Docker engine answers `docker version`");
+    }
+    skipped(test, "no Docker engine answers `docker version`");
+    false
+}
+
+/// Builds the busybox image from the host's busybox-static unless it exists.
+pub fn ensure_image() {
+    if quiet(&["docker", "image", "inspect", IMAGE]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/usr/bin/busybox", dir.path().join("busybox"))
+        .expect("copy /usr/bin/busybox (package busybox-static) into the image context");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
+    )
+    .unwrap();
+    cmd(&[
+        "docker",
+        "build",
+        "-q",
+        "-t",
+        IMAGE,
+        dir.path().to_str().unwrap(),
+    ]);
+}
+
+/// A link-local /30 for the veth to the cloud, chosen by pid (root side, cloud side);
+/// far from 169.254.169.254 and from the proxy's 169.254.93.254.
+pub fn upstream_addrs() -> (String, String) {
+    let i = std::process::id() % 1024;
+    let (c, d) = (240 + i / 64, (i % 64) * 4);
+    (
+        format!("169.254.{c}.{}", d + 1),
+        format!("169.254.{c}.{}", d + 2),
+    )
+}
+
+/// A plain GET from the root namespace (only ever to the test's own cloud address).
+pub fn root_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Whether a process exists and is not a zombie (an exited dockerd whose parent has not
+/// reaped it yet counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+    }
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Restarts dockerd; returns how long until `docker version` answered again and how it was
+/// restarted, or why there is no dockerd this test may restart. In order of preference:
+/// the dockerd of $IMDS_PROXY_TEST_DOCKERD_PIDFILE (SIGTERM, then started again, detached,
+/// with the same pidfile); an active systemd docker.service (`systemctl restart docker`);
+/// the dockerd of /var/run/docker.pid if no service manager owns it (like the first).
+pub fn restart_dockerd() -> Result<(Duration, &'static str), String> {
+    let (pidfile, log, args) = match std::env::var("IMDS_PROXY_TEST_DOCKERD_PIDFILE") {
+        Ok(pidfile) => {
+            let log = std::env::var("IMDS_PROXY_TEST_DOCKERD_LOG")
+                .unwrap_or_else(|_| "/tmp/imds-proxy-test-dockerd.log".into());
+            let args = vec!["--pidfile".to_owned(), pidfile.clone()];
+            (pidfile, log, args)
+        }
+        Err(_) => {
+            // A fresh systemd machine: installing docker.io started docker.service.
+            if std::path::Path::new("/run/systemd/system").exists()
+                && quiet(&["systemctl", "is-active", "--quiet", "docker"])
+            {
+                return Ok((restart_docker_service(), "`systemctl restart docker`"));
+            }
+            let pidfile = "/var/run/docker.pid".to_owned();
+            let Some(pid) = read_pid(&pidfile) else {
+                return Err(format!(
+                    "no IMDS_PROXY_TEST_DOCKERD_PIDFILE, no active systemd docker.service, no readable {pidfile}"
+                ));
+            };
+            if comm(pid) != "dockerd" {
+                return Err(format!("{pidfile} names pid {pid}, which is not dockerd"));
+            }
+            // Restart it with the arguments it was started with, unless a service manager
+            // owns it (socket activation, a systemd unit would restart it on its own).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .skip(1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if args.iter().any(|a| a.contains("fd://")) || cgroup.contains(".service") {
+                return Err(format!(
+                    "dockerd {pid} is managed by a service manager other than an active systemd docker.service ({args:?})"
+                ));
+            }
+            (pidfile, "/tmp/imds-proxy-test-dockerd.log".to_owned(), args)
+        }
+    };
+    let pid = read_pid(&pidfile).unwrap_or_else(|| panic!("no pid in {pidfile}"));
+    assert_eq!(
+        comm(pid),
+        "dockerd",
+        "{pidfile} names pid {pid}, which is not dockerd"
+    );
+
+    let start = Instant::now();
+    nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM dockerd");
+    let deadline = start + Duration::from_secs(60);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd {pid} did not exit within 60 s of SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "dockerd {pid} exited after {} ms",
+        start.elapsed().as_millis()
+    );
+
+    let logf = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap_or_else(|e| panic!("open {log}: {e}"));
+    // Detached in its own process group and never waited for: it outlives the test.
+    let child = Command::new("dockerd")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .process_group(0)
+        .spawn()
+        .expect("start dockerd");
+    let new_pid = child.id();
+    drop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !docker_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted dockerd (pid {new_pid}, log {log}) did not answer within 30 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok((start.elapsed(), "SIGTERM"))
+}
+
+/// `systemctl restart docker`, then polls `docker version` for up to 30 s; returns the
+/// time from the restart command to the engine answering.
+pub fn restart_docker_service() -> Duration {
+    let main_pid = || {
+        cmd(&[
+            "systemctl",
+            "show",
+            "--property=MainPID",
+            "--value",
+            "docker",
+        ])
+        .trim()
+        .to_owned()
+    };
+    let before = main_pid();
+    let start = Instant::now();
+    cmd(&["systemctl", "restart", "docker"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !docker_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "docker.service did not answer `docker version` within 30 s of `systemctl restart docker`"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    let after = main_pid();
+    assert_ne!(
+        before, after,
+        "docker.service kept its main pid across `systemctl restart docker`"
+    );
+    took
+}
+
+pub fn read_pid(path: &str) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
