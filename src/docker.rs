@@ -53,6 +53,8 @@ pub struct Endpoint {
     /// Docker network name.
     pub network: String,
     pub ipv4: Ipv4Addr,
+    /// Global IPv6 address on this network, if the network has IPv6.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub mac: Option<String>,
     /// Interface index of the endpoint's host bridge port: what the kernel stamps the
     /// container's metadata connections with. `None` if it could not be found; such an
@@ -135,6 +137,10 @@ impl Inventory {
                     labels: labels.clone(),
                     network: network.clone(),
                     ipv4,
+                    ipv6: ep
+                        .global_ipv6_address
+                        .as_deref()
+                        .and_then(|a| a.parse().ok()),
                     mac: ep.mac_address.clone().filter(|m| !m.is_empty()),
                     port: port_of(&id, network),
                 });
@@ -291,20 +297,7 @@ impl Lister {
         let live: std::collections::HashSet<&str> =
             list.iter().filter_map(|c| c.id.as_deref()).collect();
         self.pids.retain(|id, _| live.contains(id.as_str()));
-        for id in &live {
-            if !self.pids.contains_key(*id) {
-                let pid = docker
-                    .inspect_container(id, None)
-                    .await
-                    .ok()
-                    .and_then(|c| c.state?.pid)
-                    .filter(|p| *p > 0);
-                if let Some(pid) = pid {
-                    self.pids.insert(id.to_string(), pid);
-                }
-            }
-        }
-        let (ports, nsids) = self.ports_and_nsids().await;
+        let (ports, nsids) = self.ports_and_nsids(docker, &live).await;
         let port_of =
             |id: &str, network: &str| ports.port_of(bridges.get(network)?, *nsids.get(id)?);
         let mut inventory = Inventory::from_summaries(&list, port_of);
@@ -319,9 +312,15 @@ impl Lister {
         Ok(())
     }
 
-    /// The host's bridge ports and the namespace id of every known container. Errors
-    /// leave ports unresolved (their containers match no request) and are logged.
-    async fn ports_and_nsids(&mut self) -> (PortMap, HashMap<String, i32>) {
+    /// The host's bridge ports and the namespace id of every running container. A
+    /// container's pid is remembered; a remembered pid that no longer leads to the
+    /// container (it was restarted) is looked up again. Errors leave ports unresolved
+    /// (their containers match no request) and are logged.
+    async fn ports_and_nsids(
+        &mut self,
+        docker: &Docker,
+        live: &std::collections::HashSet<&str>,
+    ) -> (PortMap, HashMap<String, i32>) {
         if self.ports.is_none() {
             match PortReader::open() {
                 Ok(r) => self.ports = Some(r),
@@ -342,9 +341,26 @@ impl Lister {
             }
         };
         let mut nsids = HashMap::new();
-        for (id, pid) in &self.pids {
-            if let Some(n) = reader.nsid_of(*pid, id).await {
-                nsids.insert(id.clone(), n);
+        for id in live {
+            if let Some(pid) = self.pids.get(*id) {
+                if let Some(n) = reader.nsid_of(*pid, id).await {
+                    nsids.insert(id.to_string(), n);
+                    continue;
+                }
+            }
+            let pid = docker
+                .inspect_container(id, None)
+                .await
+                .ok()
+                .and_then(|c| c.state?.pid)
+                .filter(|p| *p > 0);
+            let Some(pid) = pid else {
+                self.pids.remove(*id);
+                continue;
+            };
+            self.pids.insert(id.to_string(), pid);
+            if let Some(n) = reader.nsid_of(pid, id).await {
+                nsids.insert(id.to_string(), n);
             }
         }
         (ports, nsids)
@@ -445,6 +461,33 @@ mod tests {
         );
         assert_eq!(inv.lookup("172.17.0.3".parse().unwrap()).unwrap().mac, None);
         assert!(inv.lookup("172.17.0.4".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn each_endpoint_is_found_by_its_own_port_and_a_shared_port_finds_no_one() {
+        let inv = Inventory::from_summaries(
+            &[
+                summary(
+                    "a",
+                    "web",
+                    &[("bridge", "172.17.0.2", "m1"), ("app", "172.18.0.2", "m2")],
+                    &[],
+                ),
+                summary("b", "db", &[("bridge", "172.17.0.3", "m3")], &[]),
+                summary("c", "odd", &[("bridge", "172.17.0.4", "m4")], &[]),
+            ],
+            |id, net| match (id, net) {
+                ("a", "bridge") => Some(10),
+                ("a", "app") => Some(11),
+                // Never by Docker: two endpoints claiming one port.
+                ("b", _) | ("c", _) => Some(12),
+                _ => None,
+            },
+        );
+        assert_eq!(inv.by_port(10).unwrap().network, "bridge");
+        assert_eq!(inv.by_port(11).unwrap().ipv4.to_string(), "172.18.0.2");
+        assert!(inv.by_port(12).is_none());
+        assert!(!inv.listed_since(std::time::Instant::now()));
     }
 
     #[test]

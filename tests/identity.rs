@@ -254,6 +254,15 @@ fn containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery() 
         "requests over the second network were not the same container: {second:?}"
     );
 
+    // A restarted container keeps its id but has a new process and a new veth: it is
+    // still itself (the unknown-caller policy here would deny).
+    cmd(&["docker", "restart", "-t", "0", &multi]);
+    let after = get(&multi, "/latest/meta-data/instance-id");
+    assert!(
+        after.contains("fake-imds"),
+        "after `docker restart`: {after}"
+    );
+
     // 5. No credential the cloud issued is in the daemon's log.
     let log = scene.daemon().log().join("\n");
     let issued = imds.issued();

@@ -96,6 +96,7 @@ mod tests {
                 .collect(),
             network: "bridge".into(),
             ipv4: "172.17.0.2".parse().unwrap(),
+            ipv6: None,
             mac: None,
             port: Some(7),
         }
@@ -175,6 +176,7 @@ mod named {
             labels: [("imds-proxy.policy".to_string(), "ci".to_string())].into(),
             network: "bridge".into(),
             ipv4: "172.17.0.9".parse().unwrap(),
+            ipv6: None,
             mac: None,
             port: Some(7),
         };
