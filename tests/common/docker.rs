@@ -542,15 +542,20 @@ pub fn restart_dockerd() -> Result<(Duration, &'static str), String> {
         .expect("start dockerd");
     let new_pid = child.id();
     drop(child);
+    wait_for_docker(&format!("restarted dockerd (pid {new_pid}, log {log})"));
+    Ok((start.elapsed(), "SIGTERM"))
+}
+
+/// Polls `docker version` until the engine answers; fails after 30 s naming `what`.
+fn wait_for_docker(what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !docker_answers() {
         assert!(
             Instant::now() < deadline,
-            "restarted dockerd (pid {new_pid}, log {log}) did not answer within 30 s"
+            "{what} did not answer `docker version` within 30 s"
         );
         thread::sleep(Duration::from_millis(100));
     }
-    Ok((start.elapsed(), "SIGTERM"))
 }
 
 /// `systemctl restart docker`, then polls `docker version` for up to 30 s; returns the
@@ -570,14 +575,7 @@ pub fn restart_docker_service() -> Duration {
     let before = main_pid();
     let start = Instant::now();
     cmd(&["systemctl", "restart", "docker"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !docker_answers() {
-        assert!(
-            Instant::now() < deadline,
-            "docker.service did not answer `docker version` within 30 s of `systemctl restart docker`"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_docker("docker.service after `systemctl restart docker`");
     let took = start.elapsed();
     let after = main_pid();
     assert_ne!(
