@@ -37,6 +37,35 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
     let a = r.expect("request through the proxy");
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.body.contains("fake-imds"), "{a:?}");
+    // The kernel stamped the connection with the container's own bridge port (the host
+    // end of its veth), which is what the proxy identifies it by.
+    let port = tb
+        .host
+        .exec(&["cat", "/sys/class/net/vc0/ifindex"])
+        .trim()
+        .to_owned();
+    let flows = tb.host.exec(&["conntrack", "-L", "-d", IMDS, "-p", "tcp"]);
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("src=10.88.0.2") && l.contains(&format!(" mark={port} "))),
+        "no flow from the container marked with its port {port}:\n{flows}"
+    );
+    d.wait_for(&format!("origin=Port({port})"), QUICK);
+    // What reading the stamp back costs the proxy, once per accepted connection.
+    let per_lookup = tb.host.run(|| {
+        let local = "169.254.93.254:80".parse().unwrap();
+        let t = std::time::Instant::now();
+        for i in 0..1000u16 {
+            let peer = std::net::SocketAddrV4::new("10.88.0.9".parse().unwrap(), 20000 + i);
+            let _ = imds_proxy::firewall::conntrack::connection_mark(local, peer);
+        }
+        t.elapsed() / 1000
+    });
+    measure(
+        "conntrack mark lookup, once per accepted connection (µs)",
+        per_lookup.as_micros(),
+    );
     let seen = tb.imds.last();
     // The upstream is reached from the host (the proxy), not from the container...
     assert_eq!(seen.peer.ip().to_string(), "10.99.0.1");
