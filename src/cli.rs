@@ -72,7 +72,8 @@ pub struct ConfigArgs {
     /// Policy for callers no known container holds [default: deny].
     #[arg(long, env = "IMDS_PROXY_UNKNOWN_POLICY")]
     pub unknown_policy: Option<String>,
-    /// Policy for the host's own processes and `--network host` containers [default: allow].
+    /// Policy for host processes and `--network host` containers calling the proxy's own
+    /// address (their direct path is not intercepted) [default: allow].
     #[arg(long, env = "IMDS_PROXY_HOST_POLICY")]
     pub host_policy: Option<String>,
     /// How long a request from a container Docker has not reported yet waits for it

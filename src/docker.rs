@@ -183,7 +183,12 @@ pub struct InventoryHandle {
 
 /// Starts the inventory task for the Docker socket at `socket`.
 pub fn spawn(socket: String) -> InventoryHandle {
-    let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
+    // Connected until the first attempt says otherwise: a request in the first moments
+    // waits for the first list (or the first failure) instead of being judged unknown.
+    let (tx, rx) = watch::channel(Arc::new(Inventory {
+        connected: true,
+        ..Inventory::default()
+    }));
     let kick = Arc::new(Notify::new());
     tokio::spawn(follow(socket, tx, kick.clone()));
     InventoryHandle { rx, kick }

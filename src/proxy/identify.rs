@@ -29,6 +29,8 @@ pub enum Origin {
     Host,
     /// Neither (no stamp and not a local address): trusted with nothing.
     Elsewhere,
+    /// The kernel could not be asked: nobody is named, the caller is told to retry.
+    Unreadable,
 }
 
 /// Reads the origin of an accepted connection: a kernel side effect behind a trait so
@@ -50,8 +52,8 @@ impl Origins for ConntrackOrigins {
             Ok(Some(mark)) if mark != 0 => Origin::Port(mark),
             Ok(_) => host_or_elsewhere(*peer.ip()),
             Err(e) => {
-                warn!(error = %e, "cannot read the connection's conntrack mark; treating the caller as unknown");
-                Origin::Elsewhere
+                warn!(error = %e, "cannot read the connection's conntrack mark; the caller is told to retry");
+                Origin::Unreadable
             }
         }
     }
@@ -110,6 +112,7 @@ pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
     let port = match origin {
         Origin::Host => return Lookup::Decided(Caller::Host),
         Origin::Elsewhere => return Lookup::Decided(Caller::Unknown),
+        Origin::Unreadable => return Lookup::Decided(Caller::Undetermined),
         Origin::Port(p) => p,
     };
     let Some(inv) = inv else {
@@ -218,6 +221,7 @@ mod tests {
             (Origin::Port(13), "172.17.0.4", "Wait"),
             (Origin::Host, "172.17.0.2", "Decided(Host)"),
             (Origin::Elsewhere, "172.17.0.2", "Decided(Unknown)"),
+            (Origin::Unreadable, "172.17.0.2", "Decided(Undetermined)"),
         ];
         for (origin, peer, want) in cases {
             assert_eq!(
