@@ -122,11 +122,19 @@ async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
 #[derive(Debug, Default)]
 struct FakeOrigins {
     forged: std::collections::HashMap<std::net::IpAddr, u32>,
+    /// Connections from this address come in by the given port after their first
+    /// look-up: another container took them over.
+    taken_over: std::collections::HashMap<std::net::IpAddr, u32>,
+    looked_up: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl proxy::identify::Origins for FakeOrigins {
     fn origin(&self, _local: SocketAddr, peer: SocketAddr) -> proxy::identify::Origin {
         use proxy::identify::Origin;
+        let again = !self.looked_up.lock().unwrap().insert(peer);
+        if let (true, Some(p)) = (again, self.taken_over.get(&peer.ip())) {
+            return Origin::Port(*p);
+        }
         if let Some(p) = self.forged.get(&peer.ip()) {
             return Origin::Port(*p);
         }
@@ -692,6 +700,7 @@ async fn a_forged_source_address_gets_no_identity_and_an_unreported_port_is_told
     // 127.0.0.2 as a source address, but from b's bridge port: b forging a's address.
     let origins = FakeOrigins {
         forged: [("127.0.0.2".parse().unwrap(), 3)].into(),
+        ..Default::default()
     };
     let policies = imds_proxy::policy::select::Policies::builtin("allow", "allow");
     let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
@@ -767,5 +776,42 @@ async fn a_rate_limited_policy_answers_429_with_retry_after_per_container() {
         seen.lock().unwrap().len(),
         3,
         "the refused request never reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_taken_over_from_another_port_is_refused_and_closed() {
+    let (up, seen) = upstream();
+    let list = [
+        container('a', "127.0.0.2", "allow"),
+        container('b', "127.0.0.3", "deny"),
+    ];
+    // a's connection, then (as if b poisoned the bridge and injected segments) coming
+    // in by b's port 3.
+    let origins = FakeOrigins {
+        taken_over: [("127.0.0.2".parse().unwrap(), 3)].into(),
+        ..Default::default()
+    };
+    let policies = imds_proxy::policy::select::Policies::builtin("allow", "deny");
+    let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
+    let a = from(
+        "127.0.0.2",
+        p.addr,
+        "/latest/meta-data/iam/security-credentials/role",
+    )
+    .await;
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(
+        a.body
+            .contains("the connection was opened from Port(2) but this request came from Port(3)"),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
     );
 }

@@ -231,6 +231,10 @@ fn add_l4proto_tcp(rule: &mut nftnl::Rule<'_>) {
 
 fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
     match a {
+        Action::CtMarkFromMark => {
+            rule.add_expr(&nft_expr!(meta mark));
+            rule.add_expr(&nft_expr!(ct mark set));
+        }
         Action::DnatKeepingMark(to) => {
             rule.add_expr(&nft_expr!(meta mark));
             rule.add_expr(&nft_expr!(ct mark set));

@@ -185,6 +185,8 @@ pub enum Action {
     /// `ct mark set meta mark dnat to A:P`: keeps the port stamp on the connection, where
     /// the proxy reads it, and sends the connection to the proxy.
     DnatKeepingMark(SocketAddrV4),
+    /// `ct mark set meta mark`: the connection records the port of its latest packet.
+    CtMarkFromMark,
 }
 
 /// One rule.
@@ -218,6 +220,8 @@ pub struct Ruleset {
 
 /// `dstnat` is -100; ten ahead of it so our binding wins over Docker's own NAT.
 pub const PRIO_DSTNAT_AHEAD: i32 = -110;
+/// `mangle`: after conntrack has found the connection, before NAT translates it.
+pub const PRIO_MANGLE: i32 = -150;
 /// `filter` is 0; ten ahead of Docker's filter chains.
 pub const PRIO_FILTER_AHEAD: i32 = -10;
 /// Bridge family `dstnat`, the earliest standard bridge priority; it must be below 0,
@@ -340,6 +344,26 @@ pub fn plan(s: &Snapshot) -> Ruleset {
                 priority: PRIO_FILTER_AHEAD,
                 rules: forward,
             },
+            // Every packet of a metadata connection, not only its first, records the
+            // bridge port it came in by; the proxy checks before each request that the
+            // connection still comes from the port it was accepted from, so a container
+            // that hijacks another's open connection (after poisoning the bridge's
+            // forwarding table) is refused.
+            Chain {
+                name: "portmark",
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: PRIO_MANGLE,
+                rules: vec![Rule {
+                    matches: vec![
+                        Match::IifnameInSet(BRIDGE_SET),
+                        Match::IpDaddr(IMDS_V4),
+                        Match::TcpDport(IMDS_PORT),
+                        Match::MarkSet,
+                    ],
+                    action: Action::CtMarkFromMark,
+                }],
+            },
         ],
         port_chain,
     }
@@ -376,6 +400,7 @@ impl fmt::Display for Action {
             Action::Reject => f.write_str("reject"),
             Action::MarkPort => f.write_str("meta mark set iif"),
             Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
+            Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
         }
     }
 }
@@ -395,7 +420,7 @@ impl fmt::Display for Chain {
             (ChainKind::Nat, Hook::Prerouting) => ("nat", "prerouting", "dstnat", -100),
             (ChainKind::Nat, Hook::Input) => ("nat", "input", "srcnat", 100),
             (ChainKind::Nat, Hook::Forward) => ("nat", "forward", "filter", 0),
-            (ChainKind::Filter, Hook::Prerouting) => ("filter", "prerouting", "filter", 0),
+            (ChainKind::Filter, Hook::Prerouting) => ("filter", "prerouting", "mangle", -150),
             (ChainKind::Filter, Hook::Input) => ("filter", "input", "filter", 0),
             (ChainKind::Filter, Hook::Forward) => ("filter", "forward", "filter", 0),
             (ChainKind::BridgeFilter, Hook::Prerouting) => ("filter", "prerouting", "dstnat", -300),

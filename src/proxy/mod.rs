@@ -199,17 +199,35 @@ impl Proxy {
         }
     }
 
-    /// Answers one request from `client`, whose connection came in from `origin`.
+    /// Answers one request from `client`, whose connection came in from `origin`
+    /// (`addrs`: the connection's local and peer address, to check that it still does).
     /// Never fails: errors become answers. Writes one audit event per request.
     pub async fn handle(
         &self,
         client: ClientAddr,
         origin: Origin,
+        addrs: Option<(SocketAddr, SocketAddr)>,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let method = req.method().clone();
-        let caller = self.identify(client, origin, started).await;
+        // Every packet re-stamps the connection with its bridge port: a connection that
+        // now comes in by another port than the one it was accepted from has been taken
+        // over by another container.
+        let moved = match (origin, addrs) {
+            (Origin::Port(_), Some((local, peer))) => {
+                let now = self.settings.origins.origin(local, peer);
+                (now != origin).then_some(now)
+            }
+            _ => None,
+        };
+        let caller = match moved {
+            Some(now) => Caller::Moved {
+                accepted: origin,
+                now,
+            },
+            None => self.identify(client, origin, started).await,
+        };
         let identify_us = started.elapsed().as_micros() as u64;
         let deadline = self.settings.request_timeout;
         let mut audit = Audit::default();
@@ -227,9 +245,10 @@ impl Proxy {
             Caller::Container(e) => (e.name.as_str(), e.container.short()),
             Caller::Host => ("(host)", "-"),
             Caller::Forged { .. } => ("(forged source)", "-"),
+            Caller::Moved { .. } => ("(connection taken over)", "-"),
             _ => ("-", "-"),
         };
-        let resp = match result {
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if audit.decision.is_empty() {
@@ -249,6 +268,13 @@ impl Proxy {
         } = &caller
         {
             warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
+        }
+        if let Caller::Moved { accepted, now } = &caller {
+            warn!(%client, accepted = ?accepted, now = ?now, "refused a request on a connection taken over from another bridge port; closing it");
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         match &audit.error {
             None => {
@@ -344,6 +370,16 @@ impl Proxy {
             Caller::Undetermined => {
                 audit.decision = "retry";
                 return Err(ProxyError::Undetermined);
+            }
+            Caller::Moved { accepted, now } => {
+                audit.decision = "deny";
+                audit.rule = format!(
+                    "the connection was opened from {accepted:?} but this request came from {now:?}"
+                );
+                return Err(ProxyError::Denied {
+                    provider,
+                    reason: audit.rule.clone(),
+                });
             }
             Caller::Host | Caller::Unknown => None,
         };
@@ -603,10 +639,12 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let client = ClientAddr(canonical_ip(peer));
-        let origin = match stream.local_addr() {
-            Ok(local) => proxy.settings.origins.origin(local, peer),
-            Err(_) => Origin::Elsewhere,
+        let local = stream.local_addr().ok();
+        let origin = match local {
+            Some(local) => proxy.settings.origins.origin(local, peer),
+            None => Origin::Elsewhere,
         };
+        let conn_addrs = local.map(|l| (l, peer));
         let Some(permit) = limits.admit(conn_key(origin, client)) else {
             // Closing at once costs the others nothing; the container sees a reset.
             warn!(%client, "connection refused: too many open connections");
@@ -619,7 +657,7 @@ pub async fn serve(
         let service = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
             let span = info_span!("request", client.addr = %client, method = %req.method(), path = %req.uri().path());
-            async move { Ok::<_, Infallible>(proxy.handle(client, origin, req).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(client, origin, conn_addrs, req).await) }
                 .instrument(span)
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
