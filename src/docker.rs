@@ -245,7 +245,23 @@ async fn session(
     let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)?
         .negotiate_version()
         .await?;
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container", "network"])]);
+    // Only what changes endpoints: not exec, health checks and the like, which would
+    // each cost a re-list.
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([
+        ("type", vec!["container", "network"]),
+        (
+            "event",
+            vec![
+                "create",
+                "start",
+                "restart",
+                "die",
+                "destroy",
+                "connect",
+                "disconnect",
+            ],
+        ),
+    ]);
     // Subscribe first, then list: nothing that happens in between is missed.
     let mut events = docker.events(Some(
         EventsOptionsBuilder::default().filters(&filters).build(),
@@ -299,8 +315,17 @@ impl Lister {
             .iter()
             .filter_map(|n| Some((n.name.clone()?, bridge_of(n)?)))
             .collect();
-        let live: std::collections::HashSet<&str> =
-            list.iter().filter_map(|c| c.id.as_deref()).collect();
+        // Only containers with an endpoint on a bridge network have a port to find.
+        let live: std::collections::HashSet<&str> = list
+            .iter()
+            .filter(|c| {
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .is_some_and(|n| n.keys().any(|name| bridges.contains_key(name)))
+            })
+            .filter_map(|c| c.id.as_deref())
+            .collect();
         self.pids.retain(|id, _| live.contains(id.as_str()));
         let (ports, nsids) = self.ports_and_nsids(docker, &live).await;
         let port_of =
