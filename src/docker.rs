@@ -76,8 +76,10 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// The endpoint holding `ip`, if any.
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<&Arc<Endpoint>> {
+    /// The endpoint holding `ip`, if any. Tests only: an address alone names no caller
+    /// (see [`Inventory::by_port`]).
+    #[cfg(test)]
+    pub(crate) fn lookup(&self, ip: Ipv4Addr) -> Option<&Arc<Endpoint>> {
         self.by_ip.get(&ip)
     }
 

@@ -692,24 +692,12 @@ async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_source_address_gets_no_identity_and_an_unreported_port_is_told_to_retry() {
-    let (up, seen) = upstream();
-    let list = [
-        container('a', "127.0.0.2", "allow"),
-        container('b', "127.0.0.3", "deny"),
-    ];
     // 127.0.0.2 as a source address, but from b's bridge port: b forging a's address.
     let origins = FakeOrigins {
         forged: [("127.0.0.2".parse().unwrap(), 3)].into(),
         ..Default::default()
     };
-    let policies = imds_proxy::policy::select::Policies::builtin("allow", "allow");
-    let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
-    let a = from(
-        "127.0.0.2",
-        p.addr,
-        "/latest/meta-data/iam/security-credentials/role",
-    )
-    .await;
+    let (p, seen, a) = a_asks_for_credentials_beside_b(origins, "allow").await;
     assert_eq!(a.status, 403, "{a:?}");
     assert!(
         a.body
@@ -781,25 +769,13 @@ async fn a_rate_limited_policy_answers_429_with_retry_after_per_container() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_taken_over_from_another_port_is_refused_and_closed() {
-    let (up, seen) = upstream();
-    let list = [
-        container('a', "127.0.0.2", "allow"),
-        container('b', "127.0.0.3", "deny"),
-    ];
     // a's connection, then (as if b poisoned the bridge and injected segments) coming
     // in by b's port 3.
     let origins = FakeOrigins {
         taken_over: [("127.0.0.2".parse().unwrap(), 3)].into(),
         ..Default::default()
     };
-    let policies = imds_proxy::policy::select::Policies::builtin("allow", "deny");
-    let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
-    let a = from(
-        "127.0.0.2",
-        p.addr,
-        "/latest/meta-data/iam/security-credentials/role",
-    )
-    .await;
+    let (_p, seen, a) = a_asks_for_credentials_beside_b(origins, "deny").await;
     assert_eq!(a.status, 403, "{a:?}");
     assert!(
         a.body
@@ -814,4 +790,26 @@ async fn a_connection_taken_over_from_another_port_is_refused_and_closed() {
         seen.lock().unwrap().is_empty(),
         "nothing reached the upstream"
     );
+}
+
+/// Containers a (127.0.0.2, port 2, allow) and b (127.0.0.3, port 3, deny) behind a
+/// proxy whose connection origins are `origins`; a asks for credentials.
+async fn a_asks_for_credentials_beside_b(
+    origins: FakeOrigins,
+    unknown: &str,
+) -> (Running, Arc<Mutex<Vec<Seen>>>, common::Answer) {
+    let (up, seen) = upstream();
+    let list = [
+        container('a', "127.0.0.2", "allow"),
+        container('b', "127.0.0.3", "deny"),
+    ];
+    let policies = imds_proxy::policy::select::Policies::builtin("allow", unknown);
+    let p = start_full(up, 2000, Some(inventory_of(&list, true)), policies, origins).await;
+    let a = from(
+        "127.0.0.2",
+        p.addr,
+        "/latest/meta-data/iam/security-credentials/role",
+    )
+    .await;
+    (p, seen, a)
 }

@@ -111,6 +111,27 @@ impl Scene {
 
     /// Starts a long-running container (for `docker exec`); returns its name.
     pub fn start(&mut self, network: &str, labels: &[&str], extra: &[&str]) -> String {
+        self.start_running(network, labels, extra, &["sleep", "600"])
+    }
+
+    /// Starts a container at address `ip` whose entrypoint asks for credentials at
+    /// once, logs the answer and `RC=<wget's exit code>`, then stays up.
+    pub fn start_asking(&mut self, network: &str, ip: &str, policy: &str) -> String {
+        let label = format!("imds-proxy.policy={policy}");
+        let script = format!(
+            "wget -q -O - http://{IMDS}/latest/meta-data/iam/security-credentials/role 2>&1; rc=$?; echo; echo RC=$rc; sleep 600"
+        );
+        self.start_running(network, &[&label], &["--ip", ip], &["sh", "-c", &script])
+    }
+
+    /// `docker run -d` with the test's label, `labels`, `extra` options and `command`.
+    fn start_running(
+        &mut self,
+        network: &str,
+        labels: &[&str],
+        extra: &[&str],
+        command: &[&str],
+    ) -> String {
         self.assert_intercepted();
         let name = self.next_name();
         let labels: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
@@ -127,39 +148,9 @@ impl Scene {
         ];
         args.extend(labels);
         args.extend(extra);
-        args.extend([IMAGE, "sleep", "600"]);
+        args.push(IMAGE);
+        args.extend(command);
         cmd(&args);
-        name
-    }
-
-    /// Starts a container at address `ip` whose entrypoint asks for credentials at
-    /// once, logs the answer and `RC=<wget's exit code>`, then stays up.
-    pub fn start_asking(&mut self, network: &str, ip: &str, policy: &str) -> String {
-        self.assert_intercepted();
-        let name = self.next_name();
-        let label = format!("imds-proxy.policy={policy}");
-        let script = format!(
-            "wget -q -O - http://{IMDS}/latest/meta-data/iam/security-credentials/role 2>&1; rc=$?; echo; echo RC=$rc; sleep 600"
-        );
-        cmd(&[
-            "docker",
-            "run",
-            "-d",
-            "--label",
-            LABEL,
-            "--label",
-            &label,
-            "--name",
-            &name,
-            "--network",
-            network,
-            "--ip",
-            ip,
-            IMAGE,
-            "sh",
-            "-c",
-            &script,
-        ]);
         name
     }
 
