@@ -53,6 +53,153 @@ pub enum AppError {
     Lock(#[source] std::io::Error),
     #[error("failed to cut pre-existing connections to the metadata address")]
     Conntrack(#[source] std::io::Error),
+    #[error(transparent)]
+    Emulator(#[from] crate::emulator::EmulatorConfigError),
+    #[error("failed to listen on {0}")]
+    EmulateListen(std::net::SocketAddr, #[source] std::io::Error),
+}
+
+/// How long `run` looks for a real metadata service before serving the emulator.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Where answers come from, decided at start.
+enum Source {
+    Upstream(http::Uri),
+    /// The file to serve (`None`: the built-in example).
+    Emulator(Option<std::path::PathBuf>),
+}
+
+/// `--upstream`, `--emulator`, or, with neither, a real service if one answers at
+/// 169.254.169.254 in time and the built-in example if none does.
+async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Source, AppError> {
+    if let Some(u) = &cfg.upstream {
+        return Ok(Source::Upstream(u.clone()));
+    }
+    if let Some(f) = &cfg.emulator {
+        return Ok(Source::Emulator(Some(f.clone())));
+    }
+    // An earlier emulator run may have left the address on our link: the probe must
+    // not find ourselves.
+    link::remove_own_address(handle, &cfg.link_name, crate::firewall::plan::IMDS_V4).await?;
+    let addr = std::net::SocketAddr::from((crate::firewall::plan::IMDS_V4, 80));
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET / HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        head.starts_with(b"HTTP/").then_some(())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Some(())) => {
+            info!(
+                upstream = "http://169.254.169.254",
+                "a metadata service answers: forwarding to it"
+            );
+            Ok(Source::Upstream(http::Uri::from_static(
+                "http://169.254.169.254",
+            )))
+        }
+        _ => {
+            info!(
+                waited_ms = PROBE_TIMEOUT.as_millis() as u64,
+                "no metadata service answers at 169.254.169.254: serving the built-in emulator (examples/emulator.toml; choose a file with --emulator)"
+            );
+            Ok(Source::Emulator(None))
+        }
+    }
+}
+
+/// The emulator's file, validated, and a channel that carries its replacements.
+fn load_emulator(
+    file: Option<&std::path::Path>,
+) -> Result<crate::emulator::EmulatorConfig, AppError> {
+    Ok(match file {
+        Some(f) => crate::emulator::EmulatorConfig::load(f)?,
+        None => crate::emulator::EmulatorConfig::example(),
+    })
+}
+
+/// `imds-proxy emulate`: the emulator on a plain address, with every provider's checks
+/// and no interception; every caller counts as the host (policy `allow`).
+pub async fn emulate(
+    file: Option<std::path::PathBuf>,
+    listen: std::net::SocketAddr,
+) -> Result<(), AppError> {
+    let cfg = load_emulator(file.as_deref())?;
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(cfg));
+    let emulator = Arc::new(crate::emulator::Emulator::new(rx));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| AppError::EmulateListen(listen, e))?;
+    let policies = crate::policy::select::Policies::builtin("allow", "allow");
+    let proxy = Arc::new(Proxy::new(ProxySettings {
+        backend: proxy::Backend::Emulator(emulator),
+        request_timeout: Duration::from_secs(10),
+        max_body_bytes: 65536,
+        max_header_bytes: 16384,
+        inventory: None,
+        identify_wait: Duration::ZERO,
+        origins: Arc::new(proxy::identify::EveryoneIsHost),
+        policies: tokio::sync::watch::channel(Arc::new(policies)).1,
+    }));
+    let mut signals = Signals::install()?;
+    info!(%listen, file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in example".into()), "emulator serving");
+    let reload_from = file.clone();
+    let stop = async move {
+        let mut stamp = reload_from.as_deref().and_then(file_stamp);
+        let mut tick = tokio::time::interval(CONFIG_POLL_EVERY);
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => return,
+                _ = signals.int.recv() => return,
+                _ = signals.hup.recv() => reload_emulator(&tx, reload_from.as_deref(), "SIGHUP"),
+                _ = tick.tick() => {
+                    let now = reload_from.as_deref().and_then(file_stamp);
+                    if now != stamp {
+                        stamp = now;
+                        reload_emulator(&tx, reload_from.as_deref(), "emulator file changed");
+                    }
+                }
+            }
+        }
+    };
+    proxy::serve(listener, proxy, stop, Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Re-reads the emulator file; an invalid edit is refused with every reason and the
+/// previous file keeps serving.
+fn reload_emulator(
+    tx: &tokio::sync::watch::Sender<Arc<crate::emulator::EmulatorConfig>>,
+    file: Option<&std::path::Path>,
+    trigger: &str,
+) {
+    let Some(file) = file else { return };
+    match crate::emulator::EmulatorConfig::load(file) {
+        Ok(new) => {
+            let changed = tx.send_if_modified(|cur| {
+                if **cur == new {
+                    false
+                } else {
+                    *cur = Arc::new(new.clone());
+                    true
+                }
+            });
+            info!(trigger, changed, "emulator file reloaded");
+        }
+        Err(e) => {
+            warn!(trigger, error = %proxy::error_chain(&e), "emulator file reload refused; the previous file keeps serving")
+        }
+    }
+}
+
+/// A file's modification time and size, to notice edits.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 fn require_root() -> Result<(), AppError> {
@@ -209,16 +356,22 @@ struct Live {
     ev_rx: mpsc::UnboundedReceiver<Event>,
     stop_proxy: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<proxy::DrainReport>,
+    /// The emulator's listener for host processes on 169.254.169.254.
+    host_server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<proxy::DrainReport>,
+    )>,
     policies_tx: tokio::sync::watch::Sender<Arc<crate::policy::select::Policies>>,
+    /// The emulator's file in force, and where it comes from.
+    emulator_tx: Option<(
+        tokio::sync::watch::Sender<Arc<crate::emulator::EmulatorConfig>>,
+        Option<std::path::PathBuf>,
+    )>,
 }
 
 /// The ordered start-up; any error leaves the table closed (or absent if it never got
 /// that far), never open.
 async fn start_up(cfg: &Config) -> Result<Live, AppError> {
-    let upstream = cfg
-        .upstream
-        .clone()
-        .expect("validated: run requires an upstream");
     let firewall: Arc<dyn Firewall> = Arc::new(NetlinkFirewall::open()?);
     let handle = link::connect()?;
 
@@ -239,6 +392,34 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     info!(link = %cfg.link_name, index, kind, address = %cfg.listen.ip(), "own link ready");
     let listener = bind(cfg.listen).await?;
     info!(listen = %cfg.listen, "proxy listening");
+    let source = choose_source(cfg, &handle).await?;
+    let (backend, emulator_tx, host_listener) = match source {
+        Source::Upstream(u) => {
+            // Never hold the real service's address while one is upstream: the host
+            // would lose it.
+            link::remove_own_address(&handle, &cfg.link_name, crate::firewall::plan::IMDS_V4)
+                .await?;
+            (proxy::Backend::Upstream(u), None, None)
+        }
+        Source::Emulator(file) => {
+            let emu_cfg = load_emulator(file.as_deref())?;
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(emu_cfg));
+            // Host processes reach the emulator at the usual address too.
+            let imds = crate::firewall::plan::IMDS_V4;
+            link::add_own_address(&handle, &cfg.link_name, index, imds).await?;
+            let host = bind(std::net::SocketAddrV4::new(imds, 80)).await?;
+            info!(
+                file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in example".into()),
+                host_address = %imds,
+                "serving the emulator"
+            );
+            (
+                proxy::Backend::Emulator(Arc::new(crate::emulator::Emulator::new(rx))),
+                Some((tx, file)),
+                Some(host),
+            )
+        }
+    };
 
     // 3. Connections that predate the rules must not keep bypassing them.
     let local = conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
@@ -260,7 +441,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     }
     let (policies_tx, policies_rx) = tokio::sync::watch::channel(Arc::new(cfg.policies.clone()));
     let proxy = Arc::new(Proxy::new(ProxySettings {
-        upstream,
+        backend,
         request_timeout: cfg.request_timeout,
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
@@ -273,6 +454,16 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     let stopped = async {
         let _ = stopped.await;
     };
+    let host_server = host_listener.map(|l| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        (
+            stop,
+            tokio::spawn(proxy::serve(l, proxy.clone(), stopped, cfg.drain_timeout)),
+        )
+    });
     let server = tokio::spawn(proxy::serve(listener, proxy, stopped, cfg.drain_timeout));
 
     // 5. Open.
@@ -284,7 +475,9 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         ev_rx,
         stop_proxy,
         server,
+        host_server,
         policies_tx,
+        emulator_tx,
     })
 }
 
@@ -300,12 +493,17 @@ impl Live {
         let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
         let mut watch_file = tokio::time::interval(CONFIG_POLL_EVERY);
         let mut stamp = config_stamp(cfg);
+        let emulator_file = self.emulator_tx.as_ref().and_then(|(_, f)| f.clone());
+        let mut emulator_stamp = emulator_file.as_deref().and_then(file_stamp);
         loop {
             let first = tokio::select! {
                 _ = signals.term.recv() => return "SIGTERM",
                 _ = signals.int.recv() => return "SIGINT",
                 _ = signals.hup.recv() => {
                     self.reload(cfg, reload, "SIGHUP");
+                    if let Some((tx, f)) = &self.emulator_tx {
+                        reload_emulator(tx, f.as_deref(), "SIGHUP");
+                    }
                     continue;
                 }
                 _ = watch_file.tick() => {
@@ -313,6 +511,13 @@ impl Live {
                     if now != stamp {
                         stamp = now;
                         self.reload(cfg, reload, "config file changed");
+                    }
+                    let now = emulator_file.as_deref().and_then(file_stamp);
+                    if now != emulator_stamp {
+                        emulator_stamp = now;
+                        if let Some((tx, f)) = &self.emulator_tx {
+                            reload_emulator(tx, f.as_deref(), "emulator file changed");
+                        }
                     }
                     continue;
                 }
@@ -386,6 +591,10 @@ impl Live {
             warn!(error = %proxy::error_chain(&e), "failed to close the interception");
         }
         let _ = self.stop_proxy.send(());
+        if let Some((stop, server)) = self.host_server.take() {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
         let report = self.server.await.unwrap_or_else(|e| {
             warn!(error = %e, "the proxy task failed");
             proxy::DrainReport { abandoned: 0 }

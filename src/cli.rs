@@ -27,6 +27,20 @@ pub enum Command {
     Rules(ConfigArgs),
     /// Remove the table and the link: containers reach the metadata address directly again.
     Uninstall(ConfigArgs),
+    /// Serve the emulator on a plain address, without interception (local development,
+    /// or a stand-in cloud): every provider's checks apply, every caller is the host.
+    Emulate(EmulateArgs),
+}
+
+/// `imds-proxy emulate`.
+#[derive(Debug, Clone, Args)]
+pub struct EmulateArgs {
+    /// The emulator file [default: the built-in example].
+    #[arg(long, env = "IMDS_PROXY_EMULATOR")]
+    pub emulator: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Settings shared by every subcommand.
@@ -38,6 +52,12 @@ pub struct ConfigArgs {
     /// The metadata service to forward to, e.g. http://169.254.169.254.
     #[arg(long, env = "IMDS_PROXY_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Serve this emulator file (GCE, Azure and AWS from one TOML file; see
+    /// examples/emulator.toml) instead of forwarding. Without --upstream or --emulator,
+    /// `run` looks for a real metadata service and, finding none, serves the built-in
+    /// example.
+    #[arg(long, env = "IMDS_PROXY_EMULATOR")]
+    pub emulator: Option<String>,
     /// Proxy address (link-local IPv4[:port]) on the daemon's own link [default: 169.254.93.254:80].
     #[arg(long, env = "IMDS_PROXY_LISTEN")]
     pub listen: Option<String>,
@@ -90,8 +110,9 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 14] = [
+        let given: [(&'static str, &Option<String>); 15] = [
             ("upstream", &self.upstream),
+            ("emulator", &self.emulator),
             ("listen", &self.listen),
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),

@@ -40,6 +40,9 @@ pub struct Config {
     /// Base URL of the real metadata service (`http://host[:port]`); `None` only for
     /// commands that do not proxy.
     pub upstream: Option<http::Uri>,
+    /// The emulator file to serve instead of forwarding (`run` with neither this nor
+    /// `upstream` looks for a real service and falls back to the built-in example).
+    pub emulator: Option<std::path::PathBuf>,
     /// Where the proxy listens (a /32 on the daemon's own link).
     pub listen: SocketAddrV4,
     /// Name of the daemon's own link.
@@ -129,6 +132,7 @@ pub struct RawConfig {
 /// Every key the daemon understands.
 pub const KEYS: &[&str] = &[
     "upstream",
+    "emulator",
     "listen",
     "link_name",
     "bridges",
@@ -232,6 +236,27 @@ impl RawConfig {
                 reason: "required: the metadata service to forward to, e.g. --upstream http://169.254.169.254".into(),
             });
         }
+        let emulator = parse!(
+            "emulator",
+            |r: &Raw| match r {
+                Raw::Text(t) if !t.trim().is_empty() =>
+                    Ok(Some(std::path::PathBuf::from(t.trim()))),
+                Raw::Toml(toml::Value::String(t)) if !t.trim().is_empty() => {
+                    Ok(Some(std::path::PathBuf::from(t.trim())))
+                }
+                _ => Err("expected the path of an emulator file".to_string()),
+            },
+            None
+        );
+        if upstream.is_some() && emulator.is_some() {
+            errors.push(KeyError {
+                key: "emulator".into(),
+                source: field("emulator").map(|(s, _)| s.clone()),
+                reason:
+                    "cannot be used with upstream: serve either the real service or the emulator"
+                        .into(),
+            });
+        }
         let listen = parse!("listen", parse_listen, DEFAULT_LISTEN);
         let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
         let bridges = parse!("bridges", parse_bridges, default_bridges());
@@ -303,6 +328,7 @@ impl RawConfig {
         if errors.is_empty() {
             Ok(Config {
                 upstream,
+                emulator,
                 listen,
                 link_name,
                 bridges,
@@ -358,6 +384,7 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
         let mut rules = Vec::new();
         let mut default = Verdict::Deny;
         let mut rate_limit = None;
+        let mut aws_tokens_required = false;
         for (key, v) in body {
             match (key.as_str(), v) {
                 ("default", toml::Value::String(d)) if d == "allow" => default = Verdict::Allow,
@@ -394,8 +421,17 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
                     "{name}.rate_limit: expected a string like \"20/s\", \"300/min\" or \"5/s burst 10\", got {}",
                     v.type_str()
                 )),
+                ("aws_tokens", toml::Value::String(t)) if t == "required" => {
+                    aws_tokens_required = true
+                }
+                ("aws_tokens", toml::Value::String(t)) if t == "optional" => {
+                    aws_tokens_required = false
+                }
+                ("aws_tokens", v) => errors.push(format!(
+                    "{name}.aws_tokens: expected \"optional\" or \"required\", got {v}"
+                )),
                 (other, _) => errors.push(format!(
-                    "{name}.{other}: unknown key (default, deny, allow, rate_limit)"
+                    "{name}.{other}: unknown key (default, deny, allow, rate_limit, aws_tokens)"
                 )),
             }
         }
@@ -408,6 +444,7 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
                 rules: rules.into_iter().map(|(_, r)| r).collect(),
                 default,
                 rate_limit,
+                aws_tokens_required,
             },
         );
     }

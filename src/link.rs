@@ -192,6 +192,66 @@ pub async fn ensure_own_link(
     Ok((index, kind))
 }
 
+/// Puts a further `addr/32` on the daemon's link `index` (the emulator's
+/// 169.254.169.254, so host processes reach it too); refused if another interface
+/// holds it.
+pub async fn add_own_address(
+    handle: &Handle,
+    name: &str,
+    index: u32,
+    addr: Ipv4Addr,
+) -> Result<(), LinkError> {
+    if let Some((holder, ifname)) = address_holder(handle, addr).await? {
+        if holder != index {
+            return Err(LinkError::AddressTaken { addr, ifname });
+        }
+    }
+    handle
+        .address()
+        .add(index, IpAddr::V4(addr), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink_err("add an address to", name))
+}
+
+/// Removes `addr` from the daemon's link if it is there (left by an emulator run);
+/// returns whether it was.
+pub async fn remove_own_address(
+    handle: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+) -> Result<bool, LinkError> {
+    let Some(index) = own_link_index(handle, name).await? else {
+        return Ok(false);
+    };
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(netlink_err("list", "addresses"))?
+    {
+        let has = m.header.index == index
+            && m.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+            });
+        if has {
+            handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(netlink_err("remove an address from", name))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Which interface, if any, already has `addr`.
 async fn address_holder(
     handle: &Handle,

@@ -17,16 +17,15 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let (args, require_upstream) = match &cli.command {
-        Command::Run(a) => (a, true),
-        Command::Rules(a) | Command::Uninstall(a) => (a, false),
-    };
-    let cfg = match args.load(require_upstream) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("imds-proxy: {}", error_chain(&e));
-            return ExitCode::from(2);
-        }
+    let cfg = match &cli.command {
+        Command::Run(a) | Command::Rules(a) | Command::Uninstall(a) => match a.load(false) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("imds-proxy: {}", error_chain(&e));
+                return ExitCode::from(2);
+            }
+        },
+        Command::Emulate(_) => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -41,9 +40,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => app::run(cfg, Box::new(move || args.load(true))).await,
-            Command::Rules(_) => app::rules(&cfg).await.map(|text| print!("{text}")),
-            Command::Uninstall(_) => app::uninstall(&cfg).await,
+            Command::Run(args) => {
+                let cfg = cfg.expect("loaded above");
+                app::run(cfg, Box::new(move || args.load(false))).await
+            }
+            Command::Rules(_) => app::rules(&cfg.expect("loaded above"))
+                .await
+                .map(|text| print!("{text}")),
+            Command::Uninstall(_) => app::uninstall(&cfg.expect("loaded above")).await,
+            Command::Emulate(a) => app::emulate(a.emulator, a.listen).await,
         }
     });
     match result {

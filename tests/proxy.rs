@@ -204,7 +204,7 @@ async fn start_full(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let p = Arc::new(Proxy::new(ProxySettings {
-        upstream: format!("http://{upstream}").parse().unwrap(),
+        backend: proxy::Backend::Upstream(format!("http://{upstream}").parse().unwrap()),
         request_timeout: Duration::from_millis(timeout_ms),
         max_body_bytes: 1024,
         max_header_bytes: 8192,
@@ -248,7 +248,8 @@ async fn raw(addr: SocketAddr, req: Vec<u8>) -> (Result<common::Answer, std::io:
 }
 
 fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n")
+    // What each provider's clients send (each service ignores the others' header).
+    format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n")
         .into_bytes()
 }
 
@@ -267,20 +268,17 @@ fn json_error(a: &common::Answer) -> String {
 async fn request_crosses_intact_minus_hop_by_hop_and_with_nothing_added() {
     let (up, seen) = upstream();
     let p = start(up, 2000).await;
-    let req = b"PUT /latest/api/token?x=1&y=%2F HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nAccept: a\r\nAccept: b\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    let req = b"POST /metadata/scheduledevents?x=1&y=%2F HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nAccept: a\r\nAccept: b\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nContent-Length: 5\r\n\r\nhello".to_vec();
     let (a, _) = raw(p.addr, req).await;
     assert_eq!(a.unwrap().status, 200);
     let s = seen.lock().unwrap().last().cloned().unwrap();
     let head = s.head.to_ascii_lowercase();
     assert!(
-        head.starts_with("put /latest/api/token?x=1&y=%2f http/1.1\r\n"),
+        head.starts_with("post /metadata/scheduledevents?x=1&y=%2f http/1.1\r\n"),
         "{head}"
     );
     assert!(head.contains("host: 169.254.169.254\r\n"), "{head}");
-    assert!(
-        head.contains("x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"),
-        "{head}"
-    );
+    assert!(head.contains("metadata: true\r\n"), "{head}");
     assert!(
         head.contains("accept: a\r\n") && head.contains("accept: b\r\n"),
         "{head}"
@@ -684,6 +682,9 @@ async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
     assert_eq!(
         upstream_saw,
         [
+            // The proxy's own IMDSv2 session with the upstream, then the one AWS
+            // request it allowed: containers never see the upstream's token.
+            "PUT /latest/api/token HTTP/1.1",
             "GET /latest/meta-data/instance-id HTTP/1.1",
             "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1"
         ]

@@ -20,14 +20,20 @@ impl AwsConfig {
     ) -> Result<Self, Vec<String>> {
         Ok(Self { raw })
     }
+
+    /// Whether GETs need an IMDSv2 session token (`http_tokens = "required"`).
+    pub fn tokens_required(&self) -> bool {
+        false
+    }
 }
 
 /// State of the emulated service.
+#[derive(Default)]
 pub struct Aws {}
 
 impl Aws {
     pub fn new() -> Self {
-        Self {}
+        Self::default()
     }
 
     pub async fn answer(&self, _ctx: &Ctx, _req: &EmuRequest<'_>) -> Response<Full<Bytes>> {

@@ -166,6 +166,15 @@ impl Emulator {
         }
     }
 
+    /// Whether the file requires IMDSv2 session tokens on AWS GETs.
+    pub fn aws_tokens_required(&self) -> bool {
+        self.config
+            .borrow()
+            .aws
+            .as_ref()
+            .is_some_and(|a| a.tokens_required())
+    }
+
     /// The answer to one request.
     pub async fn answer(&self, req: &EmuRequest<'_>) -> Response<Full<Bytes>> {
         let ctx = Ctx {

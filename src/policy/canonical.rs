@@ -87,6 +87,21 @@ impl CanonicalPath {
     pub fn lower(&self) -> Vec<String> {
         self.segments.iter().map(|s| s.to_lowercase()).collect()
     }
+
+    /// Whether the path ends with `/` (a directory listing).
+    pub fn is_directory(&self) -> bool {
+        self.directory
+    }
+
+    /// The same path with segment `i` replaced (a proxy rewriting an alias to the name
+    /// it stands for). The segment is taken as decoded text.
+    pub fn with_segment(&self, i: usize, segment: &str) -> Self {
+        let mut out = self.clone();
+        if let Some(s) = out.segments.get_mut(i) {
+            *s = segment.to_owned();
+        }
+        out
+    }
 }
 
 /// The canonical path, encoded for the request line.

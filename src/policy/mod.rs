@@ -169,6 +169,9 @@ pub struct Policy {
     /// Requests one container may make under this policy; `None`: no limit (the
     /// built-in policies).
     pub rate_limit: Option<RateLimit>,
+    /// AWS: whether a GET needs an IMDSv2 session token (401 without one, as with
+    /// `HttpTokens=required`); otherwise IMDSv1 works too.
+    pub aws_tokens_required: bool,
 }
 
 /// Paths `metadata-only` denies: tokens and credentials of every provider, and user
@@ -198,18 +201,21 @@ impl Policy {
                 rules: vec![],
                 default: Verdict::Allow,
                 rate_limit: None,
+                aws_tokens_required: false,
             }),
             "deny" => Some(Self {
                 name: name.into(),
                 rules: vec![],
                 default: Verdict::Deny,
                 rate_limit: None,
+                aws_tokens_required: false,
             }),
             "metadata-only" => Some(Self {
                 name: name.into(),
                 rules: SECRET_PATHS.iter().map(|p| deny(p)).collect(),
                 default: Verdict::Allow,
                 rate_limit: None,
+                aws_tokens_required: false,
             }),
             _ => None,
         }

@@ -168,6 +168,7 @@ mod named {
             }],
             default: Verdict::Deny,
             rate_limit: None,
+            aws_tokens_required: false,
         };
         p.named.insert("ci".into(), ci.clone());
         let ep = Endpoint {

@@ -59,6 +59,16 @@ impl Origins for ConntrackOrigins {
     }
 }
 
+/// `imds-proxy emulate`: no interception, no containers; every caller is the host.
+#[derive(Debug)]
+pub struct EveryoneIsHost;
+
+impl Origins for EveryoneIsHost {
+    fn origin(&self, _local: SocketAddr, _peer: SocketAddr) -> Origin {
+        Origin::Host
+    }
+}
+
 fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
     match a {
         SocketAddr::V4(a) => Some(a),

@@ -3,8 +3,10 @@
 //! metadata service and returns the answer; never hangs a container on a slow or dead
 //! upstream.
 
+mod forward;
 pub mod headers;
 pub mod identify;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,17 +16,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::InventoryHandle;
-use crate::policy::canonical::{CanonicalError, CanonicalPath};
-use crate::policy::{self, select, Provider, Verdict};
+use crate::policy::canonical::CanonicalError;
+use crate::policy::{self, select, Provider};
+use forward::refusal;
 use identify::{Caller, Lookup, Origin, Origins};
 
 /// Largest answer accepted from the upstream (metadata documents are small; user data
@@ -52,8 +54,8 @@ impl std::fmt::Display for ClientAddr {
 /// Settings of the proxy.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    /// `http://host[:port]` of the metadata service.
-    pub upstream: Uri,
+    /// Where answers come from: the real metadata service or the emulator.
+    pub backend: Backend,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
@@ -65,6 +67,24 @@ pub struct ProxySettings {
     pub origins: Arc<dyn Origins>,
     /// The policies in force; replaced whole when the configuration is reloaded.
     pub policies: tokio::sync::watch::Receiver<Arc<select::Policies>>,
+}
+
+/// Where answers come from.
+#[derive(Clone)]
+pub enum Backend {
+    /// `http://host[:port]` of the real metadata service.
+    Upstream(Uri),
+    /// The built-in emulator.
+    Emulator(Arc<crate::emulator::Emulator>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Upstream(u) => write!(f, "Upstream({u})"),
+            Backend::Emulator(_) => f.write_str("Emulator"),
+        }
+    }
 }
 
 /// Why a request was answered by the proxy itself instead of the upstream.
@@ -167,7 +187,10 @@ impl ProxyError {
 /// Forwards requests to the upstream over a pool of keep-alive connections.
 pub struct Proxy {
     settings: ProxySettings,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The real service, when there is one.
+    upstream: Option<upstream::Upstream>,
+    /// Issues and checks the AWS session tokens containers use.
+    mint: crate::providers::aws::TokenMint,
     /// Per-caller request budgets of policies that set `rate_limit` (held only for the
     /// check itself, never across an await).
     limiter: std::sync::Mutex<policy::RateLimiter<RateKey>>,
@@ -184,17 +207,17 @@ enum RateKey {
 
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.request_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let upstream = match &settings.backend {
+            Backend::Upstream(uri) => Some(upstream::Upstream::new(
+                uri.clone(),
+                settings.request_timeout,
+            )),
+            Backend::Emulator(_) => None,
+        };
         Self {
             settings,
-            client,
+            upstream,
+            mint: crate::providers::aws::TokenMint::new(),
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
         }
     }
@@ -229,11 +252,12 @@ impl Proxy {
             None => self.identify(client, origin, started).await,
         };
         let identify_us = started.elapsed().as_micros() as u64;
-        let deadline = self.settings.request_timeout;
+        // A GCE `wait_for_change` may hang by design, up to its own timeout.
+        let deadline = self.settings.request_timeout + forward::long_poll(req.uri());
         let mut audit = Audit::default();
         let result = match tokio::time::timeout(
             deadline,
-            self.forward(req, started + deadline, &caller, &mut audit),
+            self.forward(req, client, started + deadline, &caller, &mut audit),
         )
         .await
         {
@@ -320,164 +344,6 @@ impl Proxy {
             }
         }
     }
-
-    /// Decides, then forwards; fills in the audit record as it goes.
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        deadline: Instant,
-        caller: &Caller,
-        audit: &mut Audit,
-    ) -> Result<Response<Full<Bytes>>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        audit.query_keys = parts.uri.query().map(query_keys);
-        if parts.method == http::Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(parts.method));
-        }
-        // A client that is slow to send its body is the client's fault, not the
-        // upstream's: it gets its own answer, just before the overall deadline.
-        let read = Limited::new(body, self.settings.max_body_bytes).collect();
-        let margin = Duration::from_millis(5);
-        let body =
-            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline - margin), read)
-                .await
-            {
-                Err(_) => return Err(ProxyError::RequestBodyTimeout),
-                Ok(r) => r,
-            };
-        let body = match body {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::RequestTooLarge(self.settings.max_body_bytes))
-            }
-            Err(e) => return Err(ProxyError::BadRequestBody(e)),
-        };
-        // The canonical path is what policy sees and what the upstream receives: the
-        // two can never read the request differently.
-        let canonical = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
-        audit.path = Some(canonical.to_string());
-        let provider = Provider::of(&canonical);
-        let who = match caller {
-            Caller::Container(e) => Some(&**e),
-            Caller::Forged { claimed, .. } => {
-                audit.decision = "deny";
-                audit.rule = format!("source address {claimed} is not the calling container's");
-                return Err(ProxyError::Denied {
-                    provider,
-                    reason: audit.rule.clone(),
-                });
-            }
-            Caller::Undetermined => {
-                audit.decision = "retry";
-                return Err(ProxyError::Undetermined);
-            }
-            Caller::Moved { accepted, now } => {
-                audit.decision = "deny";
-                audit.rule = format!(
-                    "the connection was opened from {accepted:?} but this request came from {now:?}"
-                );
-                return Err(ProxyError::Denied {
-                    provider,
-                    reason: audit.rule.clone(),
-                });
-            }
-            Caller::Host | Caller::Unknown => None,
-        };
-        let policies = self.settings.policies.borrow().clone();
-        let (chosen, why) = select::policy_for(who, matches!(caller, Caller::Host), &policies);
-        let decision = policy::decide(
-            &chosen,
-            &policy::Request {
-                path: &canonical,
-                query: parts.uri.query(),
-            },
-        );
-        audit.rule = format!("{} ({why})", decision.because);
-        if decision.verdict == Verdict::Deny {
-            audit.decision = "deny";
-            return Err(ProxyError::Denied {
-                provider,
-                reason: audit.rule.clone(),
-            });
-        }
-        if let Some(limit) = chosen.rate_limit {
-            let key = match caller {
-                Caller::Container(e) => RateKey::Container(e.container.clone()),
-                Caller::Host => RateKey::Host,
-                _ => RateKey::Unknown,
-            };
-            let checked =
-                self.limiter
-                    .lock()
-                    .expect("rate limiter lock")
-                    .check(&key, limit, Instant::now());
-            if let Err(retry_after) = checked {
-                audit.decision = "rate-limited";
-                return Err(ProxyError::RateLimited {
-                    provider,
-                    limit,
-                    reason: chosen.name.clone(),
-                    retry_after,
-                });
-            }
-        }
-        audit.decision = "allow";
-        let path = match parts.uri.query() {
-            Some(q) => format!("{canonical}?{q}"),
-            None => canonical.to_string(),
-        };
-        let up = &self.settings.upstream;
-        let uri = Uri::builder()
-            .scheme(up.scheme_str().unwrap_or("http"))
-            .authority(up.authority().map(|a| a.as_str()).unwrap_or_default())
-            .path_and_query(path.as_str())
-            .build()
-            .map_err(ProxyError::BadTarget)?;
-        let mut out = Request::builder()
-            .method(parts.method)
-            .uri(uri)
-            .body(Full::new(body))
-            .map_err(ProxyError::BadTarget)?;
-        *out.headers_mut() = headers::end_to_end(&parts.headers);
-        // The body was read whole: hyper derives its length from it, so a framing header
-        // that disagreed with the body can never reach the upstream.
-        out.headers_mut().remove(http::header::CONTENT_LENGTH);
-        let head_request = out.method() == http::Method::HEAD;
-
-        let resp = self.client.request(out).await.map_err(|e| {
-            if e.is_connect() {
-                ProxyError::UpstreamUnreachable(e)
-            } else {
-                ProxyError::UpstreamFailed(Box::new(e))
-            }
-        })?;
-        let (parts, body) = resp.into_parts();
-        audit.upstream_status = Some(parts.status.as_u16());
-        let body = match Limited::new(body, MAX_UPSTREAM_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::UpstreamTooLarge)
-            }
-            Err(e) => return Err(ProxyError::UpstreamFailed(e)),
-        };
-        let body = if decision.redact.is_empty() {
-            body
-        } else {
-            redact(parts.status, body, &decision.redact)?
-        };
-        let mut resp = Response::builder()
-            .status(parts.status)
-            .body(Full::new(body))
-            .expect("status is valid");
-        *resp.headers_mut() = headers::end_to_end(&parts.headers);
-        // Likewise for the answer (an upstream sending both Transfer-Encoding and a
-        // wrong Content-Length must not desync the container's connection). A HEAD
-        // answer has no body, and its Content-Length describes the resource: kept.
-        if !head_request {
-            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
-        }
-        Ok(resp)
-    }
 }
 
 /// What the audit event of one request says besides who called.
@@ -509,84 +375,6 @@ fn query_keys(q: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// A refusal (policy denial, rate limit) as the provider itself would shape it, with
-/// the reason.
-fn refusal(
-    provider: Provider,
-    status: StatusCode,
-    message: &str,
-    retry_after: Option<u64>,
-) -> Response<Full<Bytes>> {
-    let mut b = Response::builder().status(status);
-    if let Some(secs) = retry_after {
-        b = b.header(http::header::RETRY_AFTER, secs);
-    }
-    let code = match status {
-        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
-        _ => "forbidden",
-    };
-    let reason = status.canonical_reason().unwrap_or("");
-    let (b, body) = match provider {
-        Provider::Azure => (
-            b.header(
-                http::header::CONTENT_TYPE,
-                "application/json; charset=utf-8",
-            ),
-            serde_json::json!({ "error": code, "error_description": message }).to_string(),
-        ),
-        Provider::Gce => (
-            b.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .header("Metadata-Flavor", "Google"),
-            format!("{} {reason}: {message}\n", status.as_u16()),
-        ),
-        Provider::Aws => (
-            b.header(http::header::CONTENT_TYPE, "text/plain"),
-            format!("{reason}: {message}\n"),
-        ),
-        Provider::Other => (
-            b.header(http::header::CONTENT_TYPE, "application/json"),
-            serde_json::json!({ "error": code, "message": message }).to_string(),
-        ),
-    };
-    b.body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
-}
-
-/// Removes the given key paths from a JSON answer (an Azure document that embeds a
-/// subtree the policy denies). A successful answer that is not JSON is withheld rather
-/// than passed whole; error answers pass as they are.
-fn redact(status: StatusCode, body: Bytes, paths: &[Vec<String>]) -> Result<Bytes, ProxyError> {
-    let mut doc: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) if !status.is_success() => return Ok(body),
-        Err(_) => return Err(ProxyError::Unredactable),
-    };
-    for path in paths {
-        remove_path(&mut doc, path);
-    }
-    Ok(Bytes::from(doc.to_string()))
-}
-
-/// Removes `path` (keys matched without case, as Azure paths are) from a JSON value.
-fn remove_path(v: &mut serde_json::Value, path: &[String]) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    let Some(obj) = v.as_object_mut() else { return };
-    let keys: Vec<String> = obj
-        .keys()
-        .filter(|k| k.eq_ignore_ascii_case(first))
-        .cloned()
-        .collect();
-    for k in keys {
-        if rest.is_empty() {
-            obj.remove(&k);
-        } else if let Some(child) = obj.get_mut(&k) {
-            remove_path(child, rest);
-        }
-    }
 }
 
 /// "outer: inner: innermost", for logs.
