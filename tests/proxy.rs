@@ -814,3 +814,283 @@ async fn a_asks_for_credentials_beside_b(
     .await;
     (p, seen, a)
 }
+
+/// One raw request from `src` (a loopback address standing in for a container).
+async fn from_raw(src: &str, addr: SocketAddr, req: String) -> common::Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    common::parse_answer(&buf).unwrap()
+}
+
+/// A container with address 127.0.0.N (bridge port N) and these labels.
+fn labelled(id: char, ip: &str, labels: &[(&str, &str)]) -> bollard::models::ContainerSummary {
+    let mut c = container(id, ip, "allow");
+    c.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    c
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut r =
+        format!("{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+fn heads(seen: &Mutex<Vec<Seen>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.head.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_session_tokens_are_issued_on_the_host_and_good_only_for_their_container() {
+    let (up, seen) = upstream();
+    let list = [
+        labelled('a', "127.0.0.2", &[]),
+        labelled('b', "127.0.0.3", &[]),
+        labelled('c', "127.0.0.4", &[("imds-proxy.policy", "v2only")]),
+    ];
+    let mut policies = imds_proxy::policy::select::Policies::builtin("allow", "deny");
+    let mut v2only = imds_proxy::policy::Policy::builtin("allow").unwrap();
+    v2only.name = "v2only".into();
+    v2only.aws_tokens_required = true;
+    policies.named.insert("v2only".into(), v2only);
+    let p = start_full(
+        up,
+        2000,
+        Some(inventory_of(&list, false)),
+        policies,
+        FakeOrigins::default(),
+    )
+    .await;
+    let ttl = ("X-aws-ec2-metadata-token-ttl-seconds", "21600");
+    let a = from_raw(
+        "127.0.0.2",
+        p.addr,
+        request("PUT", "/latest/api/token", &[ttl]),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.headers
+            .get("x-aws-ec2-metadata-token-ttl-seconds")
+            .map(String::as_str),
+        Some("21600")
+    );
+    let token = a.body.clone();
+    assert!(
+        heads(&seen).is_empty(),
+        "the container's PUT never reaches the upstream"
+    );
+    for (ttl, status) in [("0", 400), ("21601", 400), ("soon", 400)] {
+        let r = request(
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", ttl)],
+        );
+        assert_eq!(
+            from_raw("127.0.0.2", p.addr, r).await.status,
+            status,
+            "ttl {ttl}"
+        );
+    }
+    let relayed = request(
+        "PUT",
+        "/latest/api/token",
+        &[ttl, ("X-Forwarded-For", "10.0.0.9")],
+    );
+    assert_eq!(from_raw("127.0.0.2", p.addr, relayed).await.status, 403);
+
+    let md = "/latest/meta-data/instance-id";
+    let with_token = request("GET", md, &[("X-aws-ec2-metadata-token", &token)]);
+    assert_eq!(
+        from_raw("127.0.0.2", p.addr, with_token.clone())
+            .await
+            .status,
+        200
+    );
+    // The upstream saw the proxy's own session, never the container's token.
+    let h = heads(&seen);
+    assert!(h[0].starts_with("PUT /latest/api/token HTTP/1.1"), "{h:?}");
+    let get = h[1].to_ascii_lowercase();
+    assert!(
+        get.starts_with("get /latest/meta-data/instance-id"),
+        "{get}"
+    );
+    assert!(
+        get.contains("x-aws-ec2-metadata-token: /latest/api/token\r\n"),
+        "{get}"
+    );
+    assert!(!get.contains(&token.to_ascii_lowercase()), "{get}");
+    // Another container cannot use it, nor can anyone use a made-up one.
+    let b = from_raw("127.0.0.3", p.addr, with_token).await;
+    assert_eq!((b.status, b.body.as_str()), (401, "Unauthorized\n"));
+    let junk = request(
+        "GET",
+        md,
+        &[("X-aws-ec2-metadata-token", "AQAEAFakeToken==")],
+    );
+    assert_eq!(from_raw("127.0.0.2", p.addr, junk).await.status, 401);
+    // IMDSv1 works where the policy allows it, and not where it requires tokens.
+    assert_eq!(
+        from_raw("127.0.0.3", p.addr, request("GET", md, &[]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        from_raw("127.0.0.4", p.addr, request("GET", md, &[]))
+            .await
+            .status,
+        401
+    );
+    let c = from_raw(
+        "127.0.0.4",
+        p.addr,
+        request("PUT", "/latest/api/token", &[ttl]),
+    )
+    .await;
+    let r = request("GET", md, &[("X-aws-ec2-metadata-token", &c.body)]);
+    assert_eq!(from_raw("127.0.0.4", p.addr, r).await.status, 200);
+    assert_eq!(
+        heads(&seen).iter().filter(|h| h.starts_with("PUT")).count(),
+        1,
+        "one session, reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_pinned_to_an_azure_identity_gets_it_and_no_other() {
+    let (up, seen) = upstream();
+    let list = [
+        labelled(
+            'a',
+            "127.0.0.2",
+            &[("imds-proxy.azure.client-id", "aaaa-1111")],
+        ),
+        labelled('b', "127.0.0.3", &[]),
+    ];
+    let p = start_full(
+        up,
+        2000,
+        Some(inventory_of(&list, false)),
+        imds_proxy::policy::select::Policies::builtin("allow", "deny"),
+        FakeOrigins::default(),
+    )
+    .await;
+    let t = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com";
+    let md = [("Metadata", "true")];
+    assert_eq!(
+        from_raw("127.0.0.2", p.addr, request("GET", t, &md))
+            .await
+            .status,
+        200
+    );
+    let h = heads(&seen);
+    assert!(
+        h[0].starts_with(&format!("GET {t}&client_id=aaaa-1111 HTTP/1.1")),
+        "{h:?}"
+    );
+    let other = format!("{t}&client_id=bbbb-2222");
+    let a = from_raw("127.0.0.2", p.addr, request("GET", &other, &md)).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            400,
+            r#"{"error":"invalid_request","error_description":"Identity not found"}"#
+        )
+    );
+    // An unpinned container asks for what it wants, as on the instance itself.
+    assert_eq!(
+        from_raw("127.0.0.3", p.addr, request("GET", &other, &md))
+            .await
+            .status,
+        200
+    );
+    // The SDK's probe (no Metadata header) gets IMDS's own answer, from the proxy.
+    let probe = from_raw("127.0.0.3", p.addr, request("GET", t, &[])).await;
+    assert_eq!(probe.status, 400);
+    assert_eq!(
+        probe.body,
+        r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#
+    );
+    assert_eq!(
+        heads(&seen).len(),
+        2,
+        "refusals never reach the upstream: {:?}",
+        heads(&seen)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_pinned_to_a_gce_account_sees_it_as_default_and_no_other() {
+    let (up, seen) = upstream();
+    let me = "me@p.iam.gserviceaccount.com";
+    let list = [labelled(
+        'a',
+        "127.0.0.2",
+        &[("imds-proxy.gce.service-account", me)],
+    )];
+    let p = start_full(
+        up,
+        2000,
+        Some(inventory_of(&list, false)),
+        imds_proxy::policy::select::Policies::builtin("allow", "deny"),
+        FakeOrigins::default(),
+    )
+    .await;
+    let sa = "/computeMetadata/v1/instance/service-accounts";
+    let flavor = [("Metadata-Flavor", "Google")];
+    let a = from_raw(
+        "127.0.0.2",
+        p.addr,
+        request("GET", &format!("{sa}/default/token?scopes=s"), &flavor),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(
+        heads(&seen)[0].starts_with(&format!(
+            "GET {sa}/me@p.iam.gserviceaccount.com/token?scopes=s HTTP/1.1"
+        )),
+        "{:?}",
+        heads(&seen)
+    );
+    let a = from_raw(
+        "127.0.0.2",
+        p.addr,
+        request(
+            "GET",
+            &format!("{sa}/boss@p.iam.gserviceaccount.com/token"),
+            &flavor,
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        a.headers.get("metadata-flavor").map(String::as_str),
+        Some("Google")
+    );
+    let a = from_raw(
+        "127.0.0.2",
+        p.addr,
+        request("GET", &format!("{sa}/default/token"), &[]),
+    )
+    .await;
+    assert_eq!(a.status, 403, "no Metadata-Flavor header");
+    assert_eq!(heads(&seen).len(), 1);
+}
