@@ -44,7 +44,8 @@ pub fn select_identity(
     let pairs = query::pairs(query);
     let named: Vec<&(String, String)> = pairs
         .iter()
-        .filter(|(k, _)| IDENTITY_PARAMS.contains(&k.as_str()))
+        // Names compare without case: `CLIENT_ID=` must not slip past as "no identity".
+        .filter(|(k, _)| IDENTITY_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
         .collect();
     let not_found = || {
         error(
@@ -73,7 +74,7 @@ pub fn select_identity(
         [(k, v)] => {
             let mut asked = AzureIdentity::default();
             let v = Some(v.clone());
-            match k.as_str() {
+            match k.to_ascii_lowercase().as_str() {
                 "client_id" => asked.client_id = v,
                 "object_id" => asked.object_id = v,
                 _ => asked.msi_res_id = v,
