@@ -1,4 +1,4 @@
-//! The emulated Azure metadata service (to be filled in).
+//! The emulated Aws metadata service (to be filled in).
 
 use bytes::Bytes;
 use http::Response;
@@ -6,14 +6,14 @@ use http_body_util::Full;
 
 use super::{Ctx, EmuRequest};
 
-/// The `[azure]` section of the emulator file.
+/// The `[aws]` section of the emulator file.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AzureConfig {
+pub struct AwsConfig {
     raw: toml::Value,
 }
 
-impl AzureConfig {
-    /// Validates the section; every problem, each naming its key below `azure.`.
+impl AwsConfig {
+    /// Validates the section; every problem, each naming its key below `aws.`.
     pub fn from_value(
         raw: toml::Value,
         _env: &dyn Fn(&str) -> Option<String>,
@@ -23,10 +23,11 @@ impl AzureConfig {
 }
 
 /// State of the emulated service.
-pub struct Azure {}
+#[derive(Default)]
+pub struct Aws {}
 
-impl Azure {
-    pub fn new(_tokens: std::sync::Arc<super::tokens::TokenCache>) -> Self {
+impl Aws {
+    pub fn new() -> Self {
         Self {}
     }
 
