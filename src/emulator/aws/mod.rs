@@ -43,6 +43,7 @@ enum Target<'a> {
 }
 
 impl Aws {
+    /// No credentials yet: each role's are issued on first request.
     pub fn new() -> Self {
         Self::default()
     }
@@ -191,7 +192,7 @@ fn page(status: StatusCode, title: &str) -> Response<Full<Bytes>> {
          \t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n\
          <html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n \
          <head>\n  <title>{title}</title>\n </head>\n \
-         <body>\n  <h1>{title}</h1>\n </body>\n</html>\n"
+         <body>\n  <h1>{title}</h1>\n </body>\n</html>"
     );
     answer(status, HTML, body)
 }

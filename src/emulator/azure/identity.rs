@@ -182,6 +182,7 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// Uses the emulator's shared cache (which keys by identity and resource).
     pub fn new(cache: Arc<TokenCache>) -> Self {
         Self {
             cache,
