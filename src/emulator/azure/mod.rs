@@ -1,0 +1,256 @@
+//! The emulated Azure Instance Metadata Service, as azure-identity, MSAL and the Rust
+//! `azure_identity` crate expect it (research/protocols.md §1, §4.2).
+//!
+//! The proxy has already required `Metadata: true` and refused `X-Forwarded-For`.
+//! Paths match without case. Every answer is `application/json; charset=utf-8`
+//! except a `format=text` answer (`text/plain; charset=utf-8`). Choices where the
+//! real service is undocumented:
+//! - a query parameter named twice (after decoding and case folding) → 400:
+//!   `{"error":"invalid_request","error_description":"Duplicate query parameter '<name>'"}`
+//!   on identity paths, `{"error":"Bad request. Duplicate query parameter '<name>'"}`
+//!   elsewhere;
+//! - a leaf of the instance document without `format=text` → 400
+//!   `{"error":"Bad request. Leaf nodes can only be requested with format=text"}`;
+//!   `format=text` on a list or object lists its children one a line (`name/` for
+//!   those with children), which is how IMDS lets a caller drill down;
+//! - unknown paths → 404 `{"error":"Not found"}`; a known path with another method →
+//!   405 with `Allow`;
+//! - any configured `api-version` is accepted on every path;
+//! - `/metadata/attested/document` is not emulated (404): it needs a signing
+//!   certificate the caller would have to trust.
+
+mod config;
+mod events;
+mod identity;
+mod instance;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value as Json};
+
+use super::tokens::TokenCache;
+use super::{Ctx, EmuRequest};
+pub use config::{AzureConfig, ManagedIdentity, ScheduledEvents, DEFAULT_TOKEN_LIFETIME_SECS};
+use instance::{Format, Rendered};
+use query::Query;
+
+const JSON: &str = "application/json; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+/// IMDS's answer to a missing or unknown `api-version` (with `newest-versions`).
+pub const BAD_API_VERSION: &str = "Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds";
+
+/// State of the emulated service: tokens and the scheduled events as served.
+pub struct Azure {
+    tokens: identity::Tokens,
+    events: events::Events,
+}
+
+/// The endpoints, each with its error style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Versions,
+    Instance,
+    Token,
+    Info,
+    ScheduledEvents,
+}
+
+impl Route {
+    /// Identity endpoints answer errors OAuth-style (`error` + `error_description`).
+    fn oauth_errors(self) -> bool {
+        matches!(self, Route::Token | Route::Info)
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Route::ScheduledEvents => &[Method::GET, Method::POST],
+            _ => &[Method::GET],
+        }
+    }
+}
+
+impl Azure {
+    /// Uses `tokens`, the emulator's shared token cache, for access tokens.
+    pub fn new(tokens: Arc<TokenCache>) -> Self {
+        Self {
+            tokens: identity::Tokens::new(tokens),
+            events: events::Events::default(),
+        }
+    }
+
+    /// The answer to one request under `/metadata`.
+    pub async fn answer(&self, ctx: &Ctx, req: &EmuRequest<'_>) -> Response<Full<Bytes>> {
+        let Some(cfg) = ctx.config.azure.as_ref() else {
+            return super::not_found();
+        };
+        let lower = req.path.lower();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        let route = match lower.as_slice() {
+            ["metadata", "versions"] => Route::Versions,
+            ["metadata", "instance", ..] => Route::Instance,
+            ["metadata", "identity", "oauth2", "token"] => Route::Token,
+            ["metadata", "identity", "info"] => Route::Info,
+            ["metadata", "scheduledevents"] => Route::ScheduledEvents,
+            _ => return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"})),
+        };
+        if !route.methods().contains(req.method) {
+            let allow: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
+            let mut r = error(
+                route,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            );
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_str(&allow.join(", ")).expect("method names are valid"),
+            );
+            return r;
+        }
+        let q = match Query::parse(req.query) {
+            Ok(q) => q,
+            Err(e) => {
+                return error(
+                    route,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                )
+            }
+        };
+        if route != Route::Versions {
+            let known = q
+                .get("api-version")
+                .is_some_and(|v| cfg.api_versions.iter().any(|a| a == v));
+            if !known {
+                return json_answer(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": BAD_API_VERSION, "newest-versions": cfg.newest_versions()}),
+                );
+            }
+        }
+        match route {
+            Route::Versions => {
+                json_answer(StatusCode::OK, &json!({"apiVersions": cfg.api_versions}))
+            }
+            Route::Instance => instance_answer(cfg, &req.path.segments()[2..], &q),
+            Route::Info => json_answer(StatusCode::OK, &json!({"tenantId": cfg.tenant_id})),
+            Route::ScheduledEvents if *req.method == Method::POST => {
+                match self.events.approve(&cfg.scheduled_events, req.body) {
+                    Ok(()) => answer(StatusCode::OK, JSON, Bytes::new()),
+                    Err(why) => json_answer(StatusCode::BAD_REQUEST, &json!({"error": why})),
+                }
+            }
+            Route::ScheduledEvents => {
+                json_answer(StatusCode::OK, &self.events.document(&cfg.scheduled_events))
+            }
+            Route::Token => self.token_answer(ctx, cfg, req, &q).await,
+        }
+    }
+
+    async fn token_answer(
+        &self,
+        ctx: &Ctx,
+        cfg: &AzureConfig,
+        req: &EmuRequest<'_>,
+        q: &Query,
+    ) -> Response<Full<Bytes>> {
+        let bad = |why: &str| {
+            error(
+                Route::Token,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                why,
+            )
+        };
+        let treq = match identity::TokenRequest::parse(q) {
+            Ok(t) => t,
+            Err(why) => return bad(&why),
+        };
+        let asked = treq.named.as_ref().map(|(_, a)| a);
+        let id = match identity::select(cfg, asked, req.identity.azure.as_ref()) {
+            Ok(id) => id,
+            Err(why) => return bad(why),
+        };
+        let Some(source) = identity::source_for(&id.token, &treq.resource) else {
+            return bad("Query variable 'resource' is not a valid resource");
+        };
+        match self
+            .tokens
+            .get(
+                id,
+                &treq.resource,
+                &source,
+                treq.bypass_cache,
+                ctx.now,
+                &ctx.env,
+            )
+            .await
+        {
+            Ok(t) => json_answer(
+                StatusCode::OK,
+                &identity::token_body(id, &treq, &t, ctx.now),
+            ),
+            Err(e) => {
+                tracing::warn!(client_id = %id.client_id, error = %e, "emulated Azure token unavailable");
+                error(
+                    Route::Token,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unknown",
+                    "Failed to retrieve token from the Active directory",
+                )
+            }
+        }
+    }
+}
+
+fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Full<Bytes>> {
+    let Some(format) = Format::parse(q.get("format")) else {
+        return json_answer(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "Bad request. format must be json or text"}),
+        );
+    };
+    let Some(node) = instance::walk(&cfg.instance, path) else {
+        return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"}));
+    };
+    match instance::render(node, format) {
+        Rendered::Json(body) => answer(StatusCode::OK, JSON, Bytes::from(body)),
+        Rendered::Text(body) => answer(StatusCode::OK, TEXT, Bytes::from(body)),
+        Rendered::LeafNeedsText => json_answer(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "Bad request. Leaf nodes can only be requested with format=text"}),
+        ),
+    }
+}
+
+/// An error in the endpoint's style: OAuth-style on identity paths, IMDS-style
+/// (`{"error":"Bad request. …"}`) elsewhere.
+fn error(route: Route, status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {
+    let body = if route.oauth_errors() {
+        json!({"error": code, "error_description": description})
+    } else if status == StatusCode::BAD_REQUEST {
+        json!({"error": format!("Bad request. {description}")})
+    } else {
+        json!({"error": description})
+    };
+    json_answer(status, &body)
+}
+
+fn json_answer(status: StatusCode, body: &Json) -> Response<Full<Bytes>> {
+    answer(status, JSON, Bytes::from(body.to_string()))
+}
+
+fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))
+        .expect("static response parts are valid")
+}
