@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::tokens::TokenCache;
 use super::{Ctx, EmuRequest};
+use crate::proxy::error_chain;
 pub use config::{
     Disk, GceConfig, IdentityConfig, Instance, NetworkInterface, ServiceAccount, ACCESS_TOKEN_ENV,
     DEFAULT_TOKEN_LIFETIME, NUMERIC_PROJECT_ID_ENV, PROJECT_ID_ENV,
@@ -172,18 +173,6 @@ fn server_error(e: &GceError) -> Reply {
         PLAIN,
         format!("{}\n", error_chain(e)),
     )
-}
-
-/// An error and its causes on one line (they never hold a token).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `301` to the directory form of the path, query kept.
