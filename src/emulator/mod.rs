@@ -158,8 +158,13 @@ impl Emulator {
     /// Serves `config` and whatever replaces it.
     pub fn new(config: tokio::sync::watch::Receiver<Arc<EmulatorConfig>>) -> Self {
         let tokens = TokenCache::new();
+        let gce = gce::Gce::new(tokens.clone());
+        // The ID-token key takes a moment to make: start now, not on the first request.
+        if config.borrow().gce.is_some() {
+            gce.prepare_identity_key();
+        }
         Self {
-            gce: gce::Gce::new(tokens.clone()),
+            gce,
             azure: azure::Azure::new(tokens.clone()),
             aws: aws::Aws::new(),
             config,
@@ -197,7 +202,14 @@ impl Emulator {
                 if google && ctx.config.gce.is_some() {
                     self.gce.answer(&ctx, req).await
                 } else if ctx.config.aws.is_some() && !google {
-                    self.aws.answer(&ctx, req).await
+                    let mut resp = self.aws.answer(&ctx, req).await;
+                    // Go's GCE detection asks `/` without the header and looks for it
+                    // in the answer; AWS clients ignore it.
+                    if ctx.config.gce.is_some() {
+                        resp.headers_mut()
+                            .insert("metadata-flavor", http::HeaderValue::from_static("Google"));
+                    }
+                    resp
                 } else {
                     not_found()
                 }

@@ -135,7 +135,7 @@ pub fn fix_body(
         Fix::DefaultAccount => {
             let aliases_leaf = path.lower().len() == 6;
             if aliases_leaf {
-                return Bytes::from_static(b"default");
+                return Bytes::from_static(b"default\n");
             }
             match serde_json::from_slice::<Value>(&body) {
                 Ok(mut v) => {

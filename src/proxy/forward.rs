@@ -30,7 +30,7 @@ pub(super) fn long_poll(uri: &Uri) -> Duration {
         .path()
         .to_ascii_lowercase()
         .starts_with("/computemetadata/")
-        || query::get(&pairs, "wait_for_change") != Some("true")
+        || !query::get(&pairs, "wait_for_change").is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
         return Duration::ZERO;
     }
