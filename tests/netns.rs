@@ -91,7 +91,8 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
             ("Authorization", "Bearer AUTHSECRET"),
         ],
     );
-    assert_eq!(r.unwrap().status, 200);
+    // A session token the proxy never issued is refused, as IMDS refuses it.
+    assert_eq!(r.unwrap().status, 401);
     d.wait_for("security-credentials/role", QUICK);
     let log = d.log().join("\n");
     for secret in ["QUERYSECRET", "HEADERSECRET", "AUTHSECRET"] {
@@ -730,4 +731,123 @@ fn a_config_change_changes_the_answer_without_a_restart() {
         .is_ok_and(|a| a.status == 403)
     });
     assert!(tb.host.nft_table().is_some(), "the daemon kept running");
+}
+
+/// The emulator's project id as a caller in `ns` reads it at the metadata address.
+fn project_id(ns: &Netns) -> Result<Answer, std::io::Error> {
+    http(
+        ns,
+        IMDS,
+        "GET",
+        "/computeMetadata/v1/project/project-id",
+        &[("Metadata-Flavor", "Google")],
+    )
+    .0
+}
+
+#[test]
+fn without_a_cloud_run_serves_the_built_in_emulator_to_containers_and_the_host() {
+    if !root_or_skip("without_a_cloud_run_serves_the_built_in_emulator_to_containers_and_the_host")
+    {
+        return;
+    }
+    let tb = Testbed::new();
+    // No cloud: nothing answers at 169.254.169.254.
+    tb.host.ip("route del 169.254.169.254/32");
+    let d = Daemon::spawn(
+        &tb.host,
+        &[
+            "run",
+            "--bridges",
+            "br0,br-*",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+            "--unknown-policy",
+            "allow",
+        ],
+    );
+    d.wait_for("interception live", Duration::from_secs(10));
+    assert_eq!(
+        d.log_count("serving the built-in emulator"),
+        1,
+        "{:#?}",
+        d.log()
+    );
+    let a = project_id(&tb.container).unwrap();
+    assert_eq!((a.status, a.body.as_str()), (200, "demo-project"), "{a:?}");
+    assert_eq!(
+        a.headers.get("metadata-flavor").map(String::as_str),
+        Some("Google")
+    );
+    // Host processes reach it at the usual address, as on a cloud VM.
+    let a = project_id(&tb.host).unwrap();
+    assert_eq!((a.status, a.body.as_str()), (200, "demo-project"), "{a:?}");
+    assert_eq!(tb.imds.count(), 0);
+}
+
+#[test]
+fn an_emulator_file_edit_is_served_without_a_restart_and_a_real_upstream_gets_the_address_back() {
+    if !root_or_skip("an_emulator_file_edit_is_served_without_a_restart_and_a_real_upstream_gets_the_address_back") {
+        return;
+    }
+    let tb = Testbed::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("emulator.toml");
+    let example = include_str!("../examples/emulator.toml");
+    let write = |project: &str| {
+        std::fs::write(
+            &file,
+            example.replace(
+                "project_id = \"demo-project\"",
+                &format!("project_id = \"{project}\""),
+            ),
+        )
+        .unwrap()
+    };
+    write("first-project");
+    let emu = [
+        "run",
+        "--emulator",
+        file.to_str().unwrap(),
+        "--bridges",
+        "br0,br-*",
+        "--docker-socket",
+        "/nonexistent/docker.sock",
+        "--unknown-policy",
+        "allow",
+    ];
+    let d = Daemon::spawn(&tb.host, &emu);
+    d.wait_for("interception live", Duration::from_secs(10));
+    assert_eq!(project_id(&tb.container).unwrap().body, "first-project");
+    // The emulator's own address wins over the route to the cloud: the host is served
+    // by the emulator too.
+    assert_eq!(project_id(&tb.host).unwrap().body, "first-project");
+
+    write("second-project");
+    d.wait_for("emulator file reloaded", Duration::from_secs(3));
+    assert_eq!(project_id(&tb.container).unwrap().body, "second-project");
+    std::fs::write(&file, "[gce]\nproject_id = 7\n").unwrap();
+    d.wait_for("emulator file reload refused", Duration::from_secs(3));
+    assert!(
+        d.log()
+            .iter()
+            .any(|l| l.contains("gce.") && l.contains("emulator file reload refused")),
+        "the reason names the key: {:#?}",
+        d.log()
+    );
+    assert_eq!(project_id(&tb.container).unwrap().body, "second-project");
+
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(Duration::from_secs(10)).success());
+    // With a real service upstream the daemon gives the address back to it.
+    let _d = tb.daemon(&[]);
+    let before = tb.imds.count();
+    let a = http(&tb.host, IMDS, "GET", "/latest/meta-data/instance-id", &[])
+        .0
+        .unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(
+        tb.imds.count() > before,
+        "the host reached the real service directly"
+    );
 }

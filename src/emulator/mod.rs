@@ -53,7 +53,7 @@ struct TopLevel {
 pub enum EmulatorConfigError {
     #[error("cannot read emulator file {0}")]
     Read(PathBuf, #[source] std::io::Error),
-    #[error("emulator file {file}:\n  {}", .problems.join("\n  "))]
+    #[error("emulator file {file}: {}", .problems.join("; "))]
     Invalid { file: String, problems: Vec<String> },
 }
 
