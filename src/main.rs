@@ -55,7 +55,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imds-proxy: {}", error_chain(&e));
-            ExitCode::FAILURE
+            // A file the user can fix is a usage error, like a bad config.
+            if matches!(e, app::AppError::Emulator(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

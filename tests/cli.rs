@@ -11,7 +11,23 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         c.env_remove(k);
     }
     c.envs(env.iter().copied());
-    let out = c.output().unwrap();
+    // Every case here ends by itself; a daemon that starts serving instead is a failure,
+    // not a hang of the suite.
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("imds-proxy {args:?} was still running after 30 s");
+        }
+    };
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,11 +66,48 @@ fn a_bad_configuration_lists_every_problem_and_exits_2() {
 }
 
 #[test]
-fn run_without_an_upstream_says_what_to_pass() {
-    let (code, _, err) = run(&["run"], &[]);
-    assert_eq!(code, 2);
-    assert!(err.contains("upstream: required"), "{err}");
-    assert!(err.contains("--upstream http://169.254.169.254"), "{err}");
+fn an_upstream_and_an_emulator_together_are_refused() {
+    let (code, _, err) = run(
+        &["run", "--upstream", "http://169.254.169.254"],
+        &[("IMDS_PROXY_EMULATOR", "/etc/imds-proxy/emulator.toml")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "emulator (from --emulator / IMDS_PROXY_EMULATOR): cannot be used with upstream"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_emulator_file_names_every_bad_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("e.toml");
+    std::fs::write(&file, "[gce]\nproject_id = 5\n").unwrap();
+    let (code, _, err) = run(
+        &[
+            "emulate",
+            "--emulator",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "gce.project_id: must be a string, not integer",
+        "gce.instance: missing",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let (code, _, err) = run(&["emulate", "--emulator", "/nonexistent/e.toml"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read emulator file /nonexistent/e.toml"),
+        "{err}"
+    );
 }
 
 #[test]

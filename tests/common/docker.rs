@@ -241,13 +241,13 @@ impl Scene {
     /// veth, unmarked; the daemon logs the container's own address.
     pub fn ask(&mut self, network: &str, path: &str, imds: &FakeImds, proxy_side: &str) -> Run {
         const FORWARDED: &str = AUDIT;
-        let before = imds.count();
+        let before = imds.relayed_count();
         let logged_before = self.daemon().log_count(FORWARDED);
         let r = self.run(network, path);
         assert_eq!(r.code, Some(0), "request from {network} failed: {r:?}");
         assert!(r.body.contains("fake-imds"), "{r:?}");
         assert!(!r.addr.is_empty(), "no container address: {r:?}");
-        assert_eq!(imds.count(), before + 1, "upstream requests: {r:?}");
+        assert_eq!(imds.relayed_count(), before + 1, "upstream requests: {r:?}");
         let seen = imds.last();
         assert_eq!(
             seen.peer.ip().to_string(),

@@ -243,6 +243,16 @@ impl FakeImds {
         self.seen.lock().unwrap().len()
     }
 
+    /// Requests other than the proxy's own IMDSv2 session PUTs: what callers caused.
+    pub fn relayed_count(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| !(s.method == "PUT" && s.target == "/latest/api/token"))
+            .count()
+    }
+
     /// The credentials handed out so far.
     pub fn issued(&self) -> Vec<String> {
         self.issued.lock().unwrap().clone()
