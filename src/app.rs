@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::firewall::conntrack;
 use crate::firewall::nft::NetlinkFirewall;
-use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::plan::{plan, Mode, Snapshot, V6};
 use crate::firewall::{watch, Firewall, FirewallError};
 use crate::link::{self, LinkError, LinkEvent};
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -107,6 +107,8 @@ pub async fn current_snapshot(
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
         listen: cfg.listen,
+        // The daemon does not listen on IPv6 yet.
+        v6: V6::Absent,
         mode,
     })
 }

@@ -1,6 +1,6 @@
-//! Snapshot tests: the rendered plan must equal what `nft list table ip imds_proxy`
-//! prints for the installed table (the root tests check that equality on a real
-//! kernel; these pin the text itself, without root).
+//! Snapshot tests: the rendered plan must equal what `nft list table` prints for the
+//! installed `ip`, `ip6` and `bridge` tables (the root tests check that equality on a
+//! real kernel; these pin the text itself, without root).
 
 use super::*;
 
@@ -29,8 +29,8 @@ fn closed_table_has_no_dnat_but_keeps_every_refusal() {
     assert_eq!(refusals(&open), refusals(&closed));
     assert_eq!(
         refusals(&open).len(),
-        2 * 2 * 2 + 3,
-        "two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
+        2 * (2 * 2 * 2 + 3),
+        "per family: two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
     );
 }
 
@@ -41,7 +41,7 @@ fn fail_closed_rules_match_patterns_not_the_set_so_unseen_bridges_are_refused() 
     let imds: Vec<&Rule> = forward
         .rules
         .iter()
-        .filter(|r| r.matches.contains(&Match::IpDaddr(IMDS_V4)))
+        .filter(|r| r.matches.contains(&Match::Daddr(IMDS_V4.into())))
         .collect();
     assert_eq!(imds.len(), 4);
     for r in imds {
@@ -146,10 +146,83 @@ fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
     for mode in [Mode::Open, Mode::Closed] {
         let rs = plan(&snapshot(&["docker0"], mode));
         assert_eq!(rs.port_chain.priority, PRIO_BRIDGE_FIRST);
-        assert_eq!(rs.port_chain.rules.len(), 1);
+        let stamps: Vec<String> = rs.port_chain.rules.iter().map(|r| r.to_string()).collect();
         assert_eq!(
-            rs.port_chain.rules[0].to_string(),
-            "ip daddr 169.254.169.254 tcp dport 80 meta mark set iif"
+            stamps,
+            [
+                "ip daddr 169.254.169.254 tcp dport 80 meta mark set iif",
+                "ip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif"
+            ]
         );
     }
+}
+
+#[test]
+fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
+    let text = plan(&snapshot(&["docker0"], Mode::Open)).to_string();
+    let ip6 = &text[text.find("table ip6 imds_proxy {").expect("an ip6 table")..];
+    for line in [
+        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark dnat to [fdf3:6f62:ab7c::254]:80",
+        "iifname \"docker0\" ip6 daddr fd00:ec2::254 reject with tcp reset",
+        "iifname \"br-*\" ip6 daddr fd00:ec2::254 reject",
+        "ip6 daddr fdf3:6f62:ab7c::254 iifname \"lo\" accept",
+        "ip6 daddr fdf3:6f62:ab7c::254 iifname @bridges tcp dport 80 ct status dnat accept",
+        "ip6 daddr fdf3:6f62:ab7c::254 reject",
+        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark",
+    ] {
+        assert!(ip6.contains(&format!("\t\t{line}\n")), "{line:?} missing from:\n{ip6}");
+    }
+    // The bridge table stamps IPv6 metadata packets with their port too.
+    assert!(
+        text.ends_with("\t\tip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif\n\t}\n}\n"),
+        "{text}"
+    );
+    // The ip6 table has the same chains, at the same priorities, as the ip table.
+    let rs = plan(&snapshot(&["docker0"], Mode::Open));
+    let shape = |chains: &[Chain]| {
+        chains
+            .iter()
+            .map(|c| (c.name, c.kind, c.hook, c.priority, c.rules.len()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&rs.chains), shape(rs.chains6.as_deref().unwrap()));
+}
+
+#[test]
+fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_none() {
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.v6 = V6::RefuseOnly;
+    let rs = plan(&s);
+    let chains6 = rs.chains6.as_deref().unwrap();
+    let rules6: Vec<String> = chains6
+        .iter()
+        .flat_map(|c| c.rules.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(rules6.len(), 2 * 2 * 2, "{rules6:#?}");
+    assert!(rules6.iter().all(|r| r.contains("reject")), "{rules6:#?}");
+    assert!(!rs.port_chain.to_string().contains("ip6"));
+    // The ip table is untouched by the state of IPv6.
+    assert_eq!(rs.chains, plan(&snapshot(&["docker0"], Mode::Open)).chains);
+
+    s.v6 = V6::Absent;
+    let rs = plan(&s);
+    assert!(rs.chains6.is_none());
+    assert!(!rs.to_string().contains("ip6"), "{rs}");
+}
+
+#[test]
+fn priorities_are_named_as_nft_names_them() {
+    use Hook::*;
+    let name = |kind, hook, prio| priority_name(kind, hook, prio);
+    assert_eq!(name(ChainKind::Nat, Prerouting, -110), "dstnat - 10");
+    assert_eq!(name(ChainKind::Filter, Prerouting, -150), "mangle");
+    assert_eq!(name(ChainKind::Filter, Prerouting, -300), "raw");
+    assert_eq!(name(ChainKind::Filter, Output, -300), "raw");
+    assert_eq!(name(ChainKind::Filter, Input, -10), "filter - 10");
+    assert_eq!(name(ChainKind::Filter, Forward, 5), "filter + 5");
+    // dstnat only names priorities of hooks where destination NAT happens.
+    assert_eq!(name(ChainKind::Filter, Forward, -100), "-100");
+    assert_eq!(name(ChainKind::Filter, Input, -200), "-200");
+    assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -300), "dstnat");
+    assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -200), "filter");
 }

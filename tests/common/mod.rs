@@ -147,15 +147,16 @@ impl Netns {
         assert!(child.wait().unwrap().success(), "nft -f failed on {script}");
     }
 
-    /// The daemon's tables (`ip`, then `bridge`) as `nft` lists them, or None if the
-    /// `ip` table is missing.
+    /// The daemon's tables (`ip`, `ip6`, then `bridge`) as `nft` lists them, or None if
+    /// the `ip` table is missing.
     pub fn nft_table(&self) -> Option<String> {
         let (ok, ip, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
         if !ok {
             return None;
         }
+        let (_, ip6, _) = self.try_exec(&["nft", "list", "table", "ip6", "imds_proxy"]);
         let (_, bridge, _) = self.try_exec(&["nft", "list", "table", "bridge", "imds_proxy"]);
-        Some(ip + &bridge)
+        Some(ip + &ip6 + &bridge)
     }
 
     pub fn nft_table_count(&self) -> usize {
