@@ -243,8 +243,8 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     info!(listen = %cfg.listen, "proxy listening");
 
     // 3. Connections that predate the rules must not keep bypassing them.
-    let local = conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
-    let cut = conntrack::cut_stale_flows(*cfg.listen.ip(), &local).map_err(AppError::Conntrack)?;
+    let cut = conntrack::cut_stale_container_flows(*cfg.listen.ip(), rec.snapshot().v6)
+        .map_err(AppError::Conntrack)?;
     if cut > 0 {
         info!(
             connections = cut,

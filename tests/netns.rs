@@ -57,7 +57,7 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
         let local = "169.254.93.254:80".parse().unwrap();
         let t = std::time::Instant::now();
         for i in 0..1000u16 {
-            let peer = std::net::SocketAddrV4::new("10.88.0.9".parse().unwrap(), 20000 + i);
+            let peer = std::net::SocketAddr::from(([10, 88, 0, 9], 20000 + i));
             let _ = imds_proxy::firewall::conntrack::connection_mark(local, peer);
         }
         t.elapsed() / 1000
