@@ -41,6 +41,10 @@ pub struct ConfigArgs {
     /// Proxy address (link-local IPv4[:port]) on the daemon's own link [default: 169.254.93.254:80].
     #[arg(long, env = "IMDS_PROXY_LISTEN")]
     pub listen: Option<String>,
+    /// IPv6 proxy address (unique-local, [address]:port) on the daemon's own link, for
+    /// containers calling [fd00:ec2::254] [default: [fdf3:6f62:ab7c::254]:80].
+    #[arg(long, env = "IMDS_PROXY_LISTEN6")]
+    pub listen6: Option<String>,
     /// Name of the daemon's own link [default: imdsproxy0].
     #[arg(long, env = "IMDS_PROXY_LINK_NAME")]
     pub link_name: Option<String>,
@@ -90,9 +94,10 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 14] = [
+        let given: [(&'static str, &Option<String>); 15] = [
             ("upstream", &self.upstream),
             ("listen", &self.listen),
+            ("listen6", &self.listen6),
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),
             ("request_timeout_ms", &self.request_timeout_ms),
