@@ -5,6 +5,7 @@
 //! closed again first (new connections are refused), then in-flight requests drain.
 //! The table outlives the process, so a crash leaves the closed-or-refusing state too.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,7 @@ pub async fn current_snapshot(
         patterns: cfg.bridges.clone(),
         listen: cfg.listen,
         v6: link::ipv6_plan(cfg.listen6),
+        gce_dns: cfg.gce_dns,
         mode,
     })
 }
@@ -268,6 +270,23 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         listeners.push(bind(addr).await?);
         info!(listen = %addr, "proxy listening");
     }
+    let mut dns_sockets = Vec::new();
+    if cfg.gce_dns {
+        for ip in [
+            Some(IpAddr::V4(*cfg.listen.ip())),
+            listen6.map(|a| (*a.ip()).into()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let addr = std::net::SocketAddr::new(ip, crate::dns::PORT);
+            let socket = tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|e| AppError::Listen(addr, e))?;
+            dns_sockets.push(socket);
+            info!(listen = %addr, "answering DNS for metadata.google.internal");
+        }
+    }
 
     // 3. Connections that predate the rules must not keep bypassing them.
     let cut =
@@ -299,7 +318,13 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         policies: policies_rx,
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_all(listeners, proxy, stopped, cfg.drain_timeout));
+    let server = tokio::spawn(serve_all(
+        listeners,
+        dns_sockets,
+        proxy,
+        stopped,
+        cfg.drain_timeout,
+    ));
 
     // 5. Open.
     rec.handle(vec![Event::SetMode(Mode::Open)]).await?;
@@ -315,16 +340,20 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     })
 }
 
-/// Serves every listener (IPv4, and IPv6 where the host has it) with the same proxy
-/// until `stopped`, then drains them all.
+/// Serves every listener (IPv4, and IPv6 where the host has it) with the same proxy,
+/// and answers DNS on every DNS socket, until `stopped`; then drains the proxy.
 async fn serve_all(
     listeners: Vec<tokio::net::TcpListener>,
+    dns_sockets: Vec<tokio::net::UdpSocket>,
     proxy: Arc<Proxy>,
     stopped: tokio::sync::oneshot::Receiver<()>,
     drain: Duration,
 ) -> proxy::DrainReport {
     use futures::FutureExt;
     let stopped = stopped.map(|_| ()).shared();
+    for socket in dns_sockets {
+        tokio::spawn(crate::dns::serve(socket, stopped.clone()));
+    }
     let reports = futures::future::join_all(
         listeners
             .into_iter()

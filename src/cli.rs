@@ -67,6 +67,10 @@ pub struct ConfigArgs {
     /// instead of leaving them refused.
     #[arg(long, env = "IMDS_PROXY_REMOVE_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub remove_on_exit: Option<String>,
+    /// Answer containers' DNS queries for metadata.google.internal (and metadata) with
+    /// 169.254.169.254, as on GCE; no other query is touched [default: true].
+    #[arg(long, env = "IMDS_PROXY_GCE_DNS", num_args = 0..=1, default_missing_value = "true")]
+    pub gce_dns: Option<String>,
     /// Docker Engine API socket, to name the container behind each request [default: /var/run/docker.sock].
     #[arg(long, env = "IMDS_PROXY_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
@@ -94,7 +98,7 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 15] = [
+        let given: [(&'static str, &Option<String>); 16] = [
             ("upstream", &self.upstream),
             ("listen", &self.listen),
             ("listen6", &self.listen6),
@@ -105,6 +109,7 @@ impl ConfigArgs {
             ("max_request_body_bytes", &self.max_request_body_bytes),
             ("max_header_bytes", &self.max_header_bytes),
             ("remove_on_exit", &self.remove_on_exit),
+            ("gce_dns", &self.gce_dns),
             ("docker_socket", &self.docker_socket),
             ("unlabelled_policy", &self.unlabelled_policy),
             ("unknown_policy", &self.unknown_policy),

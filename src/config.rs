@@ -81,6 +81,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Remove table and link on exit instead of leaving containers refused.
     pub remove_on_exit: bool,
+    /// Answer containers' DNS queries for `metadata.google.internal` (and `metadata`)
+    /// with the metadata address; every other query is left alone.
+    pub gce_dns: bool,
     /// The Docker Engine API socket.
     pub docker_socket: String,
     /// How long a request from a port Docker has not reported yet waits for it.
@@ -163,6 +166,7 @@ pub const KEYS: &[&str] = &[
     "max_request_body_bytes",
     "max_header_bytes",
     "remove_on_exit",
+    "gce_dns",
     "docker_socket",
     "unlabelled_policy",
     "unknown_policy",
@@ -283,6 +287,7 @@ impl RawConfig {
             16 * 1024
         );
         let remove_on_exit = parse!("remove_on_exit", parse_bool, false);
+        let gce_dns = parse!("gce_dns", parse_bool, true);
         let docker_socket = parse!(
             "docker_socket",
             parse_socket_path,
@@ -339,6 +344,7 @@ impl RawConfig {
                 max_body_bytes,
                 max_header_bytes,
                 remove_on_exit,
+                gce_dns,
                 docker_socket,
                 identify_wait,
                 policies,

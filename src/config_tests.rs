@@ -25,6 +25,20 @@ fn defaults_with_only_an_upstream() {
     assert_eq!(c.bridges, default_bridges());
     assert_eq!(c.request_timeout, Duration::from_secs(10));
     assert!(!c.remove_on_exit);
+    assert!(
+        c.gce_dns,
+        "answering the GCE metadata name is on by default"
+    );
+}
+
+#[test]
+fn gce_dns_can_be_switched_off_and_takes_only_true_or_false() {
+    let mut r = RawConfig::default();
+    r.set_text("gce_dns", Some("false".into()));
+    assert!(!r.validate(false).unwrap().gce_dns);
+    assert!(!raw("gce_dns = false").validate(false).unwrap().gce_dns);
+    let e = errors(&raw("gce_dns = \"sometimes\""), false);
+    assert_eq!(e[0].key, "gce_dns");
 }
 
 #[test]

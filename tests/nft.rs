@@ -17,6 +17,7 @@ fn snapshot(bridges: &[&str]) -> Snapshot {
         ],
         listen: "169.254.93.254:80".parse().unwrap(),
         v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().unwrap()),
+        gce_dns: true,
         mode: Mode::Open,
     }
 }

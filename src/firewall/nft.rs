@@ -170,6 +170,32 @@ struct Reject {
     port_unreachable: u8,
 }
 
+/// `ct zone set` from register 1: libnftnl knows the key, the crate's `ct` expression
+/// does not.
+struct CtSetZone;
+
+impl Expression for CtSetZone {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
+        // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked); the setters
+        // copy plain integers into it. Ownership passes to the rule, which frees it.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"ct".as_ptr());
+            let e = std::ptr::NonNull::new(e).expect("libnftnl could not allocate an expression");
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_CT_KEY as u16,
+                nlibc::NFT_CT_ZONE as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_CT_SREG as u16,
+                nlibc::NFT_REG_1 as u32,
+            );
+            e
+        }
+    }
+}
+
 /// ICMP code "port unreachable" (`ip` family).
 const ICMP_PORT_UNREACH: u8 = 3;
 /// ICMPv6 code "port unreachable" (`ip6` family).
@@ -263,10 +289,39 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, famil
             rule.add_expr(&expr::Bitwise::new(&mask[..], &[0u8; 4][..]));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &[0u8; 4][..]));
         }
+        Match::Saddr(addr) => match addr {
+            IpAddr::V4(a) => {
+                rule.add_expr(&nft_expr!(payload ipv4 saddr));
+                rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+            }
+            IpAddr::V6(a) => {
+                rule.add_expr(&nft_expr!(payload ipv6 saddr));
+                rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+            }
+        },
         Match::TcpDport(port) => {
             add_l4proto_tcp(rule);
             rule.add_expr(&nft_expr!(payload tcp dport));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::UdpDport(port) => {
+            add_l4proto(rule, nlibc::IPPROTO_UDP as u8);
+            rule.add_expr(&nft_expr!(payload udp dport));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::UdpSport(port) => {
+            add_l4proto(rule, nlibc::IPPROTO_UDP as u8);
+            rule.add_expr(&nft_expr!(payload udp sport));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::ThBytes { offset, bytes } => {
+            // nftnl calls these fields bits but hands them to the kernel as they are,
+            // and the kernel counts bytes: a byte-aligned load, as nft writes `@th`.
+            rule.add_expr(&expr::Payload::Transport(expr::TransportHeaderField::Raw {
+                offset_bits: *offset as u32,
+                length_bits: bytes.len() as u32,
+            }));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *bytes));
         }
         Match::MarkSet => {
             rule.add_expr(&nft_expr!(meta mark));
@@ -276,8 +331,12 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, famil
 }
 
 fn add_l4proto_tcp(rule: &mut nftnl::Rule<'_>) {
+    add_l4proto(rule, nlibc::IPPROTO_TCP as u8);
+}
+
+fn add_l4proto(rule: &mut nftnl::Rule<'_>, proto: u8) {
     rule.add_expr(&nft_expr!(meta l4proto));
-    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, nlibc::IPPROTO_TCP as u8));
+    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, proto));
 }
 
 fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action, family: Family) {
@@ -307,6 +366,16 @@ fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action, family: Family) {
                 ICMP_PORT_UNREACH
             },
         }),
+        Action::Dnat(to) => add_dnat(rule, *to),
+        Action::CtZoneSet(zone) => {
+            // Zones are 16-bit numbers in host byte order, as nft loads them. An array,
+            // not a slice: `Immediate` copies the value's own bytes.
+            rule.add_expr(&expr::Immediate::new(
+                zone.to_ne_bytes(),
+                expr::Register::Reg1,
+            ));
+            rule.add_expr(&CtSetZone);
+        }
         Action::MarkPort => {
             // Both are 32 bits: the port's interface index becomes the packet mark.
             rule.add_expr(&nft_expr!(meta iif));

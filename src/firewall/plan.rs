@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use crate::dns;
+
 /// Name of the daemon's nftables tables: one in the `ip` and one in the `ip6` family
 /// (interception, refusals) and one in the `bridge` family (which bridge port a
 /// metadata packet came in by).
@@ -21,6 +23,13 @@ pub const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 /// The metadata service port that is intercepted.
 pub const IMDS_PORT: u16 = 80;
+/// The conntrack zone of redirected DNS queries for the metadata name (see
+/// [`DnsRules`]); an arbitrary number no other tool is known to use.
+pub const DNS_ZONE: u16 = 0x6d64;
+/// Length of the UDP header: DNS messages start this far into the transport header.
+const UDP_HEADER: usize = 8;
+/// nft compares at most this many bytes of raw payload at once.
+const RAW_MATCH_MAX: usize = 16;
 /// Loopback interface: the host's own processes reach the proxy through it.
 const LOOPBACK_IF: &str = "lo";
 /// Kernel limit for interface names, including the trailing NUL.
@@ -120,6 +129,9 @@ pub struct Snapshot {
     pub listen: SocketAddrV4,
     /// Where the proxy listens for IPv6 callers, if anywhere.
     pub v6: V6,
+    /// Whether container DNS queries for `metadata.google.internal` (and `metadata`)
+    /// are answered by the daemon's DNS responder.
+    pub gce_dns: bool,
     /// Open or closed.
     pub mode: Mode,
 }
@@ -150,6 +162,7 @@ impl Snapshot {
             ],
             listen: "169.254.93.254:80".parse().expect("valid address"),
             v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
+            gce_dns: true,
             mode,
         }
     }
@@ -182,8 +195,17 @@ pub enum Match {
     Iifname(BridgePattern),
     /// `ip daddr A` or `ip6 daddr A`
     Daddr(IpAddr),
+    /// `ip saddr A` or `ip6 saddr A`
+    Saddr(IpAddr),
     /// `tcp dport P` (implies the protocol is TCP)
     TcpDport(u16),
+    /// `udp dport P` (implies the protocol is UDP)
+    UdpDport(u16),
+    /// `udp sport P` (implies the protocol is UDP)
+    UdpSport(u16),
+    /// `@th,<bits>,<bits> 0x...`: these bytes (at most [`RAW_MATCH_MAX`]), this many
+    /// bytes into the transport header.
+    ThBytes { offset: usize, bytes: &'static [u8] },
     /// `ct status dnat`: the connection was DNATed (by our prerouting rule).
     CtStatusDnat,
     /// `meta mark != 0`: the bridge table stamped the packet with its port.
@@ -207,6 +229,10 @@ pub enum Action {
     DnatKeepingMark(SocketAddr),
     /// `ct mark set meta mark`: the connection records the port of its latest packet.
     CtMarkFromMark,
+    /// `dnat to A:P`
+    Dnat(SocketAddr),
+    /// `ct zone set N`: the packet is tracked in conntrack zone N.
+    CtZoneSet(u16),
 }
 
 /// One rule.
@@ -245,6 +271,8 @@ pub struct Ruleset {
 pub const PRIO_DSTNAT_AHEAD: i32 = -110;
 /// `mangle`: after conntrack has found the connection, before NAT translates it.
 pub const PRIO_MANGLE: i32 = -150;
+/// `raw`: before conntrack (-200), where a packet's conntrack zone can still be chosen.
+pub const PRIO_RAW: i32 = -300;
 /// `filter` is 0; ten ahead of Docker's filter chains.
 pub const PRIO_FILTER_AHEAD: i32 = -10;
 /// Bridge family `dstnat`, the earliest standard bridge priority; it must be below 0,
@@ -293,6 +321,10 @@ pub fn plan(s: &Snapshot) -> Ruleset {
 /// `listen` the proxy's address in that family (`None`: the family only refuses).
 fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<Chain> {
     let open = s.mode == Mode::Open;
+    let dns = match (s.gce_dns, listen) {
+        (true, Some(listen)) => Some(DnsRules::new(listen.ip(), open)),
+        _ => None,
+    };
     let mut prerouting = Vec::new();
     let mut portmark = Vec::new();
     if let (true, Some(listen)) = (open, listen) {
@@ -308,6 +340,9 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
             ],
             action: Action::DnatKeepingMark(listen),
         });
+    }
+    if let Some(dns) = &dns {
+        prerouting.extend(dns.dnat.iter().cloned());
     }
     if listen.is_some() {
         // Every packet of a metadata connection, not only its first, records the
@@ -366,6 +401,9 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
                 ],
                 action: Action::Accept,
             },
+        ]);
+        input.extend(dns.as_ref().and_then(|d| d.accept.clone()));
+        input.extend([
             Rule {
                 matches: vec![Match::Daddr(listen_ip)],
                 action: Action::RejectTcpReset,
@@ -385,7 +423,7 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
         });
     }
 
-    vec![
+    let mut chains = vec![
         Chain {
             name: "prerouting",
             kind: ChainKind::Nat,
@@ -414,7 +452,108 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
             priority: PRIO_MANGLE,
             rules: portmark,
         },
-    ]
+    ];
+    if let Some(dns) = dns {
+        chains.extend([
+            Chain {
+                name: "dnszone",
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: PRIO_RAW,
+                rules: dns.zone,
+            },
+            Chain {
+                name: "dnsreply",
+                kind: ChainKind::Filter,
+                hook: Hook::Output,
+                priority: PRIO_RAW,
+                rules: dns.reply,
+            },
+        ]);
+    }
+    chains
+}
+
+/// The rules that send container DNS queries for the metadata name, and only those, to
+/// the daemon's DNS responder (all empty unless open).
+///
+/// A query is recognised by its bytes: UDP to port 53 from a container bridge, one
+/// question (QDCOUNT 1), whose name is exactly one of [`dns::NAMES`] in lowercase wire
+/// form, at the start of the question section. Every other query matches nothing here
+/// and keeps its own path. NAT is bound to a flow on its first packet, and a client may
+/// send queries for other names from the same socket to the same server; so metadata
+/// queries are tracked in a conntrack zone of their own ([`DNS_ZONE`], set before
+/// conntrack sees them, and on the responder's answers before conntrack sees those):
+/// a metadata query and any other query never share a flow, whatever their order.
+struct DnsRules {
+    /// Prerouting NAT: to the responder.
+    dnat: Vec<Rule>,
+    /// Input: the redirected queries, ahead of the refusals of the proxy's address.
+    accept: Option<Rule>,
+    /// Chain `dnszone` (prerouting, raw): the queries' own conntrack zone.
+    zone: Vec<Rule>,
+    /// Chain `dnsreply` (output, raw): the answers' conntrack zone.
+    reply: Vec<Rule>,
+}
+
+impl DnsRules {
+    fn new(listen_ip: IpAddr, open: bool) -> Self {
+        if !open {
+            return Self {
+                dnat: vec![],
+                accept: None,
+                zone: vec![],
+                reply: vec![],
+            };
+        }
+        let queries = || dns::NAMES.iter().map(|name| dns_query_matches(name));
+        Self {
+            dnat: queries()
+                .map(|matches| Rule {
+                    matches,
+                    action: Action::Dnat(SocketAddr::new(listen_ip, dns::PORT)),
+                })
+                .collect(),
+            accept: Some(Rule {
+                matches: vec![
+                    Match::Daddr(listen_ip),
+                    Match::IifnameInSet(BRIDGE_SET),
+                    Match::UdpDport(dns::PORT),
+                    Match::CtStatusDnat,
+                ],
+                action: Action::Accept,
+            }),
+            zone: queries()
+                .map(|matches| Rule {
+                    matches,
+                    action: Action::CtZoneSet(DNS_ZONE),
+                })
+                .collect(),
+            reply: vec![Rule {
+                matches: vec![Match::Saddr(listen_ip), Match::UdpSport(dns::PORT)],
+                action: Action::CtZoneSet(DNS_ZONE),
+            }],
+        }
+    }
+}
+
+/// A UDP query from a container bridge to port 53 with one question for `name`.
+fn dns_query_matches(name: &'static [u8]) -> Vec<Match> {
+    let mut m = vec![
+        Match::IifnameInSet(BRIDGE_SET),
+        Match::UdpDport(dns::PORT),
+        Match::ThBytes {
+            offset: UDP_HEADER + dns::QDCOUNT_OFFSET,
+            bytes: &[0, 1],
+        },
+    ];
+    for (i, chunk) in name.chunks(RAW_MATCH_MAX).enumerate() {
+        m.push(Match::ThBytes {
+            offset: UDP_HEADER + dns::QUESTION_OFFSET + i * RAW_MATCH_MAX,
+            bytes: chunk,
+        });
+    }
+    m
 }
 
 /// The order nft 1.0 lists `ifname` set elements in: as host-endian 16-byte integers,
@@ -434,6 +573,17 @@ impl fmt::Display for Match {
             Match::Iifname(p) => write!(f, "iifname \"{p}\""),
             Match::Daddr(IpAddr::V4(a)) => write!(f, "ip daddr {a}"),
             Match::Daddr(IpAddr::V6(a)) => write!(f, "ip6 daddr {a}"),
+            Match::Saddr(IpAddr::V4(a)) => write!(f, "ip saddr {a}"),
+            Match::Saddr(IpAddr::V6(a)) => write!(f, "ip6 saddr {a}"),
+            Match::UdpDport(p) => write!(f, "udp dport {p}"),
+            Match::UdpSport(p) => write!(f, "udp sport {p}"),
+            Match::ThBytes { offset, bytes } => {
+                // nft prints the bytes as one number, in hex without leading zeros.
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let digits = hex.trim_start_matches('0');
+                let digits = if digits.is_empty() { "0" } else { digits };
+                write!(f, "@th,{},{} 0x{digits}", offset * 8, bytes.len() * 8)
+            }
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::MarkSet => f.write_str("meta mark != 0x00000000"),
@@ -450,6 +600,8 @@ impl fmt::Display for Action {
             Action::MarkPort => f.write_str("meta mark set iif"),
             Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
             Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
+            Action::Dnat(to) => write!(f, "dnat to {to}"),
+            Action::CtZoneSet(zone) => write!(f, "ct zone set {zone}"),
         }
     }
 }

@@ -139,9 +139,15 @@ fn bridge_patterns_parse_and_match() {
 fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
     let rs = plan(&snapshot(&["docker0"], Mode::Open));
     let pre = &rs.chains[0];
-    assert_eq!(pre.rules.len(), 1);
-    assert!(pre.rules[0].matches.contains(&Match::MarkSet));
-    assert!(matches!(pre.rules[0].action, Action::DnatKeepingMark(_)));
+    // Every rule that sends TCP to the proxy needs the stamp (the others are DNS).
+    let to_proxy: Vec<&Rule> = pre
+        .rules
+        .iter()
+        .filter(|r| r.matches.contains(&Match::TcpDport(IMDS_PORT)))
+        .collect();
+    assert_eq!(to_proxy.len(), 1);
+    assert!(to_proxy[0].matches.contains(&Match::MarkSet));
+    assert!(matches!(to_proxy[0].action, Action::DnatKeepingMark(_)));
     // The bridge table stamps in both modes, first of all bridge hooks.
     for mode in [Mode::Open, Mode::Closed] {
         let rs = plan(&snapshot(&["docker0"], mode));
@@ -225,4 +231,102 @@ fn priorities_are_named_as_nft_names_them() {
     assert_eq!(name(ChainKind::Filter, Input, -200), "-200");
     assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -300), "dstnat");
     assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -200), "filter");
+}
+
+/// The DNS rules of a table's text: (chain, rule) for every rule about port 53.
+fn dns_rules(text: &str) -> Vec<(String, String)> {
+    let mut chain = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = name.trim_end_matches(" {").to_owned();
+        } else if line.contains("port 53") {
+            out.push((chain.clone(), line.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn only_queries_whose_one_question_is_a_metadata_name_go_to_the_dns_responder() {
+    let text = plan(&snapshot(&["docker0"], Mode::Open)).to_string();
+    let ip = &text[..text.find("table ip6").unwrap()];
+    let query = "iifname @bridges udp dport 53 @th,96,16 0x1";
+    // "\x08metadata\x06google" and "\x08internal\x00", then "\x08metadata\x00".
+    let long = "@th,160,128 0x86d6574616461746106676f6f676c65 @th,288,80 0x8696e7465726e616c00";
+    let short = "@th,160,80 0x86d6574616461746100";
+    let want: Vec<(String, String)> = [
+        (
+            "prerouting",
+            format!("{query} {long} dnat to 169.254.93.254:53"),
+        ),
+        (
+            "prerouting",
+            format!("{query} {short} dnat to 169.254.93.254:53"),
+        ),
+        (
+            "input",
+            "ip daddr 169.254.93.254 iifname @bridges udp dport 53 ct status dnat accept".into(),
+        ),
+        ("dnszone", format!("{query} {long} ct zone set 28004")),
+        ("dnszone", format!("{query} {short} ct zone set 28004")),
+        (
+            "dnsreply",
+            "ip saddr 169.254.93.254 udp sport 53 ct zone set 28004".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(c, r)| (c.to_owned(), r))
+    .collect();
+    assert_eq!(dns_rules(ip), want);
+    // The zone chains run before conntrack, on the way in and on the way out.
+    assert!(ip.contains("chain dnszone {\n\t\ttype filter hook prerouting priority raw;"));
+    assert!(ip.contains("chain dnsreply {\n\t\ttype filter hook output priority raw;"));
+    // The ip6 table does the same for the IPv6 listen address.
+    let ip6 = &text[text.find("table ip6").unwrap()..];
+    assert_eq!(dns_rules(ip6).len(), want.len());
+    assert!(ip6.contains(&format!("{query} {short} dnat to [fdf3:6f62:ab7c::254]:53")));
+}
+
+#[test]
+fn the_dns_redirect_exists_only_when_open_and_switched_on() {
+    let closed = plan(&snapshot(&["docker0"], Mode::Closed)).to_string();
+    assert_eq!(dns_rules(&closed), vec![]);
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.gce_dns = false;
+    let off = plan(&s).to_string();
+    assert_eq!(dns_rules(&off), vec![]);
+    assert!(!off.contains("dnszone"));
+    // Without an IPv6 listen address there is nothing to redirect IPv6 queries to.
+    s.gce_dns = true;
+    s.v6 = V6::RefuseOnly;
+    let text = plan(&s).to_string();
+    assert_eq!(dns_rules(&text[text.find("table ip6").unwrap()..]), vec![]);
+}
+
+#[test]
+fn raw_payload_matches_render_as_nft_prints_them() {
+    let m = |offset, bytes| Match::ThBytes { offset, bytes }.to_string();
+    assert_eq!(m(12, &[0, 1]), "@th,96,16 0x1");
+    assert_eq!(m(20, &[0, 0]), "@th,160,16 0x0");
+    assert_eq!(m(20, &[0x10, 0xab]), "@th,160,16 0x10ab");
+    // Names longer than one register are matched in pieces of at most 16 bytes.
+    for name in crate::dns::NAMES {
+        let pieces: Vec<Match> = dns_query_matches(name)
+            .into_iter()
+            .filter(|m| matches!(m, Match::ThBytes { offset, .. } if *offset >= 20))
+            .collect();
+        let joined: Vec<u8> = pieces
+            .iter()
+            .flat_map(|m| match m {
+                Match::ThBytes { bytes, .. } => bytes.to_vec(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(joined, name);
+        assert!(pieces
+            .iter()
+            .all(|m| matches!(m, Match::ThBytes { bytes, .. } if bytes.len() <= 16)));
+    }
 }

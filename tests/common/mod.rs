@@ -87,6 +87,11 @@ impl Netns {
         );
         cmd(&["ip", "netns", "add", &name]);
         let ns = Self { name, owned: true };
+        // No duplicate address detection on the links to come: until it ends (a second
+        // or two) a link has no usable link-local address, and the first IPv6 packet
+        // forwarded onto it is dropped for want of neighbour discovery.
+        ns.sysctl("net.ipv6.conf.all.accept_dad=0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad=0");
         ns.ip("link set lo up");
         ns
     }
