@@ -5,6 +5,7 @@
 //! closed again first (new connections are refused), then in-flight requests drain.
 //! The table outlives the process, so a crash leaves the closed-or-refusing state too.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::firewall::conntrack;
 use crate::firewall::nft::NetlinkFirewall;
-use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::plan::{plan, Mode, Snapshot, V6};
 use crate::firewall::{watch, Firewall, FirewallError};
 use crate::link::{self, LinkError, LinkEvent};
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -38,9 +39,9 @@ pub enum AppError {
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("the listen address {0} is already in use by another program")]
-    ListenInUse(std::net::SocketAddrV4, #[source] std::io::Error),
+    ListenInUse(std::net::SocketAddr, #[source] std::io::Error),
     #[error("failed to listen on {0}")]
-    Listen(std::net::SocketAddrV4, #[source] std::io::Error),
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
     #[error("failed to watch for nftables changes")]
     Watch(#[source] std::io::Error),
     #[error("failed to install signal handlers")]
@@ -254,6 +255,8 @@ pub async fn current_snapshot(
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
         listen: cfg.listen,
+        v6: link::ipv6_plan(cfg.listen6),
+        gce_dns: cfg.gce_dns,
         mode,
     })
 }
@@ -320,6 +323,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
     let mut live = start_up(&cfg).await?;
     info!(
         listen = %cfg.listen,
+        listen6 = %live.listen6.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         upstream = %cfg.upstream.as_ref().map(ToString::to_string).unwrap_or_default(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "interception live"
@@ -356,11 +360,8 @@ struct Live {
     ev_rx: mpsc::UnboundedReceiver<Event>,
     stop_proxy: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<proxy::DrainReport>,
-    /// The emulator's listener for host processes on 169.254.169.254.
-    host_server: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<proxy::DrainReport>,
-    )>,
+    /// Where the proxy listens for IPv6 callers (`None`: the host has no usable IPv6).
+    listen6: Option<std::net::SocketAddrV6>,
     policies_tx: tokio::sync::watch::Sender<Arc<crate::policy::select::Policies>>,
     /// The emulator's file in force, and where it comes from.
     emulator_tx: Option<(
@@ -387,19 +388,62 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     rec.apply().await?;
     info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
 
-    // 2. The proxy's address and listener.
-    let (index, kind) = link::ensure_own_link(&handle, &cfg.link_name, *cfg.listen.ip()).await?;
-    info!(link = %cfg.link_name, index, kind, address = %cfg.listen.ip(), "own link ready");
-    let listener = bind(cfg.listen).await?;
-    info!(listen = %cfg.listen, "proxy listening");
+    let v6 = rec.snapshot().v6;
+    let listen6 = match v6 {
+        V6::Listen(a) => Some(a),
+        V6::RefuseOnly => {
+            warn!("IPv6 is switched off on this host (net.ipv6.conf.all.disable_ipv6): serving IPv4 only; containers stay refused over IPv6 until a restart with IPv6 on");
+            None
+        }
+        V6::Absent => {
+            info!("this kernel has no IPv6: serving IPv4 only");
+            None
+        }
+    };
+
+    // 2. The proxy's addresses and listeners.
+    let (index, kind) = link::ensure_own_link(
+        &handle,
+        &cfg.link_name,
+        *cfg.listen.ip(),
+        listen6.map(|a| *a.ip()),
+    )
+    .await?;
+    info!(link = %cfg.link_name, index, kind, address = %cfg.listen.ip(), address6 = ?listen6.map(|a| *a.ip()), "own link ready");
+    let mut listeners = Vec::new();
+    for addr in [Some(cfg.listen.into()), listen6.map(Into::into)]
+        .into_iter()
+        .flatten()
+    {
+        listeners.push(bind(addr).await?);
+        info!(listen = %addr, "proxy listening");
+    }
+    let mut dns_sockets = Vec::new();
+    if cfg.gce_dns {
+        for ip in [
+            Some(IpAddr::V4(*cfg.listen.ip())),
+            listen6.map(|a| (*a.ip()).into()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let addr = std::net::SocketAddr::new(ip, crate::dns::PORT);
+            let socket = tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|e| AppError::Listen(addr, e))?;
+            dns_sockets.push(socket);
+            info!(listen = %addr, "answering DNS for metadata.google.internal");
+        }
+    }
+
     let source = choose_source(cfg, &handle).await?;
-    let (backend, emulator_tx, host_listener) = match source {
+    let (backend, emulator_tx) = match source {
         Source::Upstream(u) => {
             // Never hold the real service's address while one is upstream: the host
             // would lose it.
             link::remove_own_address(&handle, &cfg.link_name, crate::firewall::plan::IMDS_V4)
                 .await?;
-            (proxy::Backend::Upstream(u), None, None)
+            (proxy::Backend::Upstream(u), None)
         }
         Source::Emulator(file) => {
             let emu_cfg = load_emulator(file.as_deref())?;
@@ -407,7 +451,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
             // Host processes reach the emulator at the usual address too.
             let imds = crate::firewall::plan::IMDS_V4;
             link::add_own_address(&handle, &cfg.link_name, index, imds).await?;
-            let host = bind(std::net::SocketAddrV4::new(imds, 80)).await?;
+            listeners.push(bind(std::net::SocketAddrV4::new(imds, 80).into()).await?);
             info!(
                 file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in example".into()),
                 host_address = %imds,
@@ -416,14 +460,13 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
             (
                 proxy::Backend::Emulator(Arc::new(crate::emulator::Emulator::new(rx))),
                 Some((tx, file)),
-                Some(host),
             )
         }
     };
 
     // 3. Connections that predate the rules must not keep bypassing them.
-    let local = conntrack::local_ipv4_addrs().map_err(AppError::Conntrack)?;
-    let cut = conntrack::cut_stale_flows(*cfg.listen.ip(), &local).map_err(AppError::Conntrack)?;
+    let cut =
+        conntrack::cut_stale_container_flows(*cfg.listen.ip(), v6).map_err(AppError::Conntrack)?;
     if cut > 0 {
         info!(
             connections = cut,
@@ -451,20 +494,13 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         policies: policies_rx,
     }));
     let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
-        let _ = stopped.await;
-    };
-    let host_server = host_listener.map(|l| {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        (
-            stop,
-            tokio::spawn(proxy::serve(l, proxy.clone(), stopped, cfg.drain_timeout)),
-        )
-    });
-    let server = tokio::spawn(proxy::serve(listener, proxy, stopped, cfg.drain_timeout));
+    let server = tokio::spawn(serve_all(
+        listeners,
+        dns_sockets,
+        proxy,
+        stopped,
+        cfg.drain_timeout,
+    ));
 
     // 5. Open.
     rec.handle(vec![Event::SetMode(Mode::Open)]).await?;
@@ -475,10 +511,35 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         ev_rx,
         stop_proxy,
         server,
-        host_server,
+        listen6,
         policies_tx,
         emulator_tx,
     })
+}
+
+/// Serves every listener (IPv4, and IPv6 where the host has it) with the same proxy,
+/// and answers DNS on every DNS socket, until `stopped`; then drains the proxy.
+async fn serve_all(
+    listeners: Vec<tokio::net::TcpListener>,
+    dns_sockets: Vec<tokio::net::UdpSocket>,
+    proxy: Arc<Proxy>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    drain: Duration,
+) -> proxy::DrainReport {
+    use futures::FutureExt;
+    let stopped = stopped.map(|_| ()).shared();
+    for socket in dns_sockets {
+        tokio::spawn(crate::dns::serve(socket, stopped.clone()));
+    }
+    let reports = futures::future::join_all(
+        listeners
+            .into_iter()
+            .map(|l| proxy::serve(l, proxy.clone(), stopped.clone(), drain)),
+    )
+    .await;
+    proxy::DrainReport {
+        abandoned: reports.iter().map(|r| r.abandoned).sum(),
+    }
 }
 
 impl Live {
@@ -540,7 +601,8 @@ impl Live {
             if resync {
                 batch.extend(links_event(&self.handle).await);
             }
-            guard_own_link(&self.handle, cfg, &batch, resync).await;
+            let held = self.emulator_tx.is_some();
+            guard_own_link(&self.handle, cfg, self.listen6, held, &batch, resync).await;
             if let Err(e) = self.rec.handle(batch).await {
                 warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
             }
@@ -591,10 +653,6 @@ impl Live {
             warn!(error = %proxy::error_chain(&e), "failed to close the interception");
         }
         let _ = self.stop_proxy.send(());
-        if let Some((stop, server)) = self.host_server.take() {
-            let _ = stop.send(());
-            let _ = server.await;
-        }
         let report = self.server.await.unwrap_or_else(|e| {
             warn!(error = %e, "the proxy task failed");
             proxy::DrainReport { abandoned: 0 }
@@ -614,23 +672,44 @@ impl Live {
 /// down: without the address, DNATed container traffic would no longer be local (the
 /// forward chain refuses it meanwhile). A resync re-checks it even without an event,
 /// since notifications can be lost.
-async fn guard_own_link(handle: &rtnetlink::Handle, cfg: &Config, events: &[Event], resync: bool) {
+async fn guard_own_link(
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    listen6: Option<std::net::SocketAddrV6>,
+    holds_imds: bool,
+    events: &[Event],
+    resync: bool,
+) {
+    let addr6 = listen6.map(|a| *a.ip());
+    let imds = crate::firewall::plan::IMDS_V4;
     let reported = events.iter().any(|e| match e {
         Event::Link(LinkEvent::Gone(name) | LinkEvent::Down(name)) => *name == cfg.link_name,
-        Event::Link(LinkEvent::AddressGone(ip)) => ip == cfg.listen.ip(),
+        Event::Link(LinkEvent::AddressGone(ip)) => {
+            *ip == std::net::IpAddr::V4(*cfg.listen.ip())
+                || addr6.map(Into::into) == Some(*ip)
+                || (holds_imds && *ip == std::net::IpAddr::V4(imds))
+        }
         _ => false,
     });
     let lost = reported
         || (resync
-            && !link::own_link_ok(handle, &cfg.link_name, *cfg.listen.ip())
+            && !link::own_link_ok(handle, &cfg.link_name, *cfg.listen.ip(), addr6)
                 .await
                 .unwrap_or(false));
     if !lost {
         return;
     }
     warn!(link = %cfg.link_name, address = %cfg.listen.ip(), "the proxy's link or address was removed or taken down");
-    match link::ensure_own_link(handle, &cfg.link_name, *cfg.listen.ip()).await {
-        Ok((index, kind)) => info!(link = %cfg.link_name, index, kind, "own link restored"),
+    match link::ensure_own_link(handle, &cfg.link_name, *cfg.listen.ip(), addr6).await {
+        Ok((index, kind)) => {
+            info!(link = %cfg.link_name, index, kind, "own link restored");
+            // The emulator's address for host processes comes back with it.
+            if holds_imds {
+                if let Err(e) = link::add_own_address(handle, &cfg.link_name, index, imds).await {
+                    warn!(error = %proxy::error_chain(&e), address = %imds, "failed to restore the emulator's address for host processes");
+                }
+            }
+        }
         Err(e) => {
             warn!(error = %proxy::error_chain(&e), "failed to restore the own link; containers stay refused")
         }
@@ -666,13 +745,17 @@ async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {
     }
 }
 
-async fn bind(addr: std::net::SocketAddrV4) -> Result<tokio::net::TcpListener, AppError> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| AppError::Listen(addr, e))?;
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| AppError::Listen(addr, e))?;
     // A restart must not wait for the previous process's sockets in TIME_WAIT.
     socket
         .set_reuseaddr(true)
         .map_err(|e| AppError::Listen(addr, e))?;
-    socket.bind(addr.into()).map_err(|e| match e.kind() {
+    socket.bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => AppError::ListenInUse(addr, e),
         _ => AppError::Listen(addr, e),
     })?;

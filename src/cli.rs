@@ -61,6 +61,10 @@ pub struct ConfigArgs {
     /// Proxy address (link-local IPv4[:port]) on the daemon's own link [default: 169.254.93.254:80].
     #[arg(long, env = "IMDS_PROXY_LISTEN")]
     pub listen: Option<String>,
+    /// IPv6 proxy address (unique-local, [address]:port) on the daemon's own link, for
+    /// containers calling [fd00:ec2::254] [default: [fdf3:6f62:ab7c::254]:80].
+    #[arg(long, env = "IMDS_PROXY_LISTEN6")]
+    pub listen6: Option<String>,
     /// Name of the daemon's own link [default: imdsproxy0].
     #[arg(long, env = "IMDS_PROXY_LINK_NAME")]
     pub link_name: Option<String>,
@@ -83,6 +87,10 @@ pub struct ConfigArgs {
     /// instead of leaving them refused.
     #[arg(long, env = "IMDS_PROXY_REMOVE_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub remove_on_exit: Option<String>,
+    /// Answer containers' DNS queries for metadata.google.internal (and metadata) with
+    /// 169.254.169.254, as on GCE; no other query is touched [default: true].
+    #[arg(long, env = "IMDS_PROXY_GCE_DNS", num_args = 0..=1, default_missing_value = "true")]
+    pub gce_dns: Option<String>,
     /// Docker Engine API socket, to name the container behind each request [default: /var/run/docker.sock].
     #[arg(long, env = "IMDS_PROXY_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
@@ -110,10 +118,11 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 15] = [
+        let given: [(&'static str, &Option<String>); 17] = [
             ("upstream", &self.upstream),
             ("emulator", &self.emulator),
             ("listen", &self.listen),
+            ("listen6", &self.listen6),
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),
             ("request_timeout_ms", &self.request_timeout_ms),
@@ -121,6 +130,7 @@ impl ConfigArgs {
             ("max_request_body_bytes", &self.max_request_body_bytes),
             ("max_header_bytes", &self.max_header_bytes),
             ("remove_on_exit", &self.remove_on_exit),
+            ("gce_dns", &self.gce_dns),
             ("docker_socket", &self.docker_socket),
             ("unlabelled_policy", &self.unlabelled_policy),
             ("unknown_policy", &self.unknown_policy),

@@ -7,16 +7,25 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4};
+use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4, IMDS_V6};
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
+/// Default IPv6 address of the proxy: a unique-local /128 from a randomly drawn /48
+/// (RFC 4193), so it is no cloud's service address (AWS uses fd00:ec2::/32, GCE
+/// fd20:ce::254).
+pub const DEFAULT_LISTEN6: SocketAddrV6 = SocketAddrV6::new(
+    Ipv6Addr::new(0xfdf3, 0x6f62, 0xab7c, 0, 0, 0, 0, 0x254),
+    80,
+    0,
+    0,
+);
 /// Where the Docker Engine API listens by default.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Default name of the daemon's own link.
@@ -34,6 +43,19 @@ const RESERVED_LINK_LOCAL: &[(Ipv4Addr, &str)] = &[
     (Ipv4Addr::new(169, 254, 20, 10), "node-local DNS"),
 ];
 
+/// IPv6 service addresses of clouds, likewise.
+const RESERVED_UNIQUE_LOCAL: &[(Ipv6Addr, &str)] = &[
+    (IMDS_V6, "the AWS metadata service itself"),
+    (
+        Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+        "the GCE metadata server",
+    ),
+];
+
+/// AWS puts its IPv6 services (metadata, DNS, time, EKS pod identity at fd00:ec2::23)
+/// in this /32.
+const AWS_SERVICE_PREFIX: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0), 32);
+
 /// The daemon's settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -45,6 +67,9 @@ pub struct Config {
     pub emulator: Option<std::path::PathBuf>,
     /// Where the proxy listens (a /32 on the daemon's own link).
     pub listen: SocketAddrV4,
+    /// Where the proxy listens for IPv6 callers (a /128 on the daemon's own link), where
+    /// the host has IPv6.
+    pub listen6: SocketAddrV6,
     /// Name of the daemon's own link.
     pub link_name: String,
     /// Which interfaces are container bridges.
@@ -59,6 +84,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Remove table and link on exit instead of leaving containers refused.
     pub remove_on_exit: bool,
+    /// Answer containers' DNS queries for `metadata.google.internal` (and `metadata`)
+    /// with the metadata address; every other query is left alone.
+    pub gce_dns: bool,
     /// The Docker Engine API socket.
     pub docker_socket: String,
     /// How long a request from a port Docker has not reported yet waits for it.
@@ -134,6 +162,7 @@ pub const KEYS: &[&str] = &[
     "upstream",
     "emulator",
     "listen",
+    "listen6",
     "link_name",
     "bridges",
     "request_timeout_ms",
@@ -141,6 +170,7 @@ pub const KEYS: &[&str] = &[
     "max_request_body_bytes",
     "max_header_bytes",
     "remove_on_exit",
+    "gce_dns",
     "docker_socket",
     "unlabelled_policy",
     "unknown_policy",
@@ -258,6 +288,7 @@ impl RawConfig {
             });
         }
         let listen = parse!("listen", parse_listen, DEFAULT_LISTEN);
+        let listen6 = parse!("listen6", parse_listen6, DEFAULT_LISTEN6);
         let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
         let bridges = parse!("bridges", parse_bridges, default_bridges());
         let request_timeout = parse!(
@@ -281,6 +312,7 @@ impl RawConfig {
             16 * 1024
         );
         let remove_on_exit = parse!("remove_on_exit", parse_bool, false);
+        let gce_dns = parse!("gce_dns", parse_bool, true);
         let docker_socket = parse!(
             "docker_socket",
             parse_socket_path,
@@ -330,6 +362,7 @@ impl RawConfig {
                 upstream,
                 emulator,
                 listen,
+                listen6,
                 link_name,
                 bridges,
                 request_timeout,
@@ -337,6 +370,7 @@ impl RawConfig {
                 max_body_bytes,
                 max_header_bytes,
                 remove_on_exit,
+                gce_dns,
                 docker_socket,
                 identify_wait,
                 policies,
@@ -527,6 +561,43 @@ fn parse_listen(r: &Raw) -> Result<SocketAddrV4, String> {
     if let Some((_, what)) = RESERVED_LINK_LOCAL.iter().find(|(a, _)| *a == ip) {
         return Err(format!(
             "{ip} is used by {what}; pick an address no cloud uses"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("port 0 is not a fixed port".into());
+    }
+    Ok(addr)
+}
+
+fn parse_listen6(r: &Raw) -> Result<SocketAddrV6, String> {
+    let s = text(r)?;
+    let addr: SocketAddrV6 = match s.parse() {
+        Ok(a) => a,
+        Err(_) => s
+            .parse::<Ipv6Addr>()
+            .map(|ip| SocketAddrV6::new(ip, 80, 0, 0))
+            .map_err(|_| {
+                format!("{s:?} is not an IPv6 address or [address]:port (e.g. [fdf3:6f62:ab7c::254]:80)")
+            })?,
+    };
+    let ip = *addr.ip();
+    if !ip.is_unique_local() {
+        return Err(format!("{ip} is not unique-local (fc00::/7); the proxy address must not be reachable from other networks"));
+    }
+    if addr.scope_id() != 0 {
+        return Err(format!(
+            "{s:?}: a unique-local address needs no scope (%interface)"
+        ));
+    }
+    if let Some((_, what)) = RESERVED_UNIQUE_LOCAL.iter().find(|(a, _)| *a == ip) {
+        return Err(format!(
+            "{ip} is used by {what}; pick an address no cloud uses"
+        ));
+    }
+    let (prefix, len) = AWS_SERVICE_PREFIX;
+    if u128::from(ip) >> (128 - len) == u128::from(prefix) >> (128 - len) {
+        return Err(format!(
+            "{ip} is in {prefix}/{len}, where AWS puts its IPv6 services; pick an address no cloud uses"
         ));
     }
     if addr.port() == 0 {

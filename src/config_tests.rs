@@ -19,10 +19,26 @@ fn defaults_with_only_an_upstream() {
         .unwrap();
     assert_eq!(c.upstream.unwrap().to_string(), "http://169.254.169.254/");
     assert_eq!(c.listen, DEFAULT_LISTEN);
+    assert_eq!(c.listen6, DEFAULT_LISTEN6);
+    assert_eq!(c.listen6.to_string(), "[fdf3:6f62:ab7c::254]:80");
     assert_eq!(c.link_name, "imdsproxy0");
     assert_eq!(c.bridges, default_bridges());
     assert_eq!(c.request_timeout, Duration::from_secs(10));
     assert!(!c.remove_on_exit);
+    assert!(
+        c.gce_dns,
+        "answering the GCE metadata name is on by default"
+    );
+}
+
+#[test]
+fn gce_dns_can_be_switched_off_and_takes_only_true_or_false() {
+    let mut r = RawConfig::default();
+    r.set_text("gce_dns", Some("false".into()));
+    assert!(!r.validate(false).unwrap().gce_dns);
+    assert!(!raw("gce_dns = false").validate(false).unwrap().gce_dns);
+    let e = errors(&raw("gce_dns = \"sometimes\""), false);
+    assert_eq!(e[0].key, "gce_dns");
 }
 
 #[test]
@@ -164,6 +180,38 @@ fn listen_addresses_clouds_use_are_refused() {
         r.validate(false).unwrap().listen,
         "169.254.5.5:80".parse().unwrap()
     );
+}
+
+#[test]
+fn ipv6_listen_addresses_must_be_unique_local_and_no_clouds() {
+    let check = |value: &str| {
+        let mut r = RawConfig::default();
+        r.set_text("listen6", Some(value.into()));
+        r.validate(false).map(|c| c.listen6)
+    };
+    let reason = |value: &str| match check(value) {
+        Err(ConfigError::Invalid(e)) => {
+            assert_eq!(e[0].key, "listen6", "{value}");
+            e[0].reason.clone()
+        }
+        other => panic!("{value}: expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        check("fd12:3456:789a::1").unwrap().to_string(),
+        "[fd12:3456:789a::1]:80"
+    );
+    assert_eq!(check("[fd12:3456:789a::1]:8080").unwrap().port(), 8080);
+    assert!(reason("fd00:ec2::254").contains("AWS metadata service"));
+    assert!(reason("fd20:ce::254").contains("GCE metadata server"));
+    // EKS pod identity, AWS DNS: anything in AWS's service /32.
+    for aws in ["fd00:ec2::23", "fd00:ec2::253", "[fd00:ec2::1]:80"] {
+        assert!(reason(aws).contains("AWS puts its IPv6 services"), "{aws}");
+    }
+    assert!(reason("2001:db8::1").contains("not unique-local"));
+    assert!(reason("fe80::1").contains("not unique-local"));
+    assert!(reason("169.254.93.254").contains("not an IPv6 address"));
+    assert!(reason("[fd12::1%2]:80").contains("needs no scope"));
+    assert!(reason("[fd12::1]:0").contains("port 0"));
 }
 
 #[test]

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod emulator;
 pub mod firewall;

@@ -2,14 +2,14 @@
 //! bridges the host has, both through rtnetlink.
 //!
 //! The own link is a `dummy`; kernels built without the dummy driver get an empty bridge,
-//! which behaves the same for a local /32 address.
+//! which behaves the same for a local /32 (and /128) address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{new_connection, Handle, LinkBridge, LinkDummy, LinkUnspec, MulticastGroup};
@@ -27,12 +27,34 @@ pub enum LinkError {
         #[source]
         source: rtnetlink::Error,
     },
-    #[error("the listen address {addr} is already configured on interface {ifname}; choose another with --listen")]
-    AddressTaken { addr: Ipv4Addr, ifname: String },
+    #[error("the listen address {addr} is already configured on interface {ifname}; choose another with --listen or --listen6")]
+    AddressTaken { addr: IpAddr, ifname: String },
+    #[error("failed to switch IPv6 on for the daemon's own link {name}")]
+    Ipv6Sysctl {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("interface {name} exists but is not the daemon's own link (its alias is not \"{OWN_ALIAS}\"); it is left alone: choose another --link-name")]
     NotOurs { name: String },
     #[error("not permitted to create network links: run as root (or with CAP_NET_ADMIN)")]
     NotPermitted,
+}
+
+/// Where the kernel says whether IPv6 is switched off (absent: no IPv6 in this kernel).
+const IPV6_ALL_DISABLED: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
+
+/// What the host's IPv6 allows the daemon to do, given where the proxy would listen:
+/// listen there; only refuse (IPv6 is switched off, so the link can hold no IPv6
+/// address); or nothing (the kernel has no IPv6). Read from the current network
+/// namespace at start-up.
+pub fn ipv6_plan(listen6: SocketAddrV6) -> crate::firewall::plan::V6 {
+    use crate::firewall::plan::V6;
+    match std::fs::read_to_string(IPV6_ALL_DISABLED) {
+        Err(_) => V6::Absent,
+        Ok(v) if v.trim() == "0" => V6::Listen(listen6),
+        Ok(_) => V6::RefuseOnly,
+    }
 }
 
 /// The alias the daemon puts on its own link; it adopts or deletes only a link that
@@ -126,18 +148,25 @@ pub async fn list_links(handle: &Handle) -> Result<HashMap<u32, String>, LinkErr
     Ok(out)
 }
 
-/// Creates (or reuses) the daemon's link, brings it up and puts `addr/32` on it.
-/// Returns the link index and the kind of link ("dummy" or "bridge").
+/// Creates (or reuses) the daemon's link, brings it up and puts `addr/32` on it, and
+/// `addr6/128` if given. Returns the link index and the kind of link ("dummy" or
+/// "bridge").
 pub async fn ensure_own_link(
     handle: &Handle,
     name: &str,
     addr: Ipv4Addr,
+    addr6: Option<Ipv6Addr>,
 ) -> Result<(u32, &'static str), LinkError> {
     let existing = own_link_index(handle, name).await?;
     // Check before creating anything, so a refusal leaves the host as it was.
-    if let Some((holder, ifname)) = address_holder(handle, addr).await? {
-        if Some(holder) != existing {
-            return Err(LinkError::AddressTaken { addr, ifname });
+    for a in [Some(IpAddr::V4(addr)), addr6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        if let Some((holder, ifname)) = address_holder(handle, a).await? {
+            if Some(holder) != existing {
+                return Err(LinkError::AddressTaken { addr: a, ifname });
+            }
         }
     }
     let mut kind = "existing";
@@ -189,6 +218,9 @@ pub async fn ensure_own_link(
         .execute()
         .await
         .map_err(netlink_err("add the listen address to", name))?;
+    if let Some(addr6) = addr6 {
+        add_ipv6_address(handle, name, index, addr6).await?;
+    }
     Ok((index, kind))
 }
 
@@ -201,9 +233,12 @@ pub async fn add_own_address(
     index: u32,
     addr: Ipv4Addr,
 ) -> Result<(), LinkError> {
-    if let Some((holder, ifname)) = address_holder(handle, addr).await? {
+    if let Some((holder, ifname)) = address_holder(handle, IpAddr::V4(addr)).await? {
         if holder != index {
-            return Err(LinkError::AddressTaken { addr, ifname });
+            return Err(LinkError::AddressTaken {
+                addr: IpAddr::V4(addr),
+                ifname,
+            });
         }
     }
     handle
@@ -252,11 +287,41 @@ pub async fn remove_own_address(
     Ok(false)
 }
 
-/// Which interface, if any, already has `addr`.
-async fn address_holder(
+/// Puts `addr6/128` on the daemon's link, usable at once: no duplicate address
+/// detection (the link is the daemon's own, nobody else can hold the address there,
+/// and an address still being checked cannot be bound or DNATed to).
+async fn add_ipv6_address(
     handle: &Handle,
-    addr: Ipv4Addr,
-) -> Result<Option<(u32, String)>, LinkError> {
+    name: &str,
+    index: u32,
+    addr6: Ipv6Addr,
+) -> Result<(), LinkError> {
+    // A link created while new links get IPv6 switched off (`default.disable_ipv6`)
+    // refuses IPv6 addresses; the host has IPv6 on (`all`), and this link is ours.
+    let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if std::fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() != "0") {
+        std::fs::write(&sysctl, "0").map_err(|source| LinkError::Ipv6Sysctl {
+            name: name.to_owned(),
+            source,
+        })?;
+    }
+    let mut request = handle
+        .address()
+        .add(index, IpAddr::V6(addr6), 128)
+        .replace();
+    let message = request.message_mut();
+    message.header.flags = AddressHeaderFlags::Nodad;
+    message
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request
+        .execute()
+        .await
+        .map_err(netlink_err("add the IPv6 listen address to", name))
+}
+
+/// Which interface, if any, already has `addr`.
+async fn address_holder(handle: &Handle, addr: IpAddr) -> Result<Option<(u32, String)>, LinkError> {
     let links = list_links(handle).await?;
     let mut addrs = handle.address().get().execute();
     while let Some(m) = addrs
@@ -265,7 +330,7 @@ async fn address_holder(
         .map_err(netlink_err("list", "addresses"))?
     {
         let has = m.attributes.iter().any(|a| {
-            matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+            matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == addr)
         });
         if has {
             let idx = m.header.index;
@@ -281,17 +346,29 @@ async fn address_holder(
     Ok(None)
 }
 
-/// Whether the daemon's link exists, is up and holds `addr`.
-pub async fn own_link_ok(handle: &Handle, name: &str, addr: Ipv4Addr) -> Result<bool, LinkError> {
+/// Whether the daemon's link exists, is up and holds `addr` (and `addr6`, if given).
+pub async fn own_link_ok(
+    handle: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+    addr6: Option<Ipv6Addr>,
+) -> Result<bool, LinkError> {
     let Some(link) = find_link(handle, name).await? else {
         return Ok(false);
     };
     if !link.header.flags.contains(LinkFlags::Up) || link_alias(&link) != Some(OWN_ALIAS) {
         return Ok(false);
     }
-    Ok(address_holder(handle, addr)
-        .await?
-        .is_some_and(|(i, _)| i == link.header.index))
+    for a in [Some(IpAddr::V4(addr)), addr6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        let holder = address_holder(handle, a).await?.map(|(i, _)| i);
+        if holder != Some(link.header.index) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Deletes the daemon's link; returns whether it existed.
@@ -317,18 +394,22 @@ pub enum LinkEvent {
     Gone(String),
     /// A link is administratively down.
     Down(String),
-    /// An IPv4 address was removed from some link.
-    AddressGone(Ipv4Addr),
+    /// An address was removed from some link.
+    AddressGone(IpAddr),
     /// The kernel dropped notifications: the receiver should re-list links.
     Resync,
 }
 
-/// Subscribes to link and IPv4 address notifications and forwards them as [`LinkEvent`]s. Subscribing
-/// happens before this returns, so a caller that lists links afterwards misses nothing.
+/// Subscribes to link and address notifications and forwards them as [`LinkEvent`]s.
+/// Subscribing happens before this returns, so a caller that lists links afterwards
+/// misses nothing.
 pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError> {
-    let (conn, _handle, mut events) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
-            .map_err(LinkError::Connect)?;
+    let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])
+    .map_err(LinkError::Connect)?;
     tokio::spawn(conn);
     tokio::spawn(async move {
         let mut names: HashMap<u32, String> = HashMap::new();
@@ -363,7 +444,10 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
                     .attributes
                     .iter()
                     .filter_map(|a| match a {
-                        AddressAttribute::Local(IpAddr::V4(ip)) => {
+                        // IPv4 addresses carry their own address as `Local`, IPv6 ones
+                        // only as `Address`.
+                        AddressAttribute::Local(ip @ IpAddr::V4(_))
+                        | AddressAttribute::Address(ip @ IpAddr::V6(_)) => {
                             Some(LinkEvent::AddressGone(*ip))
                         }
                         _ => None,

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use imds_proxy::firewall::nft::NetlinkFirewall;
-use imds_proxy::firewall::plan::{self, BridgePattern, ChainKind, Hook, Mode, Snapshot};
+use imds_proxy::firewall::plan::{self, BridgePattern, ChainKind, Hook, Mode, Snapshot, V6};
 use imds_proxy::firewall::{Firewall, FirewallError};
 
 fn snapshot(bridges: &[&str]) -> Snapshot {
@@ -16,6 +16,8 @@ fn snapshot(bridges: &[&str]) -> Snapshot {
             BridgePattern::Prefix("br-".into()),
         ],
         listen: "169.254.93.254:80".parse().unwrap(),
+        v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().unwrap()),
+        gce_dns: true,
         mode: Mode::Open,
     }
 }
@@ -76,7 +78,7 @@ fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
             )
             .unwrap()
         };
-        assert_eq!(list("ip") + &list("bridge"), expected);
+        assert_eq!(list("ip") + &list("ip6") + &list("bridge"), expected);
         (
             fw.remove().unwrap(),
             fw.remove().unwrap(),
@@ -87,7 +89,7 @@ fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
     assert_eq!(
         ns.exec(&["nft", "list", "tables"]).trim(),
         "",
-        "both tables removed"
+        "every table removed"
     );
     assert!(removed && !removed_again && !exists);
 }

@@ -2,63 +2,97 @@
 //!
 //! NAT is decided on a flow's first packet; a container connection opened before the
 //! rule existed keeps going wherever it went (kiam #284). At start-up the daemon dumps
-//! the IPv4 conntrack table and deletes every entry for 169.254.169.254 that is not
-//! bound to its proxy and does not come from the host itself. The flow's next packet
-//! then starts a new entry, which the rules send to the proxy or refuse.
+//! the conntrack table of each address family and deletes every entry for the metadata
+//! address (169.254.169.254, or fd00:ec2::254) that is not bound to its proxy and does
+//! not come from the host itself. The flow's next packet then starts a new entry, which
+//! the rules send to the proxy or refuse.
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::nfnl::{self, Attr};
-use super::plan::IMDS_V4;
+use super::plan::{IMDS_V4, IMDS_V6, V6};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 
 /// The addresses of one conntrack entry that the selection needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    pub orig_src: Ipv4Addr,
-    pub orig_dst: Ipv4Addr,
-    pub reply_src: Ipv4Addr,
+    pub orig_src: IpAddr,
+    pub orig_dst: IpAddr,
+    pub reply_src: IpAddr,
 }
 
-/// Pure selection: a flow to the metadata address, from somewhere that is not this host,
-/// that is not already going to the proxy.
-pub fn is_stale_container_flow(e: &Entry, proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> bool {
-    e.orig_dst == IMDS_V4 && e.reply_src != proxy && !local.contains(&e.orig_src)
+/// Pure selection: a flow to the metadata address `imds`, from somewhere that is not
+/// this host, that is not already going to the proxy (`None`: no proxy in this family,
+/// so no such flow may stay).
+pub fn is_stale_container_flow(
+    e: &Entry,
+    imds: IpAddr,
+    proxy: Option<IpAddr>,
+    local: &HashSet<IpAddr>,
+) -> bool {
+    e.orig_dst == imds && Some(e.reply_src) != proxy && !local.contains(&e.orig_src)
 }
 
-fn tuple_addrs(t: Attr<'_>) -> Option<(Ipv4Addr, Ipv4Addr)> {
+/// An address attribute of either family (4 or 16 bytes).
+fn ip_of(v: &[u8]) -> Option<IpAddr> {
+    if let Ok(b) = <[u8; 4]>::try_from(v) {
+        return Some(Ipv4Addr::from(b).into());
+    }
+    <[u8; 16]>::try_from(v)
+        .ok()
+        .map(|b| Ipv6Addr::from(b).into())
+}
+
+fn tuple_addrs(t: Attr<'_>) -> Option<(IpAddr, IpAddr)> {
     let ip = t.nested().get(CTA_TUPLE_IP)?.nested();
-    let v4 = |ty| -> Option<Ipv4Addr> {
-        let v = ip.get(ty)?.value;
-        Some(Ipv4Addr::new(
-            *v.first()?,
-            *v.get(1)?,
-            *v.get(2)?,
-            *v.get(3)?,
-        ))
-    };
-    Some((v4(CTA_IP_V4_SRC)?, v4(CTA_IP_V4_DST)?))
+    let addr = |v4, v6| ip_of(ip.get(v4).or_else(|| ip.get(v6))?.value);
+    Some((
+        addr(CTA_IP_V4_SRC, CTA_IP_V6_SRC)?,
+        addr(CTA_IP_V4_DST, CTA_IP_V6_DST)?,
+    ))
 }
 
-/// Deletes stale container flows; returns how many entries were deleted.
-pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<usize> {
+/// Cuts stale container flows to the metadata addresses of every family the daemon
+/// intercepts: IPv4 to the proxy at `listen`, and IPv6 as `v6` says. Returns how many
+/// entries were deleted.
+pub fn cut_stale_container_flows(listen: Ipv4Addr, v6: V6) -> io::Result<usize> {
+    let local = local_addrs()?;
+    let mut cut = cut_stale_flows(IMDS_V4.into(), Some(listen.into()), &local)?;
+    match v6 {
+        V6::Absent => {}
+        V6::RefuseOnly => cut += cut_stale_flows(IMDS_V6.into(), None, &local)?,
+        V6::Listen(a) => cut += cut_stale_flows(IMDS_V6.into(), Some((*a.ip()).into()), &local)?,
+    }
+    Ok(cut)
+}
+
+/// Deletes stale container flows to `imds` (see [`is_stale_container_flow`]); returns
+/// how many entries were deleted.
+pub fn cut_stale_flows(
+    imds: IpAddr,
+    proxy: Option<IpAddr>,
+    local: &HashSet<IpAddr>,
+) -> io::Result<usize> {
     // A dump the kernel marks as interrupted (the table changed under it) may have
     // missed entries: go again, a few times at most.
     let mut total = 0;
     for _ in 0..3 {
-        let (cut, interrupted) = cut_once(proxy, local)?;
+        let (cut, interrupted) = cut_once(imds, proxy, local)?;
         total += cut;
         if !interrupted {
             break;
@@ -67,14 +101,27 @@ pub fn cut_stale_flows(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result
     Ok(total)
 }
 
-fn cut_once(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<(usize, bool)> {
+fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
+fn cut_once(
+    imds: IpAddr,
+    proxy: Option<IpAddr>,
+    local: &HashSet<IpAddr>,
+) -> io::Result<(usize, bool)> {
     let sock = nfnl::socket()?;
     let mut interrupted = false;
+    let family = family_of(imds);
+    // The kernel dumps only the entries of the family the request names.
     let dump = nfnl::request(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         nfnl::NLM_F_REQUEST | nfnl::NLM_F_DUMP,
         1,
-        AF_INET,
+        family,
         &[],
     );
     sock.send(&dump, 0)?;
@@ -109,6 +156,7 @@ fn cut_once(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<(usize, bo
                             orig_dst,
                             reply_src,
                         },
+                        imds,
                         proxy,
                         local,
                     ) {
@@ -131,7 +179,7 @@ fn cut_once(proxy: Ipv4Addr, local: &HashSet<Ipv4Addr>) -> io::Result<(usize, bo
             (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
             nfnl::NLM_F_REQUEST | nfnl::NLM_F_ACK,
             seq,
-            AF_INET,
+            family,
             body,
         );
         sock.send(&req, 0)?;
@@ -157,11 +205,22 @@ const CTA_MARK: u16 = 8;
 
 /// The conntrack request for the TCP connection whose reply direction goes from
 /// `local` (the proxy's end) to `peer`: after DNAT that is the one unique key of the
-/// container's connection.
-fn mark_request(local: SocketAddrV4, peer: SocketAddrV4) -> Vec<u8> {
+/// container's connection. `None` if the two are of different families.
+fn mark_request(local: SocketAddr, peer: SocketAddr) -> Option<Vec<u8>> {
     let mut ip = Vec::new();
-    nfnl::put_attr(&mut ip, CTA_IP_V4_SRC, &local.ip().octets());
-    nfnl::put_attr(&mut ip, CTA_IP_V4_DST, &peer.ip().octets());
+    let family = match (local.ip(), peer.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(p)) => {
+            nfnl::put_attr(&mut ip, CTA_IP_V4_SRC, &l.octets());
+            nfnl::put_attr(&mut ip, CTA_IP_V4_DST, &p.octets());
+            AF_INET
+        }
+        (IpAddr::V6(l), IpAddr::V6(p)) => {
+            nfnl::put_attr(&mut ip, CTA_IP_V6_SRC, &l.octets());
+            nfnl::put_attr(&mut ip, CTA_IP_V6_DST, &p.octets());
+            AF_INET6
+        }
+        _ => return None,
+    };
     let mut proto = Vec::new();
     nfnl::put_attr(&mut proto, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
     nfnl::put_attr(&mut proto, CTA_PROTO_SRC_PORT, &local.port().to_be_bytes());
@@ -171,24 +230,31 @@ fn mark_request(local: SocketAddrV4, peer: SocketAddrV4) -> Vec<u8> {
     nfnl::put_attr(&mut tuple, CTA_TUPLE_PROTO | nfnl::NLA_F_NESTED, &proto);
     let mut body = Vec::new();
     nfnl::put_attr(&mut body, CTA_TUPLE_REPLY | nfnl::NLA_F_NESTED, &tuple);
-    nfnl::request(
+    Some(nfnl::request(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         nfnl::NLM_F_REQUEST,
         1,
-        AF_INET,
+        family,
         &body,
-    )
+    ))
 }
 
-/// The connection mark of the TCP connection accepted at `local` from `peer`; `None`
-/// if conntrack has no such connection (a host process on loopback may not be
-/// tracked). The bridge table stamps container connections with their bridge port.
-pub fn connection_mark(local: SocketAddrV4, peer: SocketAddrV4) -> io::Result<Option<u32>> {
+/// The connection mark of the TCP connection accepted at `local` from `peer` (both
+/// IPv4 or both IPv6); `None` if conntrack has no such connection (a host process on
+/// loopback may not be tracked). The bridge table stamps container connections with
+/// their bridge port.
+pub fn connection_mark(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u32>> {
+    let request = mark_request(local, peer).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{local} and {peer} are of different address families"),
+        )
+    })?;
     let sock = nfnl::socket()?;
     let timeout = nix::sys::time::TimeVal::new(1, 0);
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
         .map_err(io::Error::from)?;
-    sock.send(&mark_request(local, peer), 0)?;
+    sock.send(&request, 0)?;
     let mut buf = vec![0u8; 8192];
     let n = sock.recv(&mut &mut buf[..], 0)?;
     let Some(m) = nfnl::messages(&buf[..n]).next() else {
@@ -210,13 +276,15 @@ pub fn connection_mark(local: SocketAddrV4, peer: SocketAddrV4) -> io::Result<Op
     Ok(Some(mark.unwrap_or(0)))
 }
 
-/// IPv4 addresses configured on this host (in the current network namespace).
-pub fn local_ipv4_addrs() -> io::Result<HashSet<Ipv4Addr>> {
+/// IPv4 and IPv6 addresses configured on this host (in the current network namespace).
+pub fn local_addrs() -> io::Result<HashSet<IpAddr>> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
     Ok(addrs
         .filter_map(|a| {
-            a.address
-                .and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))
+            let s = a.address?;
+            s.as_sockaddr_in()
+                .map(|sin| IpAddr::V4(sin.ip()))
+                .or_else(|| s.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip())))
         })
         .collect())
 }
@@ -225,51 +293,115 @@ pub fn local_ipv4_addrs() -> io::Result<HashSet<Ipv4Addr>> {
 mod tests {
     use super::*;
 
-    const PROXY: Ipv4Addr = Ipv4Addr::new(169, 254, 93, 254);
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
 
-    fn local() -> HashSet<Ipv4Addr> {
-        [Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::LOCALHOST].into()
+    fn entry(orig_src: &str, orig_dst: &str, reply_src: &str) -> Entry {
+        Entry {
+            orig_src: ip(orig_src),
+            orig_dst: ip(orig_dst),
+            reply_src: ip(reply_src),
+        }
+    }
+
+    const PROXY: &str = "169.254.93.254";
+    const PROXY6: &str = "fdf3:6f62:ab7c::254";
+
+    fn local() -> HashSet<IpAddr> {
+        [
+            ip("10.0.0.5"),
+            ip("127.0.0.1"),
+            ip("2001:db8::5"),
+            ip("::1"),
+        ]
+        .into()
+    }
+
+    fn stale4(e: &Entry) -> bool {
+        is_stale_container_flow(e, IMDS_V4.into(), Some(ip(PROXY)), &local())
+    }
+
+    fn stale6(e: &Entry) -> bool {
+        is_stale_container_flow(e, IMDS_V6.into(), Some(ip(PROXY6)), &local())
     }
 
     #[test]
     fn container_flow_straight_to_the_metadata_service_is_cut() {
-        let e = Entry {
-            orig_src: Ipv4Addr::new(172, 17, 0, 2),
-            orig_dst: IMDS_V4,
-            reply_src: IMDS_V4,
-        };
-        assert!(is_stale_container_flow(&e, PROXY, &local()));
+        assert!(stale4(&entry(
+            "172.17.0.2",
+            "169.254.169.254",
+            "169.254.169.254"
+        )));
+        assert!(stale6(&entry(
+            "fd00:dead:beef::2",
+            "fd00:ec2::254",
+            "fd00:ec2::254"
+        )));
     }
 
     #[test]
     fn flow_dnated_elsewhere_by_an_older_rule_is_cut() {
-        let e = Entry {
-            orig_src: Ipv4Addr::new(172, 17, 0, 2),
-            orig_dst: IMDS_V4,
-            reply_src: Ipv4Addr::new(172, 17, 0, 1),
-        };
-        assert!(is_stale_container_flow(&e, PROXY, &local()));
+        assert!(stale4(&entry(
+            "172.17.0.2",
+            "169.254.169.254",
+            "172.17.0.1"
+        )));
+        assert!(stale6(&entry(
+            "fd00:dead:beef::2",
+            "fd00:ec2::254",
+            "fd00:dead:beef::1"
+        )));
     }
 
     #[test]
     fn flows_already_at_the_proxy_host_flows_and_other_destinations_are_kept() {
-        let to_proxy = Entry {
-            orig_src: Ipv4Addr::new(172, 17, 0, 2),
-            orig_dst: IMDS_V4,
-            reply_src: PROXY,
-        };
-        let host = Entry {
-            orig_src: Ipv4Addr::new(10, 0, 0, 5),
-            orig_dst: IMDS_V4,
-            reply_src: IMDS_V4,
-        };
-        let other = Entry {
-            orig_src: Ipv4Addr::new(172, 17, 0, 2),
-            orig_dst: Ipv4Addr::new(1, 1, 1, 1),
-            reply_src: Ipv4Addr::new(1, 1, 1, 1),
-        };
-        for e in [to_proxy, host, other] {
-            assert!(!is_stale_container_flow(&e, PROXY, &local()), "{e:?}");
+        for e in [
+            entry("172.17.0.2", "169.254.169.254", PROXY),
+            entry("10.0.0.5", "169.254.169.254", "169.254.169.254"),
+            entry("172.17.0.2", "1.1.1.1", "1.1.1.1"),
+        ] {
+            assert!(!stale4(&e), "{e:?}");
         }
+        for e in [
+            entry("fd00:dead:beef::2", "fd00:ec2::254", PROXY6),
+            entry("2001:db8::5", "fd00:ec2::254", "fd00:ec2::254"),
+            entry("fd00:dead:beef::2", "2001:db8::1", "2001:db8::1"),
+        ] {
+            assert!(!stale6(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_proxy_in_the_family_every_container_flow_is_stale() {
+        let e = entry("fd00:dead:beef::2", "fd00:ec2::254", "fd00:ec2::254");
+        assert!(is_stale_container_flow(&e, IMDS_V6.into(), None, &local()));
+    }
+
+    #[test]
+    fn the_mark_request_names_the_family_of_its_addresses() {
+        let v4 = mark_request(
+            "169.254.93.254:80".parse().unwrap(),
+            "10.88.0.2:40000".parse().unwrap(),
+        )
+        .unwrap();
+        let v6 = mark_request(
+            "[fdf3:6f62:ab7c::254]:80".parse().unwrap(),
+            "[fd00:dead:beef::2]:40000".parse().unwrap(),
+        )
+        .unwrap();
+        let family = |m: &[u8]| nfnl::messages(m).next().unwrap().family();
+        assert_eq!(family(&v4), Some(AF_INET));
+        assert_eq!(family(&v6), Some(AF_INET6));
+        // The reply tuple carries 16-byte addresses under the IPv6 attribute types.
+        let msg = nfnl::messages(&v6).next().unwrap();
+        let reply = msg.attrs().get(CTA_TUPLE_REPLY).unwrap();
+        let (src, dst) = tuple_addrs(reply).unwrap();
+        assert_eq!((src, dst), (ip(PROXY6), ip("fd00:dead:beef::2")));
+        assert!(mark_request(
+            "169.254.93.254:80".parse().unwrap(),
+            "[fd00:dead:beef::2]:40000".parse().unwrap()
+        )
+        .is_none());
     }
 }

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::thread;
 
@@ -68,16 +69,28 @@ impl NetlinkFirewall {
                     return;
                 }
                 let _ = ready_tx.send(Ok(socket.portid()));
+                // Which families the daemon's last ruleset has a table in: the ip6
+                // table exists only where the kernel has IPv6.
+                let mut families = FAMILIES_WITHOUT_IP6;
                 for req in rx {
                     match req {
                         Request::Apply(rs, reply) => {
-                            let _ = reply.send(apply(&socket, &rs));
+                            let result = apply(&socket, &rs);
+                            if result.is_ok() {
+                                families = if rs.chains6.is_some() {
+                                    FAMILIES
+                                } else {
+                                    FAMILIES_WITHOUT_IP6
+                                };
+                            }
+                            let _ = reply.send(result);
                         }
                         Request::Remove(reply) => {
                             let _ = reply.send(remove(&socket));
                         }
                         Request::Exists(reply) => {
-                            let _ = reply.send(table_names(&socket).map(|t| both_present(&t)));
+                            let _ =
+                                reply.send(table_names(&socket).map(|t| all_present(&t, families)));
                         }
                     }
                 }
@@ -153,7 +166,62 @@ const IFNAME_SET_UDATA: [u8; 6] = [0, 4, 1, 0, 0, 0];
 /// the ICMPX code, which in the `ip` family means host unreachable.
 struct Reject {
     tcp_reset: bool,
+    /// The ICMP (or ICMPv6) code for "port unreachable" in the table's family.
+    port_unreachable: u8,
 }
+
+/// `ct zone set` from register 1: libnftnl knows the key, the crate's `ct` expression
+/// does not.
+struct CtSetZone;
+
+impl Expression for CtSetZone {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
+        // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked); the setters
+        // copy plain integers into it. Ownership passes to the rule, which frees it.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"ct".as_ptr());
+            let e = std::ptr::NonNull::new(e).expect("libnftnl could not allocate an expression");
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_CT_KEY as u16,
+                nlibc::NFT_CT_ZONE as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_CT_SREG as u16,
+                nlibc::NFT_REG_1 as u32,
+            );
+            e
+        }
+    }
+}
+
+/// ICMP code "port unreachable" (`ip` family).
+const ICMP_PORT_UNREACH: u8 = 3;
+/// ICMPv6 code "port unreachable" (`ip6` family).
+const ICMPV6_PORT_UNREACH: u8 = 4;
+
+/// The family of the table a rule is written into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Ip,
+    Ip6,
+    Bridge,
+}
+
+impl Family {
+    fn proto(self) -> ProtoFamily {
+        match self {
+            Family::Ip => ProtoFamily::Ipv4,
+            Family::Ip6 => ProtoFamily::Ipv6,
+            Family::Bridge => ProtoFamily::Bridge,
+        }
+    }
+}
+
+/// Every family the daemon has a table in, and the same without `ip6`.
+const FAMILIES: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Ipv6, ProtoFamily::Bridge];
+const FAMILIES_WITHOUT_IP6: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Bridge];
 
 impl Expression for Reject {
     fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
@@ -165,10 +233,7 @@ impl Expression for Reject {
             let (ty, code) = if self.tcp_reset {
                 (nlibc::NFT_REJECT_TCP_RST as u32, 0u8)
             } else {
-                (
-                    nlibc::NFT_REJECT_ICMP_UNREACH as u32,
-                    3u8, /* ICMP port unreachable */
-                )
+                (nlibc::NFT_REJECT_ICMP_UNREACH as u32, self.port_unreachable)
             };
             sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, ty);
             sys::nftnl_expr_set_u8(e.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
@@ -179,7 +244,7 @@ impl Expression for Reject {
 
 /// Adds the expressions for one match, in the form nft itself generates (so that
 /// `nft list` prints it back the same way).
-fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, bridge: bool) {
+fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, family: Family) {
     match m {
         Match::IifnameInSet(_) => {
             rule.add_expr(&nft_expr!(meta iifname));
@@ -193,18 +258,30 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, bridg
             rule.add_expr(&nft_expr!(meta iifname));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, prefix.as_bytes()));
         }
-        Match::IpDaddr(addr) => {
-            if bridge {
-                // In the bridge family the network header is IPv4 only if the
-                // ethertype says so: the dependency nft itself adds.
+        Match::Daddr(addr) => {
+            if family == Family::Bridge {
+                // In the bridge family the network header is IPv4 (or IPv6) only if
+                // the ethertype says so: the dependency nft itself adds.
+                let ethertype = match addr {
+                    IpAddr::V4(_) => nlibc::ETH_P_IP,
+                    IpAddr::V6(_) => nlibc::ETH_P_IPV6,
+                };
                 rule.add_expr(&nft_expr!(payload ethernet ethertype));
                 rule.add_expr(&expr::Cmp::new(
                     expr::CmpOp::Eq,
-                    &(nlibc::ETH_P_IP as u16).to_be_bytes()[..],
+                    &(ethertype as u16).to_be_bytes()[..],
                 ));
             }
-            rule.add_expr(&nft_expr!(payload ipv4 daddr));
-            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *addr));
+            match addr {
+                IpAddr::V4(a) => {
+                    rule.add_expr(&nft_expr!(payload ipv4 daddr));
+                    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+                }
+                IpAddr::V6(a) => {
+                    rule.add_expr(&nft_expr!(payload ipv6 daddr));
+                    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+                }
+            }
         }
         Match::CtStatusDnat => {
             rule.add_expr(&nft_expr!(ct status));
@@ -212,10 +289,39 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, bridg
             rule.add_expr(&expr::Bitwise::new(&mask[..], &[0u8; 4][..]));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &[0u8; 4][..]));
         }
+        Match::Saddr(addr) => match addr {
+            IpAddr::V4(a) => {
+                rule.add_expr(&nft_expr!(payload ipv4 saddr));
+                rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+            }
+            IpAddr::V6(a) => {
+                rule.add_expr(&nft_expr!(payload ipv6 saddr));
+                rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *a));
+            }
+        },
         Match::TcpDport(port) => {
             add_l4proto_tcp(rule);
             rule.add_expr(&nft_expr!(payload tcp dport));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::UdpDport(port) => {
+            add_l4proto(rule, nlibc::IPPROTO_UDP as u8);
+            rule.add_expr(&nft_expr!(payload udp dport));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::UdpSport(port) => {
+            add_l4proto(rule, nlibc::IPPROTO_UDP as u8);
+            rule.add_expr(&nft_expr!(payload udp sport));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &port.to_be_bytes()[..]));
+        }
+        Match::ThBytes { offset, bytes } => {
+            // nftnl calls these fields bits but hands them to the kernel as they are,
+            // and the kernel counts bytes: a byte-aligned load, as nft writes `@th`.
+            rule.add_expr(&expr::Payload::Transport(expr::TransportHeaderField::Raw {
+                offset_bits: *offset as u32,
+                length_bits: bytes.len() as u32,
+            }));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, *bytes));
         }
         Match::MarkSet => {
             rule.add_expr(&nft_expr!(meta mark));
@@ -225,11 +331,15 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, bridg
 }
 
 fn add_l4proto_tcp(rule: &mut nftnl::Rule<'_>) {
-    rule.add_expr(&nft_expr!(meta l4proto));
-    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, nlibc::IPPROTO_TCP as u8));
+    add_l4proto(rule, nlibc::IPPROTO_TCP as u8);
 }
 
-fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
+fn add_l4proto(rule: &mut nftnl::Rule<'_>, proto: u8) {
+    rule.add_expr(&nft_expr!(meta l4proto));
+    rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, proto));
+}
+
+fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action, family: Family) {
     match a {
         Action::CtMarkFromMark => {
             rule.add_expr(&nft_expr!(meta mark));
@@ -238,27 +348,34 @@ fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
         Action::DnatKeepingMark(to) => {
             rule.add_expr(&nft_expr!(meta mark));
             rule.add_expr(&nft_expr!(ct mark set));
-            rule.add_expr(&expr::Immediate::new(
-                to.ip().octets(),
-                expr::Register::Reg1,
-            ));
-            rule.add_expr(&expr::Immediate::new(
-                to.port().to_be_bytes(),
-                expr::Register::Reg2,
-            ));
-            rule.add_expr(&expr::Nat {
-                nat_type: expr::NatType::DNat,
-                family: ProtoFamily::Ipv4,
-                ip_register: expr::Register::Reg1,
-                port_register: Some(expr::Register::Reg2),
-            });
+            add_dnat(rule, *to);
         }
         Action::Accept => rule.add_expr(&expr::Verdict::Accept),
         Action::RejectTcpReset => {
             add_l4proto_tcp(rule);
-            rule.add_expr(&Reject { tcp_reset: true });
+            rule.add_expr(&Reject {
+                tcp_reset: true,
+                port_unreachable: 0,
+            });
         }
-        Action::Reject => rule.add_expr(&Reject { tcp_reset: false }),
+        Action::Reject => rule.add_expr(&Reject {
+            tcp_reset: false,
+            port_unreachable: if family == Family::Ip6 {
+                ICMPV6_PORT_UNREACH
+            } else {
+                ICMP_PORT_UNREACH
+            },
+        }),
+        Action::Dnat(to) => add_dnat(rule, *to),
+        Action::CtZoneSet(zone) => {
+            // Zones are 16-bit numbers in host byte order, as nft loads them. An array,
+            // not a slice: `Immediate` copies the value's own bytes.
+            rule.add_expr(&expr::Immediate::new(
+                zone.to_ne_bytes(),
+                expr::Register::Reg1,
+            ));
+            rule.add_expr(&CtSetZone);
+        }
         Action::MarkPort => {
             // Both are 32 bits: the port's interface index becomes the packet mark.
             rule.add_expr(&nft_expr!(meta iif));
@@ -267,12 +384,65 @@ fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action) {
     }
 }
 
+/// `dnat to A:P`, the address in register 1 and the port in register 2, as nft writes it.
+fn add_dnat(rule: &mut nftnl::Rule<'_>, to: SocketAddr) {
+    let family = match to {
+        SocketAddr::V4(a) => {
+            rule.add_expr(&expr::Immediate::new(a.ip().octets(), expr::Register::Reg1));
+            ProtoFamily::Ipv4
+        }
+        SocketAddr::V6(a) => {
+            rule.add_expr(&expr::Immediate::new(a.ip().octets(), expr::Register::Reg1));
+            ProtoFamily::Ipv6
+        }
+    };
+    rule.add_expr(&expr::Immediate::new(
+        to.port().to_be_bytes(),
+        expr::Register::Reg2,
+    ));
+    rule.add_expr(&expr::Nat {
+        nat_type: expr::NatType::DNat,
+        family,
+        ip_register: expr::Register::Reg1,
+        port_register: Some(expr::Register::Reg2),
+    });
+}
+
 fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
+    let mut batch = Batch::new();
+    add_family_table(&mut batch, rs, Family::Ip, &rs.chains);
+    if let Some(chains6) = &rs.chains6 {
+        add_family_table(&mut batch, rs, Family::Ip6, chains6);
+    }
+
+    // The bridge family table, replaced in the same transaction.
+    let btable = Table::new(
+        CString::new(rs.table).expect("table name has no NUL"),
+        ProtoFamily::Bridge,
+    );
+    batch.add(&btable, MsgType::Add);
+    batch.add(&btable, MsgType::Del);
+    batch.add(&btable, MsgType::Add);
+    // The bridge chain uses no set (it is never added); it only satisfies the rule builder.
+    let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
+    let set: Set<'_, IfName> = Set::new_named(&set_name, 3, &btable, ProtoFamily::Bridge);
+    let c = &rs.port_chain;
+    let name = CString::new(c.name).expect("chain name has no NUL");
+    let mut chain = Chain::new(&name, &btable);
+    chain.set_hook(nftnl::Hook::PreRouting, c.priority);
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_policy(nftnl::Policy::Accept);
+    batch.add(&chain, MsgType::Add);
+    add_rules(&mut batch, &chain, &c.rules, &set, Family::Bridge);
+    batch.finalize()
+}
+
+/// Replaces the `ip` or `ip6` table: set, elements, chains and rules.
+fn add_family_table(batch: &mut Batch, rs: &Ruleset, family: Family, chains: &[plan::Chain]) {
     let table = Table::new(
         CString::new(rs.table).expect("table name has no NUL"),
-        ProtoFamily::Ipv4,
+        family.proto(),
     );
-    let mut batch = Batch::new();
     // add + delete + add: the delete cannot fail for a missing table, and the whole
     // replacement is one transaction.
     batch.add(&table, MsgType::Add);
@@ -280,7 +450,12 @@ fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
     batch.add(&table, MsgType::Add);
 
     let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
-    let mut set: Set<'_, IfName> = Set::new_named(&set_name, 1, &table, ProtoFamily::Ipv4);
+    // Rules find the set by its id within the batch: one id per table.
+    let set_id = match family {
+        Family::Ip6 => 2,
+        _ => 1,
+    };
+    let mut set: Set<'_, IfName> = Set::new_named(&set_name, set_id, &table, family.proto());
     // SAFETY: the set pointer is valid for the life of `set`; libnftnl copies the buffer.
     unsafe {
         sys::nftnl_set_set_data(
@@ -298,13 +473,14 @@ fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
         batch.add_iter(set.elems_iter(), MsgType::Add);
     }
 
-    for c in &rs.chains {
+    for c in chains {
         let name = CString::new(c.name).expect("chain name has no NUL");
         let mut chain = Chain::new(&name, &table);
         let hook = match c.hook {
             Hook::Prerouting => nftnl::Hook::PreRouting,
             Hook::Input => nftnl::Hook::In,
             Hook::Forward => nftnl::Hook::Forward,
+            Hook::Output => nftnl::Hook::Out,
         };
         chain.set_hook(hook, c.priority);
         chain.set_type(match c.kind {
@@ -313,26 +489,8 @@ fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
         });
         chain.set_policy(nftnl::Policy::Accept);
         batch.add(&chain, MsgType::Add);
-        add_rules(&mut batch, &chain, &c.rules, &set, false);
+        add_rules(batch, &chain, &c.rules, &set, family);
     }
-
-    // The bridge family table, replaced in the same transaction.
-    let btable = Table::new(
-        CString::new(rs.table).expect("table name has no NUL"),
-        ProtoFamily::Bridge,
-    );
-    batch.add(&btable, MsgType::Add);
-    batch.add(&btable, MsgType::Del);
-    batch.add(&btable, MsgType::Add);
-    let c = &rs.port_chain;
-    let name = CString::new(c.name).expect("chain name has no NUL");
-    let mut chain = Chain::new(&name, &btable);
-    chain.set_hook(nftnl::Hook::PreRouting, c.priority);
-    chain.set_type(nftnl::ChainType::Filter);
-    chain.set_policy(nftnl::Policy::Accept);
-    batch.add(&chain, MsgType::Add);
-    add_rules(&mut batch, &chain, &c.rules, &set, true);
-    batch.finalize()
 }
 
 fn add_rules(
@@ -340,14 +498,14 @@ fn add_rules(
     chain: &Chain<'_>,
     rules: &[plan::Rule],
     set: &Set<'_, IfName>,
-    bridge: bool,
+    family: Family,
 ) {
     for r in rules {
         let mut rule = nftnl::Rule::new(chain);
         for m in &r.matches {
-            add_match(&mut rule, m, set, bridge);
+            add_match(&mut rule, m, set, family);
         }
-        add_action(&mut rule, &r.action);
+        add_action(&mut rule, &r.action, family);
         batch.add(&rule, MsgType::Add);
     }
 }
@@ -359,12 +517,17 @@ fn apply(socket: &mnl::Socket, rs: &Ruleset) -> Result<(), FirewallError> {
 }
 
 fn remove(socket: &mnl::Socket) -> Result<bool, FirewallError> {
-    let existed = table_names(socket)?
-        .iter()
-        .any(|(_, name)| *name == table_cname());
+    let tables = table_names(socket)?;
+    let existed = tables.iter().any(|(_, name)| *name == table_cname());
+    // The ip6 table is deleted only if it is there: a kernel without IPv6 has no ip6
+    // family, and adding a table to delete it would fail the whole batch.
+    let ip6 = tables.contains(&(nlibc::NFPROTO_IPV6 as u32, table_cname()));
     let mut batch = Batch::new();
-    for family in [ProtoFamily::Ipv4, ProtoFamily::Bridge] {
-        let table = Table::new(table_cname(), family);
+    for family in FAMILIES {
+        if *family == ProtoFamily::Ipv6 && !ip6 {
+            continue;
+        }
+        let table = Table::new(table_cname(), *family);
         batch.add(&table, MsgType::Add);
         batch.add(&table, MsgType::Del);
     }
@@ -423,12 +586,10 @@ fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
     }
 }
 
-/// Names of the `ip` family nftables tables (a table of another family with the same
-/// name is someone else's and must not count as ours).
-/// Both of the daemon's tables (`ip` and `bridge`) exist.
-fn both_present(tables: &HashSet<(u32, CString)>) -> bool {
+/// Every one of the daemon's tables in `families` exists.
+fn all_present(tables: &HashSet<(u32, CString)>, families: &[ProtoFamily]) -> bool {
     let name = table_cname();
-    [nlibc::NFPROTO_IPV4, nlibc::NFPROTO_BRIDGE]
+    families
         .iter()
         .all(|f| tables.contains(&(*f as u32, name.clone())))
 }
@@ -450,8 +611,8 @@ fn table_names(socket: &mnl::Socket) -> Result<HashSet<(u32, CString)>, Firewall
     }
 }
 
-/// Collects the family and name of each `ip` and `bridge` family table in a table dump
-/// (a table of another family with the same name is someone else's).
+/// Collects the family and name of each `ip`, `ip6` and `bridge` family table in a
+/// table dump (a table of another family with the same name is someone else's).
 fn table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<(u32, CString)>) -> nlibc::c_int {
     // SAFETY: `header` is a complete netlink message handed over by mnl_cb_run; the
     // table object is allocated, filled by libnftnl from that message, read, and freed
@@ -464,7 +625,13 @@ fn table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<(u32, CString)>) -> n
         let parsed = sys::nftnl_table_nlmsg_parse(header, t);
         let family = sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16);
         if parsed >= 0
-            && (family == nlibc::NFPROTO_IPV4 as u32 || family == nlibc::NFPROTO_BRIDGE as u32)
+            && [
+                nlibc::NFPROTO_IPV4,
+                nlibc::NFPROTO_IPV6,
+                nlibc::NFPROTO_BRIDGE,
+            ]
+            .iter()
+            .any(|f| family == *f as u32)
         {
             let name = sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16);
             if !name.is_null() {

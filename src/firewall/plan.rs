@@ -7,17 +7,29 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-/// Name of the daemon's nftables tables: one in the `ip` family (interception, refusals)
-/// and one in the `bridge` family (which bridge port a metadata packet came in by).
+use crate::dns;
+
+/// Name of the daemon's nftables tables: one in the `ip` and one in the `ip6` family
+/// (interception, refusals) and one in the `bridge` family (which bridge port a
+/// metadata packet came in by).
 pub const TABLE: &str = "imds_proxy";
 /// Name of the named set that holds the container bridges present right now.
 pub const BRIDGE_SET: &str = "bridges";
 /// The metadata service address every cloud uses.
 pub const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// AWS's IPv6 metadata address (Nitro instances, IPv6-enabled subnets).
+pub const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 /// The metadata service port that is intercepted.
 pub const IMDS_PORT: u16 = 80;
+/// The conntrack zone of redirected DNS queries for the metadata name (see
+/// [`DnsRules`]); an arbitrary number no other tool is known to use.
+pub const DNS_ZONE: u16 = 0x6d64;
+/// Length of the UDP header: DNS messages start this far into the transport header.
+const UDP_HEADER: usize = 8;
+/// nft compares at most this many bytes of raw payload at once.
+const RAW_MATCH_MAX: usize = 16;
 /// Loopback interface: the host's own processes reach the proxy through it.
 const LOOPBACK_IF: &str = "lo";
 /// Kernel limit for interface names, including the trailing NUL.
@@ -92,6 +104,19 @@ pub enum Mode {
     Open,
 }
 
+/// What the `ip6` table does, by what the host's IPv6 allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V6 {
+    /// The kernel has no IPv6 at all (nor the `ip6` nftables family): there is no
+    /// IPv6 path to refuse, and no `ip6` table.
+    Absent,
+    /// IPv6 is switched off (`disable_ipv6`), so the proxy has no IPv6 address; the
+    /// `ip6` table still refuses containers, should IPv6 be switched on later.
+    RefuseOnly,
+    /// The proxy also listens here, and the `ip6` table sends containers to it.
+    Listen(SocketAddrV6),
+}
+
 /// Everything the ruleset depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -102,6 +127,11 @@ pub struct Snapshot {
     pub patterns: Vec<BridgePattern>,
     /// Where the proxy listens.
     pub listen: SocketAddrV4,
+    /// Where the proxy listens for IPv6 callers, if anywhere.
+    pub v6: V6,
+    /// Whether container DNS queries for `metadata.google.internal` (and `metadata`)
+    /// are answered by the daemon's DNS responder.
+    pub gce_dns: bool,
     /// Open or closed.
     pub mode: Mode,
 }
@@ -131,6 +161,8 @@ impl Snapshot {
                 BridgePattern::Prefix("br-".into()),
             ],
             listen: "169.254.93.254:80".parse().expect("valid address"),
+            v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
+            gce_dns: true,
             mode,
         }
     }
@@ -142,6 +174,7 @@ pub enum Hook {
     Prerouting,
     Input,
     Forward,
+    Output,
 }
 
 /// Base chain type.
@@ -160,10 +193,19 @@ pub enum Match {
     IifnameInSet(&'static str),
     /// `iifname "docker0"` or `iifname "br-*"`
     Iifname(BridgePattern),
-    /// `ip daddr A`
-    IpDaddr(Ipv4Addr),
+    /// `ip daddr A` or `ip6 daddr A`
+    Daddr(IpAddr),
+    /// `ip saddr A` or `ip6 saddr A`
+    Saddr(IpAddr),
     /// `tcp dport P` (implies the protocol is TCP)
     TcpDport(u16),
+    /// `udp dport P` (implies the protocol is UDP)
+    UdpDport(u16),
+    /// `udp sport P` (implies the protocol is UDP)
+    UdpSport(u16),
+    /// `@th,<bits>,<bits> 0x...`: these bytes (at most [`RAW_MATCH_MAX`]), this many
+    /// bytes into the transport header.
+    ThBytes { offset: usize, bytes: &'static [u8] },
     /// `ct status dnat`: the connection was DNATed (by our prerouting rule).
     CtStatusDnat,
     /// `meta mark != 0`: the bridge table stamped the packet with its port.
@@ -177,16 +219,20 @@ pub enum Action {
     Accept,
     /// `reject with tcp reset`, for TCP packets only.
     RejectTcpReset,
-    /// `reject` (ICMP port unreachable).
+    /// `reject` (ICMP or ICMPv6 port unreachable).
     Reject,
     /// `meta mark set iif` (bridge family): stamps the packet with the index of the
     /// bridge port it entered by, the container's own veth.
     MarkPort,
     /// `ct mark set meta mark dnat to A:P`: keeps the port stamp on the connection, where
     /// the proxy reads it, and sends the connection to the proxy.
-    DnatKeepingMark(SocketAddrV4),
+    DnatKeepingMark(SocketAddr),
     /// `ct mark set meta mark`: the connection records the port of its latest packet.
     CtMarkFromMark,
+    /// `dnat to A:P`
+    Dnat(SocketAddr),
+    /// `ct zone set N`: the packet is tracked in conntrack zone N.
+    CtZoneSet(u16),
 }
 
 /// One rule.
@@ -211,9 +257,12 @@ pub struct Chain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub table: &'static str,
-    /// Elements of the `bridges` set.
+    /// Elements of the `bridges` set (each address family's table has its own copy).
     pub bridges: BTreeSet<String>,
+    /// The chains of the `ip` table.
     pub chains: Vec<Chain>,
+    /// The chains of the `ip6` table; `None` where the kernel has no IPv6.
+    pub chains6: Option<Vec<Chain>>,
     /// The one chain of the `bridge` family table.
     pub port_chain: Chain,
 }
@@ -222,6 +271,8 @@ pub struct Ruleset {
 pub const PRIO_DSTNAT_AHEAD: i32 = -110;
 /// `mangle`: after conntrack has found the connection, before NAT translates it.
 pub const PRIO_MANGLE: i32 = -150;
+/// `raw`: before conntrack (-200), where a packet's conntrack zone can still be chosen.
+pub const PRIO_RAW: i32 = -300;
 /// `filter` is 0; ten ahead of Docker's filter chains.
 pub const PRIO_FILTER_AHEAD: i32 = -10;
 /// Bridge family `dstnat`, the earliest standard bridge priority; it must be below 0,
@@ -230,38 +281,85 @@ pub const PRIO_BRIDGE_FIRST: i32 = -300;
 
 /// Computes the ruleset for a snapshot. Pure: same snapshot, same ruleset.
 pub fn plan(s: &Snapshot) -> Ruleset {
-    let listen_ip = *s.listen.ip();
+    // Every metadata packet that enters a bridge is stamped with the bridge port it
+    // came in by, before anything else sees it (in every mode: harmless when closed,
+    // and ready the moment the DNAT rule appears). Kernels commonly lack the bridge
+    // `meta ibrname` key, so this cannot be narrowed to the container bridges; the
+    // `ip` and `ip6` tables only honour the stamp from those.
+    let mut stamped = vec![IpAddr::V4(IMDS_V4)];
+    let chains6 = match s.v6 {
+        V6::Absent => None,
+        V6::RefuseOnly => Some(family_chains(s, IMDS_V6.into(), None)),
+        V6::Listen(listen) => {
+            stamped.push(IMDS_V6.into());
+            Some(family_chains(s, IMDS_V6.into(), Some(listen.into())))
+        }
+    };
+    let port_chain = Chain {
+        name: "prerouting",
+        kind: ChainKind::BridgeFilter,
+        hook: Hook::Prerouting,
+        priority: PRIO_BRIDGE_FIRST,
+        rules: stamped
+            .into_iter()
+            .map(|imds| Rule {
+                matches: vec![Match::Daddr(imds), Match::TcpDport(IMDS_PORT)],
+                action: Action::MarkPort,
+            })
+            .collect(),
+    };
+    Ruleset {
+        table: TABLE,
+        bridges: s.bridges.clone(),
+        chains: family_chains(s, IMDS_V4.into(), Some(s.listen.into())),
+        chains6,
+        port_chain,
+    }
+}
+
+/// The chains of one address family's table: `imds` is that family's metadata address,
+/// `listen` the proxy's address in that family (`None`: the family only refuses).
+fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<Chain> {
+    let open = s.mode == Mode::Open;
+    let dns = match (s.gce_dns, listen) {
+        (true, Some(listen)) => Some(DnsRules::new(listen.ip(), open)),
+        _ => None,
+    };
     let mut prerouting = Vec::new();
-    if s.mode == Mode::Open {
+    let mut portmark = Vec::new();
+    if let (true, Some(listen)) = (open, listen) {
         // Only packets the bridge table stamped with their port: the proxy identifies
         // the caller by that port, which a container cannot forge, not by its source
         // address, which it can. Anything unstamped falls to the refusals below.
         prerouting.push(Rule {
             matches: vec![
                 Match::IifnameInSet(BRIDGE_SET),
-                Match::IpDaddr(IMDS_V4),
+                Match::Daddr(imds),
                 Match::TcpDport(IMDS_PORT),
                 Match::MarkSet,
             ],
-            action: Action::DnatKeepingMark(s.listen),
+            action: Action::DnatKeepingMark(listen),
         });
     }
-
-    // Every metadata packet that enters a bridge is stamped with the bridge port it
-    // came in by, before anything else sees it (in every mode: harmless when closed,
-    // and ready the moment the DNAT rule appears). Kernels commonly lack the bridge
-    // `meta ibrname` key, so this cannot be narrowed to the container bridges; the
-    // `ip` table only honours the stamp from those.
-    let port_chain = Chain {
-        name: "prerouting",
-        kind: ChainKind::BridgeFilter,
-        hook: Hook::Prerouting,
-        priority: PRIO_BRIDGE_FIRST,
-        rules: vec![Rule {
-            matches: vec![Match::IpDaddr(IMDS_V4), Match::TcpDport(IMDS_PORT)],
-            action: Action::MarkPort,
-        }],
-    };
+    if let Some(dns) = &dns {
+        prerouting.extend(dns.dnat.iter().cloned());
+    }
+    if listen.is_some() {
+        // Every packet of a metadata connection, not only its first, records the
+        // bridge port it came in by; the proxy checks before each request that the
+        // connection still comes from the port it was accepted from, so a container
+        // that hijacks another's open connection (after poisoning the bridge's
+        // forwarding table) is refused.
+        portmark.push(Rule {
+            matches: vec![
+                Match::IifnameInSet(BRIDGE_SET),
+                Match::Daddr(imds),
+                Match::TcpDport(IMDS_PORT),
+                Match::MarkSet,
+            ],
+            action: Action::CtMarkFromMark,
+        });
+    }
 
     // Fail closed: whatever was not DNATed above and still goes to the metadata address
     // from a container bridge is refused, promptly, both when the host routes it on
@@ -271,102 +369,191 @@ pub fn plan(s: &Snapshot) -> Ruleset {
         .iter()
         .flat_map(|p| {
             [Action::RejectTcpReset, Action::Reject].map(|action| Rule {
-                matches: vec![Match::Iifname(p.clone()), Match::IpDaddr(IMDS_V4)],
+                matches: vec![Match::Iifname(p.clone()), Match::Daddr(imds)],
                 action,
             })
         })
         .collect();
 
-    // The proxy's address answers only the host itself and container bridges.
     let mut input = refuse_imds.clone();
-    input.extend([
-        Rule {
-            matches: vec![
-                Match::IpDaddr(listen_ip),
-                Match::Iifname(BridgePattern::Exact(LOOPBACK_IF.into())),
-            ],
-            action: Action::Accept,
-        },
-        Rule {
-            // Only connections our DNAT rule sent here. This also keeps a conntrack
-            // expression in the table in every mode: while a table uses conntrack the
-            // kernel keeps tracking, so in-flight proxied connections are still
-            // translated back after the DNAT rule is removed (closed mode, draining).
-            matches: vec![
-                Match::IpDaddr(listen_ip),
-                Match::IifnameInSet(BRIDGE_SET),
-                Match::TcpDport(s.listen.port()),
-                Match::CtStatusDnat,
-            ],
-            action: Action::Accept,
-        },
-        Rule {
-            matches: vec![Match::IpDaddr(listen_ip)],
-            action: Action::RejectTcpReset,
-        },
-        Rule {
-            matches: vec![Match::IpDaddr(listen_ip)],
-            action: Action::Reject,
-        },
-    ]);
-
-    // The proxy's address is local; if it ever is not (its link was deleted), traffic
-    // DNATed to it must not be routed anywhere else. ICMP, not a TCP reset: the kernel
-    // cannot send a reset from an address that is neither local nor the original one.
     let mut forward = refuse_imds;
-    forward.push(Rule {
-        matches: vec![Match::IpDaddr(listen_ip)],
-        action: Action::Reject,
-    });
-
-    Ruleset {
-        table: TABLE,
-        bridges: s.bridges.clone(),
-        chains: vec![
-            Chain {
-                name: "prerouting",
-                kind: ChainKind::Nat,
-                hook: Hook::Prerouting,
-                priority: PRIO_DSTNAT_AHEAD,
-                rules: prerouting,
+    if let Some(listen) = listen {
+        let listen_ip = listen.ip();
+        // The proxy's address answers only the host itself and container bridges.
+        input.extend([
+            Rule {
+                matches: vec![
+                    Match::Daddr(listen_ip),
+                    Match::Iifname(BridgePattern::Exact(LOOPBACK_IF.into())),
+                ],
+                action: Action::Accept,
             },
-            Chain {
-                name: "input",
-                kind: ChainKind::Filter,
-                hook: Hook::Input,
-                priority: PRIO_FILTER_AHEAD,
-                rules: input,
+            Rule {
+                // Only connections our DNAT rule sent here. This also keeps a conntrack
+                // expression in the table in every mode: while a table uses conntrack the
+                // kernel keeps tracking, so in-flight proxied connections are still
+                // translated back after the DNAT rule is removed (closed mode, draining).
+                matches: vec![
+                    Match::Daddr(listen_ip),
+                    Match::IifnameInSet(BRIDGE_SET),
+                    Match::TcpDport(listen.port()),
+                    Match::CtStatusDnat,
+                ],
+                action: Action::Accept,
             },
-            Chain {
-                name: "forward",
-                kind: ChainKind::Filter,
-                hook: Hook::Forward,
-                priority: PRIO_FILTER_AHEAD,
-                rules: forward,
+        ]);
+        input.extend(dns.as_ref().and_then(|d| d.accept.clone()));
+        input.extend([
+            Rule {
+                matches: vec![Match::Daddr(listen_ip)],
+                action: Action::RejectTcpReset,
             },
-            // Every packet of a metadata connection, not only its first, records the
-            // bridge port it came in by; the proxy checks before each request that the
-            // connection still comes from the port it was accepted from, so a container
-            // that hijacks another's open connection (after poisoning the bridge's
-            // forwarding table) is refused.
-            Chain {
-                name: "portmark",
-                kind: ChainKind::Filter,
-                hook: Hook::Prerouting,
-                priority: PRIO_MANGLE,
-                rules: vec![Rule {
-                    matches: vec![
-                        Match::IifnameInSet(BRIDGE_SET),
-                        Match::IpDaddr(IMDS_V4),
-                        Match::TcpDport(IMDS_PORT),
-                        Match::MarkSet,
-                    ],
-                    action: Action::CtMarkFromMark,
-                }],
+            Rule {
+                matches: vec![Match::Daddr(listen_ip)],
+                action: Action::Reject,
             },
-        ],
-        port_chain,
+        ]);
+        // The proxy's address is local; if it ever is not (its link was deleted),
+        // traffic DNATed to it must not be routed anywhere else. ICMP, not a TCP reset:
+        // the kernel cannot send a reset from an address that is neither local nor the
+        // original one.
+        forward.push(Rule {
+            matches: vec![Match::Daddr(listen_ip)],
+            action: Action::Reject,
+        });
     }
+
+    let mut chains = vec![
+        Chain {
+            name: "prerouting",
+            kind: ChainKind::Nat,
+            hook: Hook::Prerouting,
+            priority: PRIO_DSTNAT_AHEAD,
+            rules: prerouting,
+        },
+        Chain {
+            name: "input",
+            kind: ChainKind::Filter,
+            hook: Hook::Input,
+            priority: PRIO_FILTER_AHEAD,
+            rules: input,
+        },
+        Chain {
+            name: "forward",
+            kind: ChainKind::Filter,
+            hook: Hook::Forward,
+            priority: PRIO_FILTER_AHEAD,
+            rules: forward,
+        },
+        Chain {
+            name: "portmark",
+            kind: ChainKind::Filter,
+            hook: Hook::Prerouting,
+            priority: PRIO_MANGLE,
+            rules: portmark,
+        },
+    ];
+    if let Some(dns) = dns {
+        chains.extend([
+            Chain {
+                name: "dnszone",
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: PRIO_RAW,
+                rules: dns.zone,
+            },
+            Chain {
+                name: "dnsreply",
+                kind: ChainKind::Filter,
+                hook: Hook::Output,
+                priority: PRIO_RAW,
+                rules: dns.reply,
+            },
+        ]);
+    }
+    chains
+}
+
+/// The rules that send container DNS queries for the metadata name, and only those, to
+/// the daemon's DNS responder (all empty unless open).
+///
+/// A query is recognised by its bytes: UDP to port 53 from a container bridge, one
+/// question (QDCOUNT 1), whose name is exactly one of [`dns::NAMES`] in lowercase wire
+/// form, at the start of the question section. Every other query matches nothing here
+/// and keeps its own path. NAT is bound to a flow on its first packet, and a client may
+/// send queries for other names from the same socket to the same server; so metadata
+/// queries are tracked in a conntrack zone of their own ([`DNS_ZONE`], set before
+/// conntrack sees them, and on the responder's answers before conntrack sees those):
+/// a metadata query and any other query never share a flow, whatever their order.
+struct DnsRules {
+    /// Prerouting NAT: to the responder.
+    dnat: Vec<Rule>,
+    /// Input: the redirected queries, ahead of the refusals of the proxy's address.
+    accept: Option<Rule>,
+    /// Chain `dnszone` (prerouting, raw): the queries' own conntrack zone.
+    zone: Vec<Rule>,
+    /// Chain `dnsreply` (output, raw): the answers' conntrack zone.
+    reply: Vec<Rule>,
+}
+
+impl DnsRules {
+    fn new(listen_ip: IpAddr, open: bool) -> Self {
+        if !open {
+            return Self {
+                dnat: vec![],
+                accept: None,
+                zone: vec![],
+                reply: vec![],
+            };
+        }
+        let queries = || dns::NAMES.iter().map(|name| dns_query_matches(name));
+        Self {
+            dnat: queries()
+                .map(|matches| Rule {
+                    matches,
+                    action: Action::Dnat(SocketAddr::new(listen_ip, dns::PORT)),
+                })
+                .collect(),
+            accept: Some(Rule {
+                matches: vec![
+                    Match::Daddr(listen_ip),
+                    Match::IifnameInSet(BRIDGE_SET),
+                    Match::UdpDport(dns::PORT),
+                    Match::CtStatusDnat,
+                ],
+                action: Action::Accept,
+            }),
+            zone: queries()
+                .map(|matches| Rule {
+                    matches,
+                    action: Action::CtZoneSet(DNS_ZONE),
+                })
+                .collect(),
+            reply: vec![Rule {
+                matches: vec![Match::Saddr(listen_ip), Match::UdpSport(dns::PORT)],
+                action: Action::CtZoneSet(DNS_ZONE),
+            }],
+        }
+    }
+}
+
+/// A UDP query from a container bridge to port 53 with one question for `name`.
+fn dns_query_matches(name: &'static [u8]) -> Vec<Match> {
+    let mut m = vec![
+        Match::IifnameInSet(BRIDGE_SET),
+        Match::UdpDport(dns::PORT),
+        Match::ThBytes {
+            offset: UDP_HEADER + dns::QDCOUNT_OFFSET,
+            bytes: &[0, 1],
+        },
+    ];
+    for (i, chunk) in name.chunks(RAW_MATCH_MAX).enumerate() {
+        m.push(Match::ThBytes {
+            offset: UDP_HEADER + dns::QUESTION_OFFSET + i * RAW_MATCH_MAX,
+            bytes: chunk,
+        });
+    }
+    m
 }
 
 /// The order nft 1.0 lists `ifname` set elements in: as host-endian 16-byte integers,
@@ -384,7 +571,19 @@ impl fmt::Display for Match {
         match self {
             Match::IifnameInSet(set) => write!(f, "iifname @{set}"),
             Match::Iifname(p) => write!(f, "iifname \"{p}\""),
-            Match::IpDaddr(a) => write!(f, "ip daddr {a}"),
+            Match::Daddr(IpAddr::V4(a)) => write!(f, "ip daddr {a}"),
+            Match::Daddr(IpAddr::V6(a)) => write!(f, "ip6 daddr {a}"),
+            Match::Saddr(IpAddr::V4(a)) => write!(f, "ip saddr {a}"),
+            Match::Saddr(IpAddr::V6(a)) => write!(f, "ip6 saddr {a}"),
+            Match::UdpDport(p) => write!(f, "udp dport {p}"),
+            Match::UdpSport(p) => write!(f, "udp sport {p}"),
+            Match::ThBytes { offset, bytes } => {
+                // nft prints the bytes as one number, in hex without leading zeros.
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let digits = hex.trim_start_matches('0');
+                let digits = if digits.is_empty() { "0" } else { digits };
+                write!(f, "@th,{},{} 0x{digits}", offset * 8, bytes.len() * 8)
+            }
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::MarkSet => f.write_str("meta mark != 0x00000000"),
@@ -401,6 +600,8 @@ impl fmt::Display for Action {
             Action::MarkPort => f.write_str("meta mark set iif"),
             Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
             Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
+            Action::Dnat(to) => write!(f, "dnat to {to}"),
+            Action::CtZoneSet(zone) => write!(f, "ct zone set {zone}"),
         }
     }
 }
@@ -414,25 +615,62 @@ impl fmt::Display for Rule {
     }
 }
 
+/// How nft names a chain priority: the standard name within ten of it that suits the
+/// family and hook, with the offset (`dstnat - 10`); otherwise the plain number.
+fn priority_name(kind: ChainKind, hook: Hook, priority: i32) -> String {
+    const INET: &[(&str, i32)] = &[
+        ("raw", -300),
+        ("mangle", -150),
+        ("dstnat", -100),
+        ("filter", 0),
+        ("security", 50),
+        ("srcnat", 100),
+    ];
+    const BRIDGE: &[(&str, i32)] = &[
+        ("dstnat", -300),
+        ("filter", -200),
+        ("out", 100),
+        ("srcnat", 300),
+    ];
+    let names = if kind == ChainKind::BridgeFilter {
+        BRIDGE
+    } else {
+        INET
+    };
+    let Some(&(name, base)) = names.iter().find(|(_, v)| (priority - v).abs() <= 10) else {
+        return priority.to_string();
+    };
+    // nft keeps `dstnat` for hooks where destination NAT happens (and `srcnat` for
+    // source NAT) in the IP families.
+    let fits = kind == ChainKind::BridgeFilter
+        || match name {
+            "dstnat" => matches!(hook, Hook::Prerouting | Hook::Output),
+            "srcnat" => matches!(hook, Hook::Input),
+            _ => true,
+        };
+    if !fits {
+        return priority.to_string();
+    }
+    match priority - base {
+        0 => name.to_string(),
+        o if o < 0 => format!("{name} - {}", -o),
+        o => format!("{name} + {o}"),
+    }
+}
+
 impl fmt::Display for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (kind, hook, base, base_value) = match (self.kind, self.hook) {
-            (ChainKind::Nat, Hook::Prerouting) => ("nat", "prerouting", "dstnat", -100),
-            (ChainKind::Nat, Hook::Input) => ("nat", "input", "srcnat", 100),
-            (ChainKind::Nat, Hook::Forward) => ("nat", "forward", "filter", 0),
-            (ChainKind::Filter, Hook::Prerouting) => ("filter", "prerouting", "mangle", -150),
-            (ChainKind::Filter, Hook::Input) => ("filter", "input", "filter", 0),
-            (ChainKind::Filter, Hook::Forward) => ("filter", "forward", "filter", 0),
-            (ChainKind::BridgeFilter, Hook::Prerouting) => ("filter", "prerouting", "dstnat", -300),
-            (ChainKind::BridgeFilter, Hook::Input) => ("filter", "input", "filter", -200),
-            (ChainKind::BridgeFilter, Hook::Forward) => ("filter", "forward", "filter", -200),
+        let kind = match self.kind {
+            ChainKind::Nat => "nat",
+            ChainKind::Filter | ChainKind::BridgeFilter => "filter",
         };
-        let offset = self.priority - base_value;
-        let prio = match offset {
-            0 => base.to_string(),
-            o if o < 0 => format!("{base} - {}", -o),
-            o => format!("{base} + {o}"),
+        let hook = match self.hook {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
         };
+        let prio = priority_name(self.kind, self.hook, self.priority);
         writeln!(f, "\tchain {} {{", self.name)?;
         writeln!(
             f,
@@ -445,9 +683,9 @@ impl fmt::Display for Chain {
     }
 }
 
-impl fmt::Display for Ruleset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "table ip {} {{", self.table)?;
+impl Ruleset {
+    fn fmt_table(&self, f: &mut fmt::Formatter<'_>, family: &str, chains: &[Chain]) -> fmt::Result {
+        writeln!(f, "table {family} {} {{", self.table)?;
         writeln!(f, "\tset {BRIDGE_SET} {{")?;
         writeln!(f, "\t\ttype ifname")?;
         let mut elems: Vec<&String> = self.bridges.iter().collect();
@@ -457,11 +695,21 @@ impl fmt::Display for Ruleset {
             writeln!(f, "\t\telements = {{ {} }}", quoted.join(",\n\t\t\t     "))?;
         }
         writeln!(f, "\t}}")?;
-        for c in &self.chains {
+        for c in chains {
             writeln!(f)?;
             write!(f, "{c}")?;
         }
-        writeln!(f, "}}")?;
+        writeln!(f, "}}")
+    }
+}
+
+/// The tables as `nft list table` prints them, in the order `ip`, `ip6`, `bridge`.
+impl fmt::Display for Ruleset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_table(f, "ip", &self.chains)?;
+        if let Some(chains6) = &self.chains6 {
+            self.fmt_table(f, "ip6", chains6)?;
+        }
         writeln!(f, "table bridge {} {{", self.table)?;
         write!(f, "{}", self.port_chain)?;
         writeln!(f, "}}")

@@ -1,6 +1,6 @@
-//! Snapshot tests: the rendered plan must equal what `nft list table ip imds_proxy`
-//! prints for the installed table (the root tests check that equality on a real
-//! kernel; these pin the text itself, without root).
+//! Snapshot tests: the rendered plan must equal what `nft list table` prints for the
+//! installed `ip`, `ip6` and `bridge` tables (the root tests check that equality on a
+//! real kernel; these pin the text itself, without root).
 
 use super::*;
 
@@ -29,8 +29,8 @@ fn closed_table_has_no_dnat_but_keeps_every_refusal() {
     assert_eq!(refusals(&open), refusals(&closed));
     assert_eq!(
         refusals(&open).len(),
-        2 * 2 * 2 + 3,
-        "two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
+        2 * (2 * 2 * 2 + 3),
+        "per family: two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
     );
 }
 
@@ -41,7 +41,7 @@ fn fail_closed_rules_match_patterns_not_the_set_so_unseen_bridges_are_refused() 
     let imds: Vec<&Rule> = forward
         .rules
         .iter()
-        .filter(|r| r.matches.contains(&Match::IpDaddr(IMDS_V4)))
+        .filter(|r| r.matches.contains(&Match::Daddr(IMDS_V4.into())))
         .collect();
     assert_eq!(imds.len(), 4);
     for r in imds {
@@ -139,17 +139,194 @@ fn bridge_patterns_parse_and_match() {
 fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
     let rs = plan(&snapshot(&["docker0"], Mode::Open));
     let pre = &rs.chains[0];
-    assert_eq!(pre.rules.len(), 1);
-    assert!(pre.rules[0].matches.contains(&Match::MarkSet));
-    assert!(matches!(pre.rules[0].action, Action::DnatKeepingMark(_)));
+    // Every rule that sends TCP to the proxy needs the stamp (the others are DNS).
+    let to_proxy: Vec<&Rule> = pre
+        .rules
+        .iter()
+        .filter(|r| r.matches.contains(&Match::TcpDport(IMDS_PORT)))
+        .collect();
+    assert_eq!(to_proxy.len(), 1);
+    assert!(to_proxy[0].matches.contains(&Match::MarkSet));
+    assert!(matches!(to_proxy[0].action, Action::DnatKeepingMark(_)));
     // The bridge table stamps in both modes, first of all bridge hooks.
     for mode in [Mode::Open, Mode::Closed] {
         let rs = plan(&snapshot(&["docker0"], mode));
         assert_eq!(rs.port_chain.priority, PRIO_BRIDGE_FIRST);
-        assert_eq!(rs.port_chain.rules.len(), 1);
+        let stamps: Vec<String> = rs.port_chain.rules.iter().map(|r| r.to_string()).collect();
         assert_eq!(
-            rs.port_chain.rules[0].to_string(),
-            "ip daddr 169.254.169.254 tcp dport 80 meta mark set iif"
+            stamps,
+            [
+                "ip daddr 169.254.169.254 tcp dport 80 meta mark set iif",
+                "ip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif"
+            ]
         );
+    }
+}
+
+#[test]
+fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
+    let text = plan(&snapshot(&["docker0"], Mode::Open)).to_string();
+    let ip6 = &text[text.find("table ip6 imds_proxy {").expect("an ip6 table")..];
+    for line in [
+        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark dnat to [fdf3:6f62:ab7c::254]:80",
+        "iifname \"docker0\" ip6 daddr fd00:ec2::254 reject with tcp reset",
+        "iifname \"br-*\" ip6 daddr fd00:ec2::254 reject",
+        "ip6 daddr fdf3:6f62:ab7c::254 iifname \"lo\" accept",
+        "ip6 daddr fdf3:6f62:ab7c::254 iifname @bridges tcp dport 80 ct status dnat accept",
+        "ip6 daddr fdf3:6f62:ab7c::254 reject",
+        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark",
+    ] {
+        assert!(ip6.contains(&format!("\t\t{line}\n")), "{line:?} missing from:\n{ip6}");
+    }
+    // The bridge table stamps IPv6 metadata packets with their port too.
+    assert!(
+        text.ends_with("\t\tip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif\n\t}\n}\n"),
+        "{text}"
+    );
+    // The ip6 table has the same chains, at the same priorities, as the ip table.
+    let rs = plan(&snapshot(&["docker0"], Mode::Open));
+    let shape = |chains: &[Chain]| {
+        chains
+            .iter()
+            .map(|c| (c.name, c.kind, c.hook, c.priority, c.rules.len()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&rs.chains), shape(rs.chains6.as_deref().unwrap()));
+}
+
+#[test]
+fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_none() {
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.v6 = V6::RefuseOnly;
+    let rs = plan(&s);
+    let chains6 = rs.chains6.as_deref().unwrap();
+    let rules6: Vec<String> = chains6
+        .iter()
+        .flat_map(|c| c.rules.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(rules6.len(), 2 * 2 * 2, "{rules6:#?}");
+    assert!(rules6.iter().all(|r| r.contains("reject")), "{rules6:#?}");
+    assert!(!rs.port_chain.to_string().contains("ip6"));
+    // The ip table is untouched by the state of IPv6.
+    assert_eq!(rs.chains, plan(&snapshot(&["docker0"], Mode::Open)).chains);
+
+    s.v6 = V6::Absent;
+    let rs = plan(&s);
+    assert!(rs.chains6.is_none());
+    assert!(!rs.to_string().contains("ip6"), "{rs}");
+}
+
+#[test]
+fn priorities_are_named_as_nft_names_them() {
+    use Hook::*;
+    let name = |kind, hook, prio| priority_name(kind, hook, prio);
+    assert_eq!(name(ChainKind::Nat, Prerouting, -110), "dstnat - 10");
+    assert_eq!(name(ChainKind::Filter, Prerouting, -150), "mangle");
+    assert_eq!(name(ChainKind::Filter, Prerouting, -300), "raw");
+    assert_eq!(name(ChainKind::Filter, Output, -300), "raw");
+    assert_eq!(name(ChainKind::Filter, Input, -10), "filter - 10");
+    assert_eq!(name(ChainKind::Filter, Forward, 5), "filter + 5");
+    // dstnat only names priorities of hooks where destination NAT happens.
+    assert_eq!(name(ChainKind::Filter, Forward, -100), "-100");
+    assert_eq!(name(ChainKind::Filter, Input, -200), "-200");
+    assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -300), "dstnat");
+    assert_eq!(name(ChainKind::BridgeFilter, Prerouting, -200), "filter");
+}
+
+/// The DNS rules of a table's text: (chain, rule) for every rule about port 53.
+fn dns_rules(text: &str) -> Vec<(String, String)> {
+    let mut chain = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = name.trim_end_matches(" {").to_owned();
+        } else if line.contains("port 53") {
+            out.push((chain.clone(), line.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn only_queries_whose_one_question_is_a_metadata_name_go_to_the_dns_responder() {
+    let text = plan(&snapshot(&["docker0"], Mode::Open)).to_string();
+    let ip = &text[..text.find("table ip6").unwrap()];
+    let query = "iifname @bridges udp dport 53 @th,96,16 0x1";
+    // "\x08metadata\x06google" and "\x08internal\x00", then "\x08metadata\x00".
+    let long = "@th,160,128 0x86d6574616461746106676f6f676c65 @th,288,80 0x8696e7465726e616c00";
+    let short = "@th,160,80 0x86d6574616461746100";
+    let want: Vec<(String, String)> = [
+        (
+            "prerouting",
+            format!("{query} {long} dnat to 169.254.93.254:53"),
+        ),
+        (
+            "prerouting",
+            format!("{query} {short} dnat to 169.254.93.254:53"),
+        ),
+        (
+            "input",
+            "ip daddr 169.254.93.254 iifname @bridges udp dport 53 ct status dnat accept".into(),
+        ),
+        ("dnszone", format!("{query} {long} ct zone set 28004")),
+        ("dnszone", format!("{query} {short} ct zone set 28004")),
+        (
+            "dnsreply",
+            "ip saddr 169.254.93.254 udp sport 53 ct zone set 28004".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(c, r)| (c.to_owned(), r))
+    .collect();
+    assert_eq!(dns_rules(ip), want);
+    // The zone chains run before conntrack, on the way in and on the way out.
+    assert!(ip.contains("chain dnszone {\n\t\ttype filter hook prerouting priority raw;"));
+    assert!(ip.contains("chain dnsreply {\n\t\ttype filter hook output priority raw;"));
+    // The ip6 table does the same for the IPv6 listen address.
+    let ip6 = &text[text.find("table ip6").unwrap()..];
+    assert_eq!(dns_rules(ip6).len(), want.len());
+    assert!(ip6.contains(&format!("{query} {short} dnat to [fdf3:6f62:ab7c::254]:53")));
+}
+
+#[test]
+fn the_dns_redirect_exists_only_when_open_and_switched_on() {
+    let closed = plan(&snapshot(&["docker0"], Mode::Closed)).to_string();
+    assert_eq!(dns_rules(&closed), vec![]);
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.gce_dns = false;
+    let off = plan(&s).to_string();
+    assert_eq!(dns_rules(&off), vec![]);
+    assert!(!off.contains("dnszone"));
+    // Without an IPv6 listen address there is nothing to redirect IPv6 queries to.
+    s.gce_dns = true;
+    s.v6 = V6::RefuseOnly;
+    let text = plan(&s).to_string();
+    assert_eq!(dns_rules(&text[text.find("table ip6").unwrap()..]), vec![]);
+}
+
+#[test]
+fn raw_payload_matches_render_as_nft_prints_them() {
+    let m = |offset, bytes| Match::ThBytes { offset, bytes }.to_string();
+    assert_eq!(m(12, &[0, 1]), "@th,96,16 0x1");
+    assert_eq!(m(20, &[0, 0]), "@th,160,16 0x0");
+    assert_eq!(m(20, &[0x10, 0xab]), "@th,160,16 0x10ab");
+    // Names longer than one register are matched in pieces of at most 16 bytes.
+    for name in crate::dns::NAMES {
+        let pieces: Vec<Match> = dns_query_matches(name)
+            .into_iter()
+            .filter(|m| matches!(m, Match::ThBytes { offset, .. } if *offset >= 20))
+            .collect();
+        let joined: Vec<u8> = pieces
+            .iter()
+            .flat_map(|m| match m {
+                Match::ThBytes { bytes, .. } => bytes.to_vec(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(joined, name);
+        assert!(pieces
+            .iter()
+            .all(|m| matches!(m, Match::ThBytes { bytes, .. } if bytes.len() <= 16)));
     }
 }

@@ -16,6 +16,7 @@ const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_BRIDGE: u8 = 7;
+const NFPROTO_IPV6: u8 = 10;
 /// Attribute 1 is the table name in table, chain, rule, set and element messages.
 const ATTR_TABLE: u16 = 1;
 /// Message types from NFT_MSG_NEWTABLE (0) to NFT_MSG_DELSETELEM (14) name a table.
@@ -54,7 +55,10 @@ pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignCha
     let op = msg.ty & 0xff;
     if op > LAST_TABLE_SCOPED
         || msg.pid == own_portid
-        || !matches!(msg.family(), Some(NFPROTO_IPV4 | NFPROTO_BRIDGE))
+        || !matches!(
+            msg.family(),
+            Some(NFPROTO_IPV4 | NFPROTO_IPV6 | NFPROTO_BRIDGE)
+        )
     {
         return None;
     }
@@ -156,7 +160,8 @@ mod tests {
             classify(&notification(8, 999, NFPROTO_IPV4, "nat"), 42),
             None
         );
-        assert_eq!(classify(&notification(8, 999, 10, TABLE), 42), None);
+        // A table of the same name in the inet family is someone else's.
+        assert_eq!(classify(&notification(8, 999, 1, TABLE), 42), None);
         // NFT_MSG_NEWGEN carries no table.
         assert_eq!(
             classify(&notification(15, 999, NFPROTO_IPV4, TABLE), 42),
@@ -168,8 +173,10 @@ mod tests {
     fn a_rule_deleted_from_our_table_is_reported() {
         let c = classify(&notification(8, 7, NFPROTO_IPV4, TABLE), 42).unwrap();
         assert_eq!(c.what, "rule deleted");
-        // The bridge table (the port stamp) is watched the same way.
-        let c = classify(&notification(8, 7, NFPROTO_BRIDGE, TABLE), 42).unwrap();
-        assert_eq!(c.what, "rule deleted");
+        // The ip6 and bridge tables (the port stamp) are watched the same way.
+        for family in [NFPROTO_IPV6, NFPROTO_BRIDGE] {
+            let c = classify(&notification(8, 7, family, TABLE), 42).unwrap();
+            assert_eq!(c.what, "rule deleted");
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! container.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,12 +45,13 @@ pub struct ConntrackOrigins;
 
 impl Origins for ConntrackOrigins {
     fn origin(&self, local: SocketAddr, peer: SocketAddr) -> Origin {
-        let (Some(local), Some(peer)) = (v4(local), v4(peer)) else {
+        let (local, peer) = (unmapped(local), unmapped(peer));
+        if local.is_ipv4() != peer.is_ipv4() {
             return Origin::Elsewhere;
-        };
+        }
         match crate::firewall::conntrack::connection_mark(local, peer) {
             Ok(Some(mark)) if mark != 0 => Origin::Port(mark),
-            Ok(_) => host_or_elsewhere(*peer.ip()),
+            Ok(_) => host_or_elsewhere(peer.ip()),
             Err(e) => {
                 warn!(error = %e, "cannot read the connection's conntrack mark; the caller is told to retry");
                 Origin::Unreadable
@@ -69,19 +70,21 @@ impl Origins for EveryoneIsHost {
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+/// An IPv4-mapped IPv6 socket address is the IPv4 address it maps (conntrack tracks it
+/// as IPv4); any other address stays as it is.
+fn unmapped(a: SocketAddr) -> SocketAddr {
     match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(a) => a
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddrV4::new(ip, a.port())),
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddrV4::new(ip, v6.port()).into(),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 
 /// Unstamped connections reach the proxy only over loopback (the ruleset refuses the
 /// rest); a peer address of this host is a host process.
-fn host_or_elsewhere(peer: Ipv4Addr) -> Origin {
+fn host_or_elsewhere(peer: IpAddr) -> Origin {
     if peer.is_loopback() || local_addrs().contains(&peer) {
         Origin::Host
     } else {
@@ -89,8 +92,8 @@ fn host_or_elsewhere(peer: Ipv4Addr) -> Origin {
     }
 }
 
-fn local_addrs() -> HashSet<Ipv4Addr> {
-    crate::firewall::conntrack::local_ipv4_addrs().unwrap_or_default()
+fn local_addrs() -> HashSet<IpAddr> {
+    crate::firewall::conntrack::local_addrs().unwrap_or_default()
 }
 
 /// Who the caller is, for policy.
@@ -133,8 +136,11 @@ pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
     let Some(inv) = inv else {
         return Lookup::Decided(Caller::Unknown);
     };
+    // The container's IPv4 address on that network, or its IPv6 address if the network
+    // has IPv6 (a caller of the IPv6 metadata address).
+    let owns = |e: &Endpoint| IpAddr::V4(e.ipv4) == peer || e.ipv6.map(IpAddr::V6) == Some(peer);
     match inv.by_port(port) {
-        Some(e) if IpAddr::V4(e.ipv4) == peer => Lookup::Decided(Caller::Container(e.clone())),
+        Some(e) if owns(e) => Lookup::Decided(Caller::Container(e.clone())),
         Some(e) => Lookup::Decided(Caller::Forged {
             port_owner: e.clone(),
             claimed: peer,
@@ -159,8 +165,8 @@ mod tests {
     use super::*;
     use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
 
-    /// Containers `a` (172.17.0.2, port 10) and `b` (172.17.0.3, port 11), and `c`
-    /// (172.17.0.4) whose port could not be found.
+    /// Containers `a` (172.17.0.2 and fd00:dead:beef::2, port 10) and `b` (172.17.0.3,
+    /// port 11), and `c` (172.17.0.4) whose port could not be found.
     fn inventory(connected: bool) -> Inventory {
         let c = |id: char, ip: &str| ContainerSummary {
             id: Some(id.to_string().repeat(64)),
@@ -171,6 +177,7 @@ mod tests {
                         "bridge".to_string(),
                         EndpointSettings {
                             ip_address: Some(ip.into()),
+                            global_ipv6_address: (id == 'a').then(|| "fd00:dead:beef::2".into()),
                             ..Default::default()
                         },
                     )]
@@ -234,6 +241,19 @@ mod tests {
             (Origin::Port(12), "172.17.0.2", "Wait"),
             // c's port was never found: c's address alone identifies no one.
             (Origin::Port(13), "172.17.0.4", "Wait"),
+            // IPv6 callers (the IPv6 metadata address): the same rule, with the
+            // container's IPv6 address on that network.
+            (Origin::Port(10), "fd00:dead:beef::2", "a"),
+            (
+                Origin::Port(11),
+                "fd00:dead:beef::2",
+                "forged fd00:dead:beef::2 on b's port",
+            ),
+            (
+                Origin::Port(10),
+                "fd00:dead:beef::3",
+                "forged fd00:dead:beef::3 on a's port",
+            ),
             (Origin::Host, "172.17.0.2", "Decided(Host)"),
             (Origin::Elsewhere, "172.17.0.2", "Decided(Unknown)"),
             (Origin::Unreadable, "172.17.0.2", "Decided(Undetermined)"),

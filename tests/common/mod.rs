@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_imds-proxy");
 pub const IMDS: &str = "169.254.169.254";
 pub const PROXY_ADDR: &str = "169.254.93.254";
+/// AWS's IPv6 metadata address, and as an address with the HTTP port.
+pub const IMDS6: &str = "fd00:ec2::254";
+pub const IMDS6_HTTP: &str = "[fd00:ec2::254]:80";
+/// The daemon's default IPv6 listen address.
+pub const PROXY_ADDR6: &str = "fdf3:6f62:ab7c::254";
 /// What starts the daemon's audit event, one per request answered.
 pub const AUDIT: &str = ": request client=";
 
@@ -82,6 +87,11 @@ impl Netns {
         );
         cmd(&["ip", "netns", "add", &name]);
         let ns = Self { name, owned: true };
+        // No duplicate address detection on the links to come: until it ends (a second
+        // or two) a link has no usable link-local address, and the first IPv6 packet
+        // forwarded onto it is dropped for want of neighbour discovery.
+        ns.sysctl("net.ipv6.conf.all.accept_dad=0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad=0");
         ns.ip("link set lo up");
         ns
     }
@@ -147,15 +157,16 @@ impl Netns {
         assert!(child.wait().unwrap().success(), "nft -f failed on {script}");
     }
 
-    /// The daemon's tables (`ip`, then `bridge`) as `nft` lists them, or None if the
-    /// `ip` table is missing.
+    /// The daemon's tables (`ip`, `ip6`, then `bridge`) as `nft` lists them, or None if
+    /// the `ip` table is missing.
     pub fn nft_table(&self) -> Option<String> {
         let (ok, ip, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
         if !ok {
             return None;
         }
+        let (_, ip6, _) = self.try_exec(&["nft", "list", "table", "ip6", "imds_proxy"]);
         let (_, bridge, _) = self.try_exec(&["nft", "list", "table", "bridge", "imds_proxy"]);
-        Some(ip + &bridge)
+        Some(ip + &ip6 + &bridge)
     }
 
     pub fn nft_table_count(&self) -> usize {
@@ -378,10 +389,11 @@ pub fn http(
     } else {
         format!("{addr}:80").parse().unwrap()
     };
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-        addr.ip()
-    );
+    let host = match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -499,6 +511,27 @@ impl Testbed {
             || self.imds.count() > before,
         );
         h
+    }
+
+    /// Gives the test bed IPv6 (addresses without duplicate address detection, so they
+    /// work at once): the bridge fd00:dead:beef::1/64, the container fd00:dead:beef::2
+    /// with its default route over the bridge, and the cloud holding AWS's IPv6
+    /// metadata address fd00:ec2::254 behind a /128 route from the host, with a fake
+    /// metadata service on it (returned).
+    pub fn enable_ipv6(&self) -> FakeImds {
+        self.host.sysctl("net.ipv6.conf.all.forwarding=1");
+        self.host.ip("addr add fd00:dead:beef::1/64 dev br0 nodad");
+        self.container
+            .ip("addr add fd00:dead:beef::2/64 dev eth0 nodad");
+        self.container
+            .ip("-6 route add default via fd00:dead:beef::1");
+        self.host.ip("addr add fd99:0:0:1::1/64 dev vcloud nodad");
+        self.host
+            .ip(&format!("-6 route add {IMDS6}/128 via fd99:0:0:1::2"));
+        self.cloud.ip("addr add fd99:0:0:1::2/64 dev eth0 nodad");
+        self.cloud.ip(&format!("addr add {IMDS6}/128 dev lo"));
+        self.cloud.ip("-6 route add default via fd99:0:0:1::1");
+        FakeImds::start(&self.cloud, &[IMDS6_HTTP, &format!("[{IMDS6}]:8080")])
     }
 
     pub fn daemon_unready(&self, extra: &[&str]) -> Daemon {
