@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine, as root: installs its packages,
-# starts dockerd if none answers, runs every tier (unit, loopback proxy, network
-# namespaces with real nftables, real Docker), and cleans up after itself.
+# The whole test suite, on a fresh Debian machine, as root: installs its packages and a
+# virtualenv with the cloud SDKs, starts dockerd if none answers, runs every tier (unit,
+# loopback proxy, network namespaces with real nftables, real Docker, the real SDKs in
+# containers), and cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 # in a `cargo test` log (between its `Running` line and the next one) must say ok., at
 # least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
 check_tiers() {
-  awk -v tiers="lib netns docker identity proxy cli nft" '
+  awk -v tiers="lib netns docker identity proxy cli nft sdk" '
     BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
     { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
     /^ *Running / {                                  # a new test binary starts
@@ -44,8 +45,35 @@ check_tiers() {
     }' "$1"
 }
 
+# sdk_venv: the virtualenv with the SDKs of tests/sdk/requirements.txt (tests/sdk.rs runs
+# them in containers, through read-only mounts). Built once per requirements file and
+# interpreter, kept under /var/cache; exported as IMDS_PROXY_SDK_VENV.
+sdk_venv() {
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "installing: python3 python3-venv" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  local key venv
+  key=$({ cat tests/sdk/requirements.txt; python3 -c 'import sys; print(sys.version, sys.base_prefix)'; } \
+    | sha256sum | cut -c1-16)
+  venv=/var/cache/imds-proxy-test/sdk-venv-$key
+  if [ ! -f "$venv/.complete" ]; then
+    echo "creating the SDK virtualenv $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+    "$venv/bin/python" -c 'import google.auth, azure.identity, boto3, cryptography'
+    touch "$venv/.complete"
+  fi
+  export IMDS_PROXY_SDK_VENV=$venv
+}
+
 [ "$(id -u)" = 0 ] || { echo "the suite needs root (namespaces, nftables, Docker)" >&2; exit 1; }
 scripts/install-deps.sh test
+sdk_venv
 
 work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)
 export IMDS_PROXY_REQUIRE_ROOT_TESTS=1          # root and Docker tests fail, never skip
@@ -104,6 +132,10 @@ fi
 
 # No credential any fake cloud issued during the run may appear in any daemon log.
 [ -s "$IMDS_PROXY_ISSUED_FILE" ] || { echo "no test issued a credential: the log check below would prove nothing" >&2; exit 1; }
+# The SDK tier's emulator file hands out fixed credentials: they were issued too.
+sdk_secrets=$(sed -nE 's/^[[:space:]]*(token|secret_access_key|session_token)[[:space:]]*=[[:space:]]*"([^"]+)".*/\2/p' tests/sdk/emulator.toml)
+[ "$(wc -l <<<"$sdk_secrets")" -ge 12 ] || { echo "tests/sdk/emulator.toml: expected its 12 fixed credentials, found: $sdk_secrets" >&2; exit 1; }
+printf '%s\n' "$sdk_secrets" >>"$IMDS_PROXY_ISSUED_FILE"
 if grep -F -f "$IMDS_PROXY_ISSUED_FILE" "$IMDS_PROXY_DAEMON_LOG_FILE" >&2; then
   echo "a credential issued during the run appears in a daemon log (above)" >&2
   exit 1

@@ -59,6 +59,21 @@ impl Scene {
     /// link-local /30 addresses. Returns it with the root side's and the cloud side's
     /// addresses.
     pub fn start_cloud(&mut self) -> (FakeImds, String, String) {
+        let (root_ip, cloud_ip) = self.link_cloud();
+        let cloud = self.cloud.as_ref().expect("linked");
+        let imds = FakeImds::start(cloud, &[&format!("{cloud_ip}:80")]);
+        // The root namespace reaches the fake directly (not through the metadata address).
+        let sanity = root_get(&format!("{cloud_ip}:80"), "/upstream-sanity");
+        assert!(sanity.contains("fake-imds"), "upstream sanity: {sanity:?}");
+        assert_eq!(imds.count(), 1);
+
+        (imds, root_ip, cloud_ip)
+    }
+
+    /// A "cloud" namespace behind a veth pair with link-local /30 addresses, kept in the
+    /// scene (the veth goes with it, and with the veth any route over it). Returns the
+    /// root side's and the cloud side's addresses.
+    pub fn link_cloud(&mut self) -> (String, String) {
         let (root_ip, cloud_ip) = upstream_addrs();
         let cloud = Netns::new("cloud");
         let veth = format!("ipxcl{}", std::process::id());
@@ -80,14 +95,8 @@ impl Scene {
         cmd(&["ip", "link", "set", &veth, "up"]);
         cloud.ip(&format!("addr add {cloud_ip}/30 dev eth0"));
         cloud.ip("link set eth0 up");
-        let imds = FakeImds::start(&cloud, &[&format!("{cloud_ip}:80")]);
         self.cloud = Some(cloud);
-        // The root namespace reaches the fake directly (not through the metadata address).
-        let sanity = root_get(&format!("{cloud_ip}:80"), "/upstream-sanity");
-        assert!(sanity.contains("fake-imds"), "upstream sanity: {sanity:?}");
-        assert_eq!(imds.count(), 1);
-
-        (imds, root_ip, cloud_ip)
+        (root_ip, cloud_ip)
     }
 
     pub fn daemon(&self) -> &Daemon {
@@ -96,14 +105,14 @@ impl Scene {
 
     /// Refuses to let a container start unless the daemon's table intercepts it (the
     /// root namespace routes the metadata address to a real network).
-    fn assert_intercepted(&self) {
+    pub fn assert_intercepted(&self) {
         assert!(
             self.installed && try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]).0,
             "refusing to run a container: table ip imds_proxy is not installed"
         );
     }
 
-    fn next_name(&mut self) -> String {
+    pub fn next_name(&mut self) -> String {
         let name = format!("ipx{}-c{}", std::process::id(), self.containers.len());
         self.containers.push(name.clone());
         name
