@@ -13,6 +13,10 @@
 //!   pinning alone. (An EC2 instance has one role: there the second pinned container
 //!   names a role the instance lacks, and must get no AWS credentials at all.)
 //!
+//! The emulator mode's containers are on Docker's default bridge, the proxy mode's on a
+//! user-defined network; on both google-auth reaches `metadata.google.internal` by the
+//! container's own DNS, which the daemon answers for that name.
+//!
 //! Like tests/docker.rs this runs in the root namespace, in the same safety order: no
 //! container starts before the daemon's table intercepts it, and `imds-proxy uninstall`
 //! runs only after the last container is gone. Needs $IMDS_PROXY_SDK_VENV (scripts/test.sh
@@ -91,11 +95,24 @@ fn prelude(test: &str) -> Option<(Sdk, MutexGuard<'static, ()>)> {
 /// must not hold. `others`: further daemons whose logs must not hold a credential either.
 fn judge(scene: &mut Scene, sdk: &Sdk, instance: &Instance, mode: Mode, others: &[&Daemon]) {
     let mode_name = mode.name();
+    // Docker's default bridge for one mode, a user-defined network (whose containers
+    // resolve names through Docker's embedded resolver) for the other.
+    let network = match mode {
+        Mode::Emulator => DEFAULT_NET.to_owned(),
+        Mode::Proxy => {
+            let net = format!("ipx{}-sdk", std::process::id());
+            scene.networks.push(net.clone());
+            cmd(&[
+                "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
+            ]);
+            net
+        }
+    };
     let start = Instant::now();
     let runs = instance
         .containers(mode)
         .iter()
-        .map(|c| judge_container(scene, sdk, c))
+        .map(|c| judge_container(scene, sdk, c, &network))
         .collect();
     let verdicts = run_all(runs);
     let took = start.elapsed();

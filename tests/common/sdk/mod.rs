@@ -30,17 +30,6 @@ const JUDGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// credentials prove the IMDSv2 session tokens the proxy issues.
 const CONTAINER_ENV: &str = "AWS_EC2_METADATA_V1_DISABLED=true";
 
-/// google-auth sends everything but its detection probe to `metadata.google.internal`.
-/// Until the daemon answers that name for containers itself, each container gets it
-/// from an `--add-host` entry for the metadata address. This is the only place the tier
-/// helps an SDK find the service: drop it then, and the GCE judges prove the name too.
-fn gce_metadata_name_via_add_host() -> [String; 2] {
-    [
-        "--add-host".to_owned(),
-        format!("metadata.google.internal:{IMDS}"),
-    ]
-}
-
 /// The host's Python and the virtualenv, as containers mount them.
 pub struct Sdk {
     venv: PathBuf,
@@ -163,20 +152,21 @@ impl Verdict {
     }
 }
 
-/// Prepares `c` as a container on Docker's default bridge, running its judges. Only
-/// the daemon's table may be in the way of what it asks.
-pub fn judge_container(scene: &mut Scene, sdk: &Sdk, c: &Container) -> JudgeRun {
+/// Prepares `c` as a container on `network`, running its judges. Only the daemon's
+/// table may be in the way of what it asks; nothing tells the container where the
+/// metadata service is (google-auth finds `metadata.google.internal` through the
+/// container's own DNS).
+pub fn judge_container(scene: &mut Scene, sdk: &Sdk, c: &Container, network: &str) -> JudgeRun {
     scene.assert_intercepted();
     let name = scene.next_name();
     let mut args: Vec<String> = ["run", "--rm", "--label", LABEL, "--name", &name]
         .into_iter()
-        .chain(["--network", DEFAULT_NET, "--env", CONTAINER_ENV])
+        .chain(["--network", network, "--env", CONTAINER_ENV])
         .map(str::to_owned)
         .collect();
     for l in &c.labels {
         args.extend(["--label".to_owned(), l.clone()]);
     }
-    args.extend(gce_metadata_name_via_add_host());
     args.extend(sdk.mounts());
     args.extend([
         IMAGE.to_owned(),
