@@ -83,19 +83,10 @@ async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Sourc
     // not find ourselves.
     link::remove_own_address(handle, &cfg.link_name, crate::firewall::plan::IMDS_V4).await?;
     let addr = std::net::SocketAddr::from((crate::firewall::plan::IMDS_V4, 80));
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET / HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        head.starts_with(b"HTTP/").then_some(())
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-        Ok(Some(())) => {
+    match crate::probe::find(addr, PROBE_TIMEOUT).await {
+        Ok(cloud) => {
             info!(
+                %cloud,
                 upstream = "http://169.254.169.254",
                 "a metadata service answers: forwarding to it"
             );
@@ -103,10 +94,19 @@ async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Sourc
                 "http://169.254.169.254",
             )))
         }
-        _ => {
+        Err(nothing) => {
+            let found = match nothing {
+                crate::probe::Nothing::Silent => {
+                    format!("nothing answered within {} ms", PROBE_TIMEOUT.as_millis())
+                }
+                crate::probe::Nothing::NotMetadata(status) => {
+                    format!("an HTTP server answered ({status}) without any cloud's metadata marks")
+                }
+            };
             info!(
-                waited_ms = PROBE_TIMEOUT.as_millis() as u64,
-                "no metadata service answers at 169.254.169.254: serving the built-in emulator (examples/emulator.toml; choose a file with --emulator)"
+                at = "169.254.169.254",
+                found,
+                "no metadata service: serving the built-in emulator (examples/emulator.toml; choose a file with --emulator, or a service with --upstream)"
             );
             Ok(Source::Emulator(None))
         }

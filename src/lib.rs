@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod link;
 pub mod policy;
 pub mod ports;
+pub mod probe;
 pub mod providers;
 pub mod proxy;
 pub mod reconcile;

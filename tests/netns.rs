@@ -787,6 +787,86 @@ fn without_a_cloud_run_serves_the_built_in_emulator_to_containers_and_the_host()
 }
 
 #[test]
+fn run_forwards_only_to_a_service_that_answers_like_a_cloud() {
+    if !root_or_skip("run_forwards_only_to_a_service_that_answers_like_a_cloud") {
+        return;
+    }
+    let tb = Testbed::new();
+    let args = [
+        "run",
+        "--bridges",
+        "br0,br-*",
+        "--docker-socket",
+        "/nonexistent/docker.sock",
+        "--unknown-policy",
+        "allow",
+    ];
+    // The fake service answers as EC2's does (`Server: EC2ws`): forwarded to.
+    let d = Daemon::spawn(&tb.host, &args);
+    d.wait_for("interception live", Duration::from_secs(10));
+    assert_eq!(
+        d.log_count("a metadata service answers"),
+        1,
+        "{:#?}",
+        d.log()
+    );
+    assert!(
+        d.log().iter().any(|l| l.contains("cloud=AWS")),
+        "{:#?}",
+        d.log()
+    );
+    let before = tb.imds.count();
+    assert_eq!(tb.status("/latest/meta-data/instance-id"), 200);
+    assert!(tb.imds.count() > before, "the container was not forwarded");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(Duration::from_secs(10)).success());
+
+    // A web filter that answers every address with 403 (as some networks do) is no
+    // metadata service: the emulator serves, and says what it found.
+    let web = Netns::new("web");
+    tb.host.ip(&format!(
+        "link add vweb type veth peer name eth0 netns {}",
+        web.name
+    ));
+    tb.host.ip("addr add 10.98.0.1/30 dev vweb");
+    tb.host.ip("link set vweb up");
+    tb.host.ip("route replace 169.254.169.254/32 via 10.98.0.2");
+    web.ip("addr add 10.98.0.2/30 dev eth0");
+    web.ip("addr add 169.254.169.254/32 dev lo");
+    web.ip("link set eth0 up");
+    web.ip("route add default via 10.98.0.1");
+    let listener = web.run(|| std::net::TcpListener::bind("169.254.169.254:80").unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 403 Forbidden\r\nServer: filter\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nforbidden",
+            );
+        }
+    });
+    let a = http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap();
+    assert_eq!(a.status, 403, "the filter stands in the way: {a:?}");
+    let d = Daemon::spawn(&tb.host, &args);
+    d.wait_for("interception live", Duration::from_secs(10));
+    assert_eq!(
+        d.log_count("serving the built-in emulator"),
+        1,
+        "{:#?}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .iter()
+            .any(|l| l.contains("without any cloud's metadata marks")),
+        "{:#?}",
+        d.log()
+    );
+    let a = project_id(&tb.container).unwrap();
+    assert_eq!((a.status, a.body.as_str()), (200, "demo-project"), "{a:?}");
+}
+
+#[test]
 fn an_emulator_file_edit_is_served_without_a_restart_and_a_real_upstream_gets_the_address_back() {
     if !root_or_skip("an_emulator_file_edit_is_served_without_a_restart_and_a_real_upstream_gets_the_address_back") {
         return;
