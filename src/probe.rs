@@ -155,7 +155,14 @@ mod tests {
     #[test]
     fn only_a_clouds_own_mark_counts() {
         let ok = StatusCode::OK;
-        let cases: &[(Ask, StatusCode, &[(&str, &str)], &str, Option<Cloud>)] = &[
+        type Case = (
+            Ask,
+            StatusCode,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            Option<Cloud>,
+        );
+        let cases: &[Case] = &[
             // GCE marks every answer, even a refusal.
             (
                 Ask::Gce,
