@@ -260,31 +260,32 @@ pub async fn remove_own_address(
     let Some(index) = own_link_index(handle, name).await? else {
         return Ok(false);
     };
-    let mut addrs = handle
+    // The whole dump is read before acting: a dump dropped half-read leaves the
+    // netlink connection with answers nobody waits for (and a warning per message).
+    let addrs: Vec<_> = handle
         .address()
         .get()
         .set_link_index_filter(index)
-        .execute();
-    while let Some(m) = addrs
-        .try_next()
+        .execute()
+        .try_collect()
         .await
-        .map_err(netlink_err("list", "addresses"))?
-    {
-        let has = m.header.index == index
+        .map_err(netlink_err("list", "addresses"))?;
+    let found = addrs.into_iter().find(|m| {
+        m.header.index == index
             && m.attributes.iter().any(|a| {
                 matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
-            });
-        if has {
-            handle
-                .address()
-                .del(m)
-                .execute()
-                .await
-                .map_err(netlink_err("remove an address from", name))?;
-            return Ok(true);
-        }
-    }
-    Ok(false)
+            })
+    });
+    let Some(m) = found else {
+        return Ok(false);
+    };
+    handle
+        .address()
+        .del(m)
+        .execute()
+        .await
+        .map_err(netlink_err("remove an address from", name))?;
+    Ok(true)
 }
 
 /// Puts `addr6/128` on the daemon's link, usable at once: no duplicate address
@@ -323,27 +324,29 @@ async fn add_ipv6_address(
 /// Which interface, if any, already has `addr`.
 async fn address_holder(handle: &Handle, addr: IpAddr) -> Result<Option<(u32, String)>, LinkError> {
     let links = list_links(handle).await?;
-    let mut addrs = handle.address().get().execute();
-    while let Some(m) = addrs
-        .try_next()
+    // Read whole, as in `remove_own_address`.
+    let addrs: Vec<_> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
         .await
-        .map_err(netlink_err("list", "addresses"))?
-    {
-        let has = m.attributes.iter().any(|a| {
-            matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == addr)
-        });
-        if has {
+        .map_err(netlink_err("list", "addresses"))?;
+    Ok(addrs
+        .into_iter()
+        .find(|m| {
+            m.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == addr)
+            })
+        })
+        .map(|m| {
             let idx = m.header.index;
-            return Ok(Some((
-                idx,
-                links
-                    .get(&idx)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{idx}")),
-            )));
-        }
-    }
-    Ok(None)
+            let name = links
+                .get(&idx)
+                .cloned()
+                .unwrap_or_else(|| format!("#{idx}"));
+            (idx, name)
+        }))
 }
 
 /// Whether the daemon's link exists, is up and holds `addr` (and `addr6`, if given).
