@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{new_connection, Handle, LinkBridge, LinkDummy, LinkUnspec, MulticastGroup};
@@ -260,22 +262,10 @@ pub async fn remove_own_address(
     let Some(index) = own_link_index(handle, name).await? else {
         return Ok(false);
     };
-    // The whole dump is read before acting: a dump dropped half-read leaves the
-    // netlink connection with answers nobody waits for (and a warning per message).
-    let addrs: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink_err("list", "addresses"))?;
-    let found = addrs.into_iter().find(|m| {
-        m.header.index == index
-            && m.attributes.iter().any(|a| {
-                matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
-            })
-    });
+    let found = addresses(handle, Some(index))
+        .await?
+        .into_iter()
+        .find(|m| m.header.index == index && holds(m, IpAddr::V4(addr)));
     let Some(m) = found else {
         return Ok(false);
     };
@@ -321,24 +311,35 @@ async fn add_ipv6_address(
         .map_err(netlink_err("add the IPv6 listen address to", name))
 }
 
-/// Which interface, if any, already has `addr`.
-async fn address_holder(handle: &Handle, addr: IpAddr) -> Result<Option<(u32, String)>, LinkError> {
-    let links = list_links(handle).await?;
-    // Read whole, as in `remove_own_address`.
-    let addrs: Vec<_> = handle
-        .address()
-        .get()
+/// Every address of link `index` (or of every link), read whole before anyone acts on
+/// it: a dump dropped half-read leaves the netlink connection with answers nobody
+/// waits for (and a warning per message).
+async fn addresses(handle: &Handle, index: Option<u32>) -> Result<Vec<AddressMessage>, LinkError> {
+    let mut request = handle.address().get();
+    if let Some(i) = index {
+        request = request.set_link_index_filter(i);
+    }
+    request
         .execute()
         .try_collect()
         .await
-        .map_err(netlink_err("list", "addresses"))?;
-    Ok(addrs
+        .map_err(netlink_err("list", "addresses"))
+}
+
+/// Whether address message `m` is `addr`.
+fn holds(m: &AddressMessage, addr: IpAddr) -> bool {
+    m.attributes.iter().any(
+        |a| matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == addr),
+    )
+}
+
+/// Which interface, if any, already has `addr`.
+async fn address_holder(handle: &Handle, addr: IpAddr) -> Result<Option<(u32, String)>, LinkError> {
+    let links = list_links(handle).await?;
+    Ok(addresses(handle, None)
+        .await?
         .into_iter()
-        .find(|m| {
-            m.attributes.iter().any(|a| {
-                matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == addr)
-            })
-        })
+        .find(|m| holds(m, addr))
         .map(|m| {
             let idx = m.header.index;
             let name = links
