@@ -77,7 +77,7 @@ pub fn policy_for<'a>(
     }
     (
         Cow::Borrowed(&policies.unlabelled),
-        "unlabelled container".into(),
+        "container without a policy label".into(),
     )
 }
 
