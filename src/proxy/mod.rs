@@ -6,6 +6,8 @@
 mod forward;
 pub mod headers;
 pub mod identify;
+pub mod protect;
+pub mod retry;
 pub mod upstream;
 
 use std::convert::Infallible;
