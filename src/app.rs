@@ -139,6 +139,8 @@ pub async fn emulate(
     let proxy = Arc::new(Proxy::new(ProxySettings {
         backend: proxy::Backend::Emulator(emulator),
         request_timeout: Duration::from_secs(10),
+        aws_request_timeout: crate::config::DEFAULT_AWS_TIMEOUT,
+        upstream_limits: Default::default(),
         max_body_bytes: 65536,
         max_header_bytes: 16384,
         inventory: None,
@@ -486,6 +488,8 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     let proxy = Arc::new(Proxy::new(ProxySettings {
         backend,
         request_timeout: cfg.request_timeout,
+        aws_request_timeout: cfg.aws_request_timeout,
+        upstream_limits: cfg.upstream_limits.clone(),
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
         inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),

@@ -74,6 +74,10 @@ pub struct ConfigArgs {
     /// Deadline for one proxied request, in milliseconds [default: 10000].
     #[arg(long, env = "IMDS_PROXY_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<String>,
+    /// Deadline for one AWS request forwarded to a real service, in milliseconds: under
+    /// the SDKs' own 1 s [default: 900].
+    #[arg(long, env = "IMDS_PROXY_AWS_REQUEST_TIMEOUT_MS")]
+    pub aws_request_timeout_ms: Option<String>,
     /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
     #[arg(long, env = "IMDS_PROXY_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<String>,
@@ -118,7 +122,7 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 17] = [
+        let given: [(&'static str, &Option<String>); 18] = [
             ("upstream", &self.upstream),
             ("emulator", &self.emulator),
             ("listen", &self.listen),
@@ -126,6 +130,7 @@ impl ConfigArgs {
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),
             ("request_timeout_ms", &self.request_timeout_ms),
+            ("aws_request_timeout_ms", &self.aws_request_timeout_ms),
             ("drain_timeout_ms", &self.drain_timeout_ms),
             ("max_request_body_bytes", &self.max_request_body_bytes),
             ("max_header_bytes", &self.max_header_bytes),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4, IMDS_V6};
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
+use crate::proxy::protect::{Class, Limits, MAX_CONCURRENCY};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
@@ -26,6 +27,13 @@ pub const DEFAULT_LISTEN6: SocketAddrV6 = SocketAddrV6::new(
     0,
     0,
 );
+/// Default deadline of AWS requests to a real service. botocore waits 1 s for
+/// connection and answer together, in one attempt, and then gives up (or falls back
+/// from IMDSv2 to IMDSv1); aws-config's timeouts are 1 s too. 900 ms leaves 100 ms for
+/// the container's own connection to the proxy and for scheduling, so a slow service
+/// gets the caller the proxy's prompt answer (or a retry's success) rather than a
+/// timeout of its own.
+pub const DEFAULT_AWS_TIMEOUT: Duration = Duration::from_millis(900);
 /// Where the Docker Engine API listens by default.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Default name of the daemon's own link.
@@ -76,6 +84,10 @@ pub struct Config {
     pub bridges: Vec<BridgePattern>,
     /// Deadline for one proxied request, upstream answer and body included.
     pub request_timeout: Duration,
+    /// The same for AWS requests forwarded to a real service (see [`DEFAULT_AWS_TIMEOUT`]).
+    pub aws_request_timeout: Duration,
+    /// The real service's quotas: rate and requests in flight per provider class.
+    pub upstream_limits: Limits,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Largest request body accepted from a container.
@@ -166,6 +178,9 @@ pub const KEYS: &[&str] = &[
     "link_name",
     "bridges",
     "request_timeout_ms",
+    "aws_request_timeout_ms",
+    "upstream_limits",
+    "upstream_concurrency",
     "drain_timeout_ms",
     "max_request_body_bytes",
     "max_header_bytes",
@@ -296,6 +311,22 @@ impl RawConfig {
             |r| parse_millis(r, 1, 600_000),
             Duration::from_secs(10)
         );
+        let aws_request_timeout = parse!(
+            "aws_request_timeout_ms",
+            |r| parse_millis(r, 1, 600_000),
+            DEFAULT_AWS_TIMEOUT
+        );
+        let mut upstream_limits = Limits::default();
+        for (class, rate) in parse!("upstream_limits", parse_upstream_limits, Vec::new()) {
+            upstream_limits.set_rate(class, rate);
+        }
+        for (class, n) in parse!(
+            "upstream_concurrency",
+            parse_upstream_concurrency,
+            Vec::new()
+        ) {
+            upstream_limits.set_concurrency(class, n);
+        }
         let drain_timeout = parse!(
             "drain_timeout_ms",
             |r| parse_millis(r, 0, 600_000),
@@ -366,6 +397,8 @@ impl RawConfig {
                 link_name,
                 bridges,
                 request_timeout,
+                aws_request_timeout,
+                upstream_limits,
                 drain_timeout,
                 max_body_bytes,
                 max_header_bytes,
@@ -487,6 +520,76 @@ fn parse_named_policies(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// The entries of an `upstream_limits` / `upstream_concurrency` table, each checked
+/// by `value`; every bad entry is reported.
+fn class_table<T>(
+    r: &Raw,
+    example: &str,
+    value: impl Fn(&toml::Value) -> Result<T, String>,
+) -> Result<Vec<(Class, T)>, String> {
+    let Raw::Toml(toml::Value::Table(t)) = r else {
+        return Err(format!("expected a table like {example}"));
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (key, v) in t {
+        let Some(class) = Class::from_key(key) else {
+            let known: Vec<&str> = Class::ALL.iter().map(|c| c.key()).collect();
+            errors.push(format!(
+                "{key}: unknown class (known: {})",
+                known.join(", ")
+            ));
+            continue;
+        };
+        match value(v) {
+            Ok(x) => out.push((class, x)),
+            Err(e) => errors.push(format!("{key}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// `[upstream_limits]`: `<class> = "<rate>"` in the syntax of a policy's `rate_limit`
+/// (see [`RateLimit`]), for the classes of [`Class`].
+fn parse_upstream_limits(r: &Raw) -> Result<Vec<(Class, RateLimit)>, String> {
+    class_table(
+        r,
+        "[upstream_limits] azure = \"5/s burst 1\"",
+        |v| match v {
+            // A rate of 0 is refused with advice for policies (deny them instead), which
+            // does not apply here: only the reason is kept.
+            toml::Value::String(text) => text
+                .parse::<RateLimit>()
+                .map_err(|e| e.split("; to refuse").next().unwrap_or_default().to_owned()),
+            v => Err(format!(
+                "expected a string like \"5/s\" or \"20/s burst 1\", got {}",
+                v.type_str()
+            )),
+        },
+    )
+}
+
+/// `[upstream_concurrency]`: `<class> = <requests in flight>`, 1..=1024.
+fn parse_upstream_concurrency(r: &Raw) -> Result<Vec<(Class, u32)>, String> {
+    class_table(
+        r,
+        "[upstream_concurrency] azure_identity = 5",
+        |v| match v {
+            toml::Value::Integer(n) if (1..=i64::from(MAX_CONCURRENCY)).contains(n) => {
+                Ok(*n as u32)
+            }
+            toml::Value::Integer(n) => Err(format!(
+                "{n} requests in flight is outside 1..={MAX_CONCURRENCY}"
+            )),
+            v => Err(format!("expected a whole number, got {}", v.type_str())),
+        },
+    )
 }
 
 fn parse_socket_path(r: &Raw) -> Result<String, String> {

@@ -382,3 +382,95 @@ fn every_bad_rate_limit_is_reported_with_its_policy_and_value() {
         assert!(text.contains(needle), "missing {needle:?} in {text}");
     }
 }
+
+#[test]
+fn upstream_protection_defaults_and_overrides() {
+    use crate::proxy::protect::{Class, Limits};
+    let c = RawConfig::default().validate(false).unwrap();
+    assert_eq!(c.aws_request_timeout, Duration::from_millis(900));
+    assert_eq!(c.upstream_limits, Limits::default());
+    let mut r = raw(r#"
+        aws_request_timeout_ms = 700
+        [upstream_limits]
+        azure = "4/s"
+        aws = "100/s burst 10"
+        [upstream_concurrency]
+        azure_identity = 3
+        gce = 1024
+    "#);
+    let c = r.clone().validate(false).unwrap();
+    assert_eq!(c.aws_request_timeout, Duration::from_millis(700));
+    let l = &c.upstream_limits;
+    assert_eq!(l.get(Class::Azure).rate.to_string(), "4/s burst 4");
+    assert_eq!(l.get(Class::Aws).rate.to_string(), "100/s burst 10");
+    // Classes the file leaves out keep their defaults.
+    let d = Limits::default();
+    assert_eq!(
+        l.get(Class::AzureIdentity).rate,
+        d.get(Class::AzureIdentity).rate
+    );
+    assert_eq!(l.get(Class::Gce).rate, d.get(Class::Gce).rate);
+    assert_eq!(l.get(Class::AzureIdentity).concurrency, 3);
+    assert_eq!(l.get(Class::Gce).concurrency, 1024);
+    assert_eq!(
+        l.get(Class::Azure).concurrency,
+        d.get(Class::Azure).concurrency
+    );
+    r.set_text("aws_request_timeout_ms", Some("850".into()));
+    assert_eq!(
+        r.validate(false).unwrap().aws_request_timeout,
+        Duration::from_millis(850)
+    );
+}
+
+#[test]
+fn bad_upstream_protection_settings_name_the_class_and_the_reason() {
+    let e = errors(
+        &raw(r#"
+            aws_request_timeout_ms = 0
+            [upstream_limits]
+            azure = "5/sec"
+            azur = "5/s"
+            gce = 5
+            aws = "0/s"
+            [upstream_concurrency]
+            azure_identity = 0
+            aws = "many"
+            gce = 1025
+        "#),
+        false,
+    );
+    let got: Vec<(&str, &str)> = e
+        .iter()
+        .map(|e| (e.key.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[0],
+        ("aws_request_timeout_ms", "0 ms is outside 1..=600000 ms")
+    );
+    let (key, why) = got[1];
+    assert_eq!(key, "upstream_limits");
+    for part in [
+        "azure: \"5/sec\": unit \"sec\" is not one of s, min, h",
+        "azur: unknown class (known: azure, azure_identity, gce, aws)",
+        "gce: expected a string like \"5/s\" or \"20/s burst 1\", got integer",
+        "aws: \"0/s\": a rate of 0/s lets no request through",
+    ] {
+        assert!(why.contains(part), "{part} not in {why}");
+    }
+    let (key, why) = got[2];
+    assert_eq!(key, "upstream_concurrency");
+    for part in [
+        "azure_identity: 0 requests in flight is outside 1..=1024",
+        "aws: expected a whole number, got string",
+        "gce: 1025 requests in flight is outside 1..=1024",
+    ] {
+        assert!(why.contains(part), "{part} not in {why}");
+    }
+    let e = errors(&raw("upstream_limits = \"5/s\""), false);
+    assert_eq!(e[0].key, "upstream_limits");
+    assert!(e[0]
+        .reason
+        .starts_with("expected a table like [upstream_limits]"));
+}

@@ -273,6 +273,7 @@ impl Proxy {
                         &parts.headers,
                         body,
                         provider == Provider::Aws,
+                        deadline,
                     )
                     .await?;
                 audit.upstream_status = Some(answer.parts.status.as_u16());

@@ -6,6 +6,8 @@
 mod forward;
 pub mod headers;
 pub mod identify;
+pub mod protect;
+pub mod retry;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -24,7 +26,7 @@ use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::InventoryHandle;
-use crate::policy::canonical::CanonicalError;
+use crate::policy::canonical::{CanonicalError, CanonicalPath};
 use crate::policy::{self, select, Provider};
 use forward::refusal;
 use identify::{Caller, Lookup, Origin, Origins};
@@ -57,6 +59,11 @@ pub struct ProxySettings {
     /// Where answers come from: the real metadata service or the emulator.
     pub backend: Backend,
     pub request_timeout: Duration,
+    /// The deadline of AWS requests forwarded to a real service: AWS's SDKs give up
+    /// after about a second, so the proxy answers before they do.
+    pub aws_request_timeout: Duration,
+    /// The real service's quotas: rate and requests in flight per provider class.
+    pub upstream_limits: protect::Limits,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     /// Which container is behind a bridge port, when Docker can say.
@@ -116,6 +123,14 @@ pub enum ProxyError {
     BadTarget(#[source] http::Error),
     #[error("Docker has not reported the calling container yet; retry shortly")]
     Undetermined,
+    #[error(
+        "the metadata service's {class} request budget has no room before the request's deadline"
+    )]
+    UpstreamBusy {
+        provider: Provider,
+        class: protect::Class,
+        retry_after: Duration,
+    },
     #[error("rate limit {limit} of {reason} exceeded")]
     RateLimited {
         provider: Provider,
@@ -141,7 +156,9 @@ impl ProxyError {
             Self::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Unredactable => (StatusCode::BAD_GATEWAY, "unredactable_answer"),
             Self::Undetermined => (StatusCode::SERVICE_UNAVAILABLE, "caller_not_yet_known"),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::RateLimited { .. } | Self::UpstreamBusy { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
         }
     }
 
@@ -157,6 +174,11 @@ impl ProxyError {
             );
         }
         if let Self::RateLimited {
+            provider,
+            retry_after,
+            ..
+        }
+        | Self::UpstreamBusy {
             provider,
             retry_after,
             ..
@@ -211,6 +233,7 @@ impl Proxy {
             Backend::Upstream(uri) => Some(upstream::Upstream::new(
                 uri.clone(),
                 settings.request_timeout,
+                &settings.upstream_limits,
             )),
             Backend::Emulator(_) => None,
         };
@@ -253,10 +276,10 @@ impl Proxy {
         };
         let identify_us = started.elapsed().as_micros() as u64;
         // A GCE `wait_for_change` may hang by design, up to its own timeout.
-        let deadline = self.settings.request_timeout + forward::long_poll(req.uri());
+        let deadline = self.request_timeout(req.uri()) + forward::long_poll(req.uri());
         let mut audit = Audit::default();
-        let result = match tokio::time::timeout(
-            deadline,
+        let result = match tokio::time::timeout_at(
+            (started + deadline).into(),
             self.forward(req, client, started + deadline, &caller, &mut audit),
         )
         .await
@@ -275,7 +298,9 @@ impl Proxy {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                if audit.decision.is_empty() {
+                if matches!(e, ProxyError::UpstreamBusy { .. }) {
+                    audit.decision = "rate-limited";
+                } else if audit.decision.is_empty() {
                     audit.decision = "error";
                 }
                 audit.error = Some(error_chain(&e));
@@ -309,6 +334,18 @@ impl Proxy {
             }
         }
         resp
+    }
+
+    /// The request's own time: AWS requests to a real service get the shorter AWS
+    /// deadline (the emulator's answers may run a credential command, which takes what
+    /// it takes).
+    fn request_timeout(&self, uri: &Uri) -> Duration {
+        let aws = CanonicalPath::parse(uri.path()).is_ok_and(|p| Provider::of(&p) == Provider::Aws);
+        if aws && matches!(self.settings.backend, Backend::Upstream(_)) {
+            self.settings.aws_request_timeout
+        } else {
+            self.settings.request_timeout
+        }
     }
 
     /// The caller behind a connection. A container's first request can arrive before

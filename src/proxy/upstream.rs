@@ -1,8 +1,12 @@
 //! The real metadata service behind the proxy: a pool of keep-alive connections, and
 //! for AWS the proxy's own IMDSv2 session, so containers never need a token the
 //! upstream issued (their tokens are the proxy's; see `providers::aws`).
+//!
+//! Every request it sends, its own session PUT included, first passes the service's
+//! [`Protection`] (rate and requests in flight per provider class), and a transient
+//! failure is tried again while the caller's deadline allows (see [`retry`]).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Uri};
@@ -11,11 +15,16 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
+use super::protect::{Class, Limits, Protection};
+use super::retry::{self, Next, Outcome};
 use super::{headers, ProxyError, MAX_UPSTREAM_BODY};
+use crate::policy::canonical::CanonicalPath;
+use crate::policy::Provider;
 use crate::providers::aws::{MAX_TTL_SECS, TOKEN_HEADER, TTL_HEADER};
 
 /// How long the proxy waits for the upstream's token answer (botocore's own budget
-/// for the whole PUT is 1 s).
+/// for the whole PUT is 1 s); never more than half the caller's time, so the request
+/// the token is for can still go without one.
 const TOKEN_TIMEOUT: Duration = Duration::from_millis(900);
 /// A session token is renewed when it has less than this left.
 const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
@@ -47,10 +56,28 @@ pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Held while a token is fetched, so concurrent requests share one PUT.
     session: tokio::sync::Mutex<Session>,
+    /// The service's quotas, shared by every caller.
+    protect: Protection,
+}
+
+/// One request to send, as the retry loop needs it.
+struct Exchange<'a> {
+    method: &'a http::Method,
+    path_and_query: &'a str,
+    headers: &'a HeaderMap,
+    body: Bytes,
+    token: Option<HeaderValue>,
+    /// The request's answer shape, should the proxy refuse it.
+    provider: Provider,
+    class: Class,
+    /// May be sent more than once.
+    repeatable: bool,
+    /// A GCE long poll: hangs by design, so takes no place in flight.
+    long_poll: bool,
 }
 
 impl Upstream {
-    pub fn new(base: Uri, connect_timeout: Duration) -> Self {
+    pub fn new(base: Uri, connect_timeout: Duration, limits: &Limits) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -63,6 +90,7 @@ impl Upstream {
             base,
             client,
             session: tokio::sync::Mutex::new(Session::None),
+            protect: Protection::new(limits),
         }
     }
 
@@ -82,7 +110,13 @@ impl Upstream {
 
     /// Sends one request (`headers` as the container sent them: hop-by-hop headers
     /// and the container's own AWS session headers are dropped here). `aws`: the
-    /// request is for AWS and carries the proxy's own session token.
+    /// request is for AWS and carries the proxy's own session token. `deadline`: when
+    /// the caller must have its answer; waits for the service's budget and retries end
+    /// in time for it.
+    ///
+    /// The answer is the service's last one (a 503 that persisted passes through), or
+    /// for a request that never got an answer the proxy's error; a request the budget
+    /// had no room for before the deadline is [`ProxyError::UpstreamBusy`].
     pub async fn send(
         &self,
         method: http::Method,
@@ -90,6 +124,7 @@ impl Upstream {
         in_headers: &HeaderMap,
         body: Bytes,
         aws: bool,
+        deadline: Instant,
     ) -> Result<Answer, ProxyError> {
         let mut hdrs = headers::end_to_end(in_headers);
         // The body was read whole: hyper derives its length from it, so a framing
@@ -97,17 +132,118 @@ impl Upstream {
         hdrs.remove(http::header::CONTENT_LENGTH);
         hdrs.remove(TOKEN_HEADER);
         hdrs.remove(TTL_HEADER);
-        let token = if aws { self.aws_token().await } else { None };
-        let first = self
-            .once(&method, path_and_query, &hdrs, body.clone(), token.clone())
-            .await?;
-        if aws && token.is_some() && first.parts.status == http::StatusCode::UNAUTHORIZED {
-            // The upstream forgot our session (it restarted): one new token, one retry.
-            *self.session.lock().await = Session::None;
-            let token = self.aws_token().await;
-            return self.once(&method, path_and_query, &hdrs, body, token).await;
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let canonical = CanonicalPath::parse(path).map_err(ProxyError::BadPath)?;
+        let long_poll = path_and_query
+            .parse::<Uri>()
+            .is_ok_and(|u| !super::forward::long_poll(&u).is_zero());
+        let mut x = Exchange {
+            method: &method,
+            path_and_query,
+            headers: &hdrs,
+            body,
+            token: if aws {
+                self.aws_token(deadline).await
+            } else {
+                None
+            },
+            provider: Provider::of(&canonical),
+            class: Class::of(&canonical),
+            repeatable: retry::repeatable(&method) && !long_poll,
+            long_poll,
+        };
+        let mut answer = self.exchange(&x, deadline).await;
+        if let Ok(first) = &answer {
+            if aws && x.token.is_some() && first.parts.status == http::StatusCode::UNAUTHORIZED {
+                // The upstream forgot our session (it restarted): one new token, one retry;
+                // if the budget has no room for it, the upstream's 401 stands.
+                *self.session.lock().await = Session::None;
+                x.token = self.aws_token(deadline).await;
+                let again = self.exchange(&x, deadline).await;
+                if !matches!(again, Err(ProxyError::UpstreamBusy { .. })) {
+                    answer = again;
+                }
+            }
         }
-        Ok(first)
+        if let Err(ProxyError::UpstreamBusy { retry_after, .. }) = &answer {
+            warn!(
+                class = x.class.key(),
+                retry_after_ms = retry_after.as_millis() as u64,
+                "the metadata service's request budget has no room before the caller's deadline: answering 429"
+            );
+        }
+        answer
+    }
+
+    /// Sends `x`, once or, while it fails in a way worth retrying and the deadline
+    /// allows, again; each attempt first passes the class's budget.
+    async fn exchange(&self, x: &Exchange<'_>, deadline: Instant) -> Result<Answer, ProxyError> {
+        let mut made = 0;
+        let mut last = None;
+        loop {
+            let admitted = match self.protect.admit(x.class, deadline, x.long_poll).await {
+                Ok(a) => a,
+                // No room for a retry: the previous answer stands.
+                Err(_) if last.is_some() => return last.expect("checked"),
+                Err(retry_after) => {
+                    return Err(ProxyError::UpstreamBusy {
+                        provider: x.provider,
+                        class: x.class,
+                        retry_after,
+                    })
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let limit = retry::attempt_timeout(remaining, made, x.repeatable);
+            made += 1;
+            let once = self.once(
+                x.method,
+                x.path_and_query,
+                x.headers,
+                x.body.clone(),
+                x.token.clone(),
+            );
+            let result = match tokio::time::timeout(limit, once).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
+            };
+            drop(admitted);
+            let (outcome, retry_after) = match &result {
+                Ok(a) => (
+                    Outcome::Status(a.parts.status),
+                    a.parts
+                        .headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
+                ),
+                Err(ProxyError::UpstreamUnreachable(_)) => (Outcome::ConnectFailed, None),
+                Err(ProxyError::UpstreamTimeout(_)) => (Outcome::TimedOut, None),
+                Err(_) => (Outcome::Failed, None),
+            };
+            let next = retry::plan(
+                x.repeatable,
+                made,
+                outcome,
+                retry_after,
+                Instant::now(),
+                deadline,
+                rand::random(),
+            );
+            match next {
+                Next::Stop(why) => {
+                    if made > 1 || outcome.transient() {
+                        debug!(class = x.class.key(), attempts = made, outcome = ?outcome, why = ?why, "no further attempt at the metadata service");
+                    }
+                    return result;
+                }
+                Next::Retry(wait) => {
+                    debug!(class = x.class.key(), attempt = made, outcome = ?outcome, wait_ms = wait.as_millis() as u64, "retrying the metadata service");
+                    last = Some(result);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
     async fn once(
@@ -148,7 +284,7 @@ impl Upstream {
     /// The proxy's session token with the upstream, fetched when missing or close to
     /// expiry; `None` when the upstream has no token endpoint or could not give one
     /// (the request then goes without, and the upstream decides).
-    async fn aws_token(&self) -> Option<HeaderValue> {
+    async fn aws_token(&self, deadline: Instant) -> Option<HeaderValue> {
         let mut session = self.session.lock().await;
         let now = Instant::now();
         match &*session {
@@ -158,15 +294,21 @@ impl Upstream {
         }
         let mut hdrs = HeaderMap::new();
         hdrs.insert(TTL_HEADER, HeaderValue::from(MAX_TTL_SECS));
-        let put = self.once(
-            &http::Method::PUT,
-            "/latest/api/token",
-            &hdrs,
-            Bytes::new(),
-            None,
-        );
-        match tokio::time::timeout(TOKEN_TIMEOUT, put).await {
-            Ok(Ok(a)) if a.parts.status.is_success() => {
+        let put = Exchange {
+            method: &http::Method::PUT,
+            path_and_query: "/latest/api/token",
+            headers: &hdrs,
+            body: Bytes::new(),
+            token: None,
+            provider: Provider::Aws,
+            class: Class::Aws,
+            // The proxy's own PUT only opens a session: safe to send again.
+            repeatable: true,
+            long_poll: false,
+        };
+        let budget = TOKEN_TIMEOUT.min(deadline.saturating_duration_since(now) / 2);
+        match self.exchange(&put, now + budget).await {
+            Ok(a) if a.parts.status.is_success() => {
                 let ttl = a
                     .parts
                     .headers
@@ -186,25 +328,21 @@ impl Upstream {
                 debug!(ttl, "new IMDSv2 session with the metadata service");
                 Some(value)
             }
-            Ok(Ok(a)) if matches!(a.parts.status.as_u16(), 403..=405) => {
+            Ok(a) if matches!(a.parts.status.as_u16(), 403..=405) => {
                 *session = Session::V1Only {
                     until: now + NO_V2_FOR,
                 };
                 None
             }
-            Ok(Ok(a)) => {
+            Ok(a) => {
                 warn!(
                     status = a.parts.status.as_u16(),
                     "the metadata service refused a session token"
                 );
                 None
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 warn!(error = %super::error_chain(&e), "no session token from the metadata service");
-                None
-            }
-            Err(_) => {
-                warn!(timeout = ?TOKEN_TIMEOUT, "no session token from the metadata service in time");
                 None
             }
         }
