@@ -530,7 +530,7 @@ impl Testbed {
         self.host
             .ip(&format!("-6 route add {IMDS6}/128 via fd99:0:0:1::2"));
         self.cloud.ip("addr add fd99:0:0:1::2/64 dev eth0 nodad");
-        self.cloud.ip(&format!("addr add {IMDS6}/128 dev lo"));
+        self.cloud.ip(&format!("addr add {IMDS6}/128 dev lo nodad"));
         self.cloud.ip("-6 route add default via fd99:0:0:1::1");
         FakeImds::start(&self.cloud, &[IMDS6_HTTP, &format!("[{IMDS6}]:8080")])
     }
