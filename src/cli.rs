@@ -78,6 +78,21 @@ pub struct ConfigArgs {
     /// the SDKs' own 1 s [default: 900].
     #[arg(long, env = "IMDS_PROXY_AWS_REQUEST_TIMEOUT_MS")]
     pub aws_request_timeout_ms: Option<String>,
+    /// Hold the real service's tokens and credentials in front of it, and make concurrent
+    /// requests for the same one a single request [default: true].
+    #[arg(long, env = "IMDS_PROXY_TOKEN_CACHE", num_args = 0..=1, default_missing_value = "true")]
+    pub token_cache: Option<String>,
+    /// How long the real service's unchanging metadata documents are held, in
+    /// milliseconds; 0 holds none [default: 0].
+    #[arg(long, env = "IMDS_PROXY_METADATA_CACHE_TTL_MS")]
+    pub metadata_cache_ttl_ms: Option<String>,
+    /// How long a failure of the real service (5xx, 429, no answer) is remembered per
+    /// request, in milliseconds; 0 remembers none [default: 1000].
+    #[arg(long, env = "IMDS_PROXY_ERROR_CACHE_MS")]
+    pub error_cache_ms: Option<String>,
+    /// Most answers held at once [default: 4096].
+    #[arg(long, env = "IMDS_PROXY_CACHE_MAX_ENTRIES")]
+    pub cache_max_entries: Option<String>,
     /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
     #[arg(long, env = "IMDS_PROXY_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<String>,
@@ -122,7 +137,7 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 18] = [
+        let given: [(&'static str, &Option<String>); 22] = [
             ("upstream", &self.upstream),
             ("emulator", &self.emulator),
             ("listen", &self.listen),
@@ -131,6 +146,10 @@ impl ConfigArgs {
             ("bridges", &self.bridges),
             ("request_timeout_ms", &self.request_timeout_ms),
             ("aws_request_timeout_ms", &self.aws_request_timeout_ms),
+            ("token_cache", &self.token_cache),
+            ("metadata_cache_ttl_ms", &self.metadata_cache_ttl_ms),
+            ("error_cache_ms", &self.error_cache_ms),
+            ("cache_max_entries", &self.cache_max_entries),
             ("drain_timeout_ms", &self.drain_timeout_ms),
             ("max_request_body_bytes", &self.max_request_body_bytes),
             ("max_header_bytes", &self.max_header_bytes),

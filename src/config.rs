@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4, IMDS_V6};
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
+use crate::proxy::cache::CacheSettings;
 use crate::proxy::protect::{Class, Limits, MAX_CONCURRENCY};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
@@ -88,6 +89,8 @@ pub struct Config {
     pub aws_request_timeout: Duration,
     /// The real service's quotas: rate and requests in flight per provider class.
     pub upstream_limits: Limits,
+    /// What the proxy holds in front of the real service: tokens, documents, failures.
+    pub cache: CacheSettings,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Largest request body accepted from a container.
@@ -181,6 +184,10 @@ pub const KEYS: &[&str] = &[
     "aws_request_timeout_ms",
     "upstream_limits",
     "upstream_concurrency",
+    "token_cache",
+    "metadata_cache_ttl_ms",
+    "error_cache_ms",
+    "cache_max_entries",
     "drain_timeout_ms",
     "max_request_body_bytes",
     "max_header_bytes",
@@ -327,6 +334,25 @@ impl RawConfig {
         ) {
             upstream_limits.set_concurrency(class, n);
         }
+        let cache_defaults = CacheSettings::default();
+        let cache = CacheSettings {
+            tokens: parse!("token_cache", parse_bool, cache_defaults.tokens),
+            metadata_ttl: parse!(
+                "metadata_cache_ttl_ms",
+                |r| parse_millis(r, 0, 3_600_000),
+                cache_defaults.metadata_ttl
+            ),
+            errors: parse!(
+                "error_cache_ms",
+                |r| parse_millis(r, 0, 60_000),
+                cache_defaults.errors
+            ),
+            max_entries: parse!(
+                "cache_max_entries",
+                parse_entries,
+                cache_defaults.max_entries
+            ),
+        };
         let drain_timeout = parse!(
             "drain_timeout_ms",
             |r| parse_millis(r, 0, 600_000),
@@ -399,6 +425,7 @@ impl RawConfig {
                 request_timeout,
                 aws_request_timeout,
                 upstream_limits,
+                cache,
                 drain_timeout,
                 max_body_bytes,
                 max_header_bytes,
@@ -764,6 +791,16 @@ fn parse_size(r: &Raw, min: i64, max: i64) -> Result<usize, String> {
     let n = integer(r)?;
     if !(min..=max).contains(&n) {
         return Err(format!("{n} bytes is outside {min}..={max} bytes"));
+    }
+    Ok(n as usize)
+}
+
+/// The cache's cap on keys: at least one, at most a million (each holds a token of a
+/// few KiB, or a document).
+fn parse_entries(r: &Raw) -> Result<usize, String> {
+    let n = integer(r)?;
+    if !(1..=1_000_000).contains(&n) {
+        return Err(format!("{n} entries is outside 1..=1000000"));
     }
     Ok(n as usize)
 }

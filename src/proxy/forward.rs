@@ -9,8 +9,11 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use futures::FutureExt;
+
+use super::cache::{self, Purpose, Stored};
 use super::identify::Caller;
-use super::{headers, query_keys, Audit, Backend, ClientAddr, Proxy, ProxyError, RateKey};
+use super::{query_keys, Audit, Backend, ClientAddr, Proxy, ProxyError, RateKey};
 use crate::emulator::EmuRequest;
 use crate::policy::canonical::CanonicalPath;
 use crate::policy::{self, select, Provider, Verdict};
@@ -266,18 +269,57 @@ impl Proxy {
                     Some(q) => format!("{path}?{q}"),
                     None => path.to_string(),
                 };
-                let answer = upstream
-                    .send(
-                        parts.method.clone(),
-                        &target,
-                        &parts.headers,
-                        body,
-                        provider == Provider::Aws,
-                        deadline,
-                    )
-                    .await?;
-                audit.upstream_status = Some(answer.parts.status.as_u16());
-                let status = answer.parts.status;
+                let aws = provider == Provider::Aws;
+                let keyed = self
+                    .cache
+                    .as_ref()
+                    .and_then(|c| Some((c, c.classify(&parts.method, &path, query.as_deref())?)));
+                let answer = match keyed {
+                    Some((cache, keyed)) => {
+                        // What the cache sends on its own (a fill, a refresh) never
+                        // carries a bypass it was not asked for.
+                        let plain = match query.as_deref().and_then(cache::without_bypass) {
+                            Some(q) if q.is_empty() => path.to_string(),
+                            Some(q) => format!("{path}?{q}"),
+                            None => target.clone(),
+                        };
+                        let timeout = self.request_timeout(&parts.uri);
+                        let fetch = |purpose: Purpose| {
+                            let upstream = upstream.clone();
+                            let (method, headers, body) =
+                                (parts.method.clone(), parts.headers.clone(), body.clone());
+                            let (target, deadline) = match purpose {
+                                Purpose::Bypass => (target.clone(), deadline),
+                                Purpose::Fill => (plain.clone(), deadline),
+                                Purpose::Refresh => (plain.clone(), Instant::now() + timeout),
+                            };
+                            async move {
+                                let answer = upstream
+                                    .send(method, &target, &headers, body, aws, deadline)
+                                    .await?;
+                                Ok(Stored::from(answer))
+                            }
+                            .boxed()
+                        };
+                        let (answer, how) = cache.get(&keyed, deadline, fetch).await;
+                        audit.cache = Some(how);
+                        answer?
+                    }
+                    None => Stored::from(
+                        upstream
+                            .send(
+                                parts.method.clone(),
+                                &target,
+                                &parts.headers,
+                                body,
+                                aws,
+                                deadline,
+                            )
+                            .await?,
+                    ),
+                };
+                audit.upstream_status = Some(answer.status.as_u16());
+                let status = answer.status;
                 let mut rbody = answer.body;
                 if let Some(email) = &identity.gce_service_account {
                     rbody = gce::fix_body(fix, &canonical, email, status, rbody);
@@ -303,7 +345,7 @@ impl Proxy {
                     .status(status)
                     .body(Full::new(rbody))
                     .expect("status is valid");
-                *resp.headers_mut() = headers::end_to_end(&answer.parts.headers);
+                *resp.headers_mut() = answer.headers;
                 resp
             }
         };

@@ -3,6 +3,7 @@
 //! metadata service and returns the answer; never hangs a container on a slow or dead
 //! upstream.
 
+pub mod cache;
 mod forward;
 pub mod headers;
 pub mod identify;
@@ -64,6 +65,8 @@ pub struct ProxySettings {
     pub aws_request_timeout: Duration,
     /// The real service's quotas: rate and requests in flight per provider class.
     pub upstream_limits: protect::Limits,
+    /// What is held in front of the real service (unused with the emulator).
+    pub cache: cache::CacheSettings,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     /// Which container is behind a bridge port, when Docker can say.
@@ -138,6 +141,10 @@ pub enum ProxyError {
         reason: String,
         retry_after: Duration,
     },
+    /// The failure of a request to the service that this caller shared with others
+    /// (coalesced), or that was remembered from a moment ago.
+    #[error(transparent)]
+    Coalesced(Arc<ProxyError>),
 }
 
 impl ProxyError {
@@ -159,13 +166,31 @@ impl ProxyError {
             Self::RateLimited { .. } | Self::UpstreamBusy { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
             }
+            Self::Coalesced(e) => e.status_and_code(),
+        }
+    }
+
+    /// Whether the service's request budget had no room for it (a `429` of the proxy's
+    /// own, not the service's).
+    fn is_busy(&self) -> bool {
+        match self {
+            Self::UpstreamBusy { .. } => true,
+            Self::Coalesced(e) => e.is_busy(),
+            _ => false,
         }
     }
 
     /// A short JSON answer naming the cause; a policy denial in the shape of the
     /// provider the request was for.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        if let Self::Denied { provider, reason } = &self {
+        self.response()
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        if let Self::Coalesced(e) = self {
+            return e.response();
+        }
+        if let Self::Denied { provider, reason } = self {
             return refusal(
                 *provider,
                 StatusCode::FORBIDDEN,
@@ -182,7 +207,7 @@ impl ProxyError {
             provider,
             retry_after,
             ..
-        } = &self
+        } = self
         {
             // Whole seconds, rounded up: never invite a retry that is refused again.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -210,7 +235,9 @@ impl ProxyError {
 pub struct Proxy {
     settings: ProxySettings,
     /// The real service, when there is one.
-    upstream: Option<upstream::Upstream>,
+    upstream: Option<Arc<upstream::Upstream>>,
+    /// Its tokens and credentials (and documents, if configured), when there is one.
+    cache: Option<cache::Cache>,
     /// Issues and checks the AWS session tokens containers use.
     mint: crate::providers::aws::TokenMint,
     /// Per-caller request budgets of policies that set `rate_limit` (held only for the
@@ -230,16 +257,19 @@ enum RateKey {
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Self {
         let upstream = match &settings.backend {
-            Backend::Upstream(uri) => Some(upstream::Upstream::new(
+            Backend::Upstream(uri) => Some(Arc::new(upstream::Upstream::new(
                 uri.clone(),
                 settings.request_timeout,
                 &settings.upstream_limits,
-            )),
+            ))),
             Backend::Emulator(_) => None,
         };
+        let cache = (upstream.is_some() && settings.cache.enabled())
+            .then(|| cache::Cache::new(settings.cache.clone()));
         Self {
             settings,
             upstream,
+            cache,
             mint: crate::providers::aws::TokenMint::new(),
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
         }
@@ -298,7 +328,7 @@ impl Proxy {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                if matches!(e, ProxyError::UpstreamBusy { .. }) {
+                if e.is_busy() {
                     audit.decision = "rate-limited";
                 } else if audit.decision.is_empty() {
                     audit.decision = "error";
@@ -311,6 +341,7 @@ impl Proxy {
         let query_keys = audit.query_keys.as_deref().unwrap_or("");
         let status = resp.status().as_u16();
         let upstream_status = audit.upstream_status.unwrap_or(0);
+        let cache = audit.cache.map_or("-", cache::How::name);
         if let Caller::Forged {
             port_owner,
             claimed,
@@ -327,10 +358,10 @@ impl Proxy {
         }
         match &audit.error {
             None => {
-                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, "request")
+                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
             }
             Some(error) => {
-                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, identify_us, elapsed_ms, error = %error, "request")
+                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
             }
         }
         resp
@@ -395,6 +426,8 @@ struct Audit {
     /// The policy rule that decided, and why that policy applied.
     rule: String,
     upstream_status: Option<u16>,
+    /// How the cache answered, when the request was one it may answer.
+    cache: Option<cache::How>,
     error: Option<String>,
 }
 
