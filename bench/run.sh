@@ -315,19 +315,7 @@ status_kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$daemon_pid/status";
 sampler_pid=$!
 max_rss() { awk -v p="$1" '/^phase/ { on = ($2 == p); next } on && $1 > m { m = $1 } END { print m + 0 }' "$work/rss.txt"; }
 
-# --- 3. the cold burst ----------------------------------------------------------------
-echo "cold burst: $burst token requests at once from $ncont containers" >&2
-echo "phase burst" >>"$work/rss.txt"
-"$tool" burst "${netns[@]}" --addr "$imds" --path "$token_path" -H "$flavor" \
-  --expect access_token --total "$burst" >"$res/burst.txt"
-sleep 0.5 # the origin writes its request log every 100 ms
-{
-  echo "upstream=$(cat "$work/token-requests.log" 2>/dev/null | wc -l)"
-  echo "containers=$ncont"
-} >>"$res/burst.txt"
-echo "  answered $(kv "$res/burst.txt" ok) of $burst (sent within $(kv "$res/burst.txt" send_spread_us) µs), p50 $(kv "$res/burst.txt" p50_us) µs, p99 $(kv "$res/burst.txt" p99_us) µs; the upstream saw $(kv "$res/burst.txt" upstream) token requests" >&2
-
-# --- 1 and 2. steady load with wrk ----------------------------------------------------
+# --- steady load with wrk, from container 0's namespace --------------------------------
 measure() { # measure NAME URL CONNECTIONS [perf]: a warm-up, then the measured run
   local name=$1 url=$2 conns=$3 threads=1 perf_pid=""
   [ "$conns" -gt 1 ] && threads=$workers
@@ -348,18 +336,37 @@ measure() { # measure NAME URL CONNECTIONS [perf]: a warm-up, then the measured 
 daemon_url=http://169.254.169.254
 direct_url=http://$addr:$direct_port
 proxy_url=http://$addr:$proxy_port
-echo "steady load (${seconds} s each, wrk from the container's namespace):" >&2
+
+# 2. Pass-through first: it asks for no token (the burst stays cold) and the memory it
+#    needs is not mixed with what the burst leaves behind.
+echo "pass-through (${seconds} s each):" >&2
 echo "phase steady" >>"$work/rss.txt"
+for c in 1 64; do
+  measure "pass-daemon-c$c" "$daemon_url$meta_path" "$c"
+  measure "pass-proxy-c$c" "$proxy_url$meta_path" "$c"
+  measure "pass-direct-c$c" "$direct_url$meta_path" "$c"
+done
+
+# 3. The cold burst: the first token requests of the run.
+echo "cold burst: $burst token requests at once from $ncont containers" >&2
+echo "phase burst" >>"$work/rss.txt"
+"$tool" burst "${netns[@]}" --addr "$imds" --path "$token_path" -H "$flavor" \
+  --expect access_token --total "$burst" >"$res/burst.txt"
+sleep 0.5 # the origin writes its request log every 100 ms
+{
+  echo "upstream=$(cat "$work/token-requests.log" 2>/dev/null | wc -l)"
+  echo "containers=$ncont"
+} >>"$res/burst.txt"
+echo "  answered $(kv "$res/burst.txt" ok) of $burst (sent within $(kv "$res/burst.txt" send_spread_us) µs), p50 $(kv "$res/burst.txt" p50_us) µs, p99 $(kv "$res/burst.txt" p99_us) µs; the upstream saw $(kv "$res/burst.txt" upstream) token requests" >&2
+
+# 1. Cached tokens: the burst has asked for the token, so a cache is warm by now.
+echo "cached token (${seconds} s each):" >&2
+echo "phase cached" >>"$work/rss.txt"
 for c in 1 64; do
   perf=""
   [ "$c" = 64 ] && perf=perf
   measure "cached-daemon-c$c" "$daemon_url$token_path" "$c" $perf
   measure "cached-static-c$c" "$direct_url$token_path" "$c"
-done
-for c in 1 64; do
-  measure "pass-daemon-c$c" "$daemon_url$meta_path" "$c"
-  measure "pass-proxy-c$c" "$proxy_url$meta_path" "$c"
-  measure "pass-direct-c$c" "$direct_url$meta_path" "$c"
 done
 
 # --- 4. memory, the machine, the report ---------------------------------------------
@@ -367,8 +374,9 @@ kill "$sampler_pid" 2>/dev/null
 wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=""
 {
-  echo "burst_rss_kib=$(max_rss burst)"
   echo "steady_rss_kib=$(max_rss steady)"
+  echo "burst_rss_kib=$(max_rss burst)"
+  echo "cached_rss_kib=$(max_rss cached)"
   echo "hwm_kib=$(status_kib VmHWM)"
 } >>"$res/memory.txt"
 {
