@@ -120,6 +120,10 @@ if ! command -v nginx >/dev/null; then
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; made_policy=""; fi
 fi
 
+if [ -n "${IMDS_PROXY_BENCH_PERF:-}" ] && ! command -v perf >/dev/null; then
+  fail "IMDS_PROXY_BENCH_PERF needs perf (Debian: linux-perf)"
+fi
+
 # --- the root namespace must be free --------------------------------------------------
 busy() {
   if pgrep -x imds-proxy >/dev/null; then echo "an imds-proxy process is running"
@@ -328,7 +332,7 @@ measure() { # measure NAME URL CONNECTIONS [perf]: a warm-up, then the measured 
     perf_pid=$!
   fi
   nsenter -t "$cpid" -n wrk "${args[@]}" -d"${seconds}s" "$url" >"$res/$name.txt"
-  [ -n "$perf_pid" ] && wait "$perf_pid"
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" || echo "bench: perf record failed" >&2; fi
   printf '  %-18s %8.0f req/s  p50 %5s µs  p99 %6s µs  errors %s\n' "$name" \
     "$(kv "$res/$name.txt" rps)" "$(kv "$res/$name.txt" p50_us)" "$(kv "$res/$name.txt" p99_us)" \
     "$(($(kv "$res/$name.txt" errors) + $(kv "$res/$name.txt" non2xx)))" >&2

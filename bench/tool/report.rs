@@ -392,7 +392,8 @@ fn render(r: &Results) -> String {
     out.push_str(
         "\nAll load comes from inside one container's network namespace (wrk; the burst \
          from `bench burst`). imds-proxy: `http://169.254.169.254`, DNAT by the daemon's \
-         table to its proxy, which forwards to the origin. nginx-static and direct: the \
+         table to its proxy, which forwards to the origin (or answers from a cache, where \
+         it has one). nginx-static and direct: the \
          origin nginx itself (the same bytes). nginx-proxy: a second nginx, a keep-alive \
          reverse proxy to the origin. Cached token: \
          `GET /computeMetadata/v1/instance/service-accounts/default/token` with \
