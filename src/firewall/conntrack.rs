@@ -206,7 +206,7 @@ const CTA_MARK: u16 = 8;
 /// The conntrack request for the TCP connection whose reply direction goes from
 /// `local` (the proxy's end) to `peer`: after DNAT that is the one unique key of the
 /// container's connection. `None` if the two are of different families.
-fn mark_request(local: SocketAddr, peer: SocketAddr) -> Option<Vec<u8>> {
+fn mark_request(local: SocketAddr, peer: SocketAddr, seq: u32) -> Option<Vec<u8>> {
     let mut ip = Vec::new();
     let family = match (local.ip(), peer.ip()) {
         (IpAddr::V4(l), IpAddr::V4(p)) => {
@@ -233,7 +233,7 @@ fn mark_request(local: SocketAddr, peer: SocketAddr) -> Option<Vec<u8>> {
     Some(nfnl::request(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         nfnl::NLM_F_REQUEST,
-        1,
+        seq,
         family,
         &body,
     ))
@@ -244,36 +244,74 @@ fn mark_request(local: SocketAddr, peer: SocketAddr) -> Option<Vec<u8>> {
 /// loopback may not be tracked). The bridge table stamps container connections with
 /// their bridge port.
 pub fn connection_mark(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u32>> {
-    let request = mark_request(local, peer).ok_or_else(|| {
+    thread_local! {
+        /// One socket per thread, kept: opening, binding and closing one per request
+        /// was a tenth of the proxy's time under load. Dropped after any error.
+        static SOCKET: std::cell::RefCell<Option<(netlink_sys::Socket, u32)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    SOCKET.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let sock = nfnl::socket()?;
+            let timeout = nix::sys::time::TimeVal::new(1, 0);
+            nix::sys::socket::setsockopt(
+                &sock,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &timeout,
+            )
+            .map_err(io::Error::from)?;
+            *slot = Some((sock, 0));
+        }
+        let (sock, seq) = slot.as_mut().expect("set above");
+        *seq = seq.wrapping_add(1);
+        let result = ask_mark(sock, local, peer, *seq);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    })
+}
+
+/// One conntrack GET on `sock`; answers to other sequence numbers (a request that
+/// timed out earlier) are skipped, never read as this connection's.
+fn ask_mark(
+    sock: &netlink_sys::Socket,
+    local: SocketAddr,
+    peer: SocketAddr,
+    seq: u32,
+) -> io::Result<Option<u32>> {
+    let request = mark_request(local, peer, seq).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{local} and {peer} are of different address families"),
         )
     })?;
-    let sock = nfnl::socket()?;
-    let timeout = nix::sys::time::TimeVal::new(1, 0);
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-        .map_err(io::Error::from)?;
     sock.send(&request, 0)?;
-    let mut buf = vec![0u8; 8192];
-    let n = sock.recv(&mut &mut buf[..], 0)?;
-    let Some(m) = nfnl::messages(&buf[..n]).next() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "conntrack sent no answer",
-        ));
-    };
-    match m.error_code() {
-        Some(code) if -code == libc::ENOENT => return Ok(None),
-        Some(code) => return Err(io::Error::from_raw_os_error(-code)),
-        None => {}
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        let Some(m) = nfnl::messages(&buf[..n]).find(|m| m.seq == seq) else {
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "conntrack sent no answer",
+                ));
+            }
+            continue;
+        };
+        match m.error_code() {
+            Some(code) if -code == libc::ENOENT => return Ok(None),
+            Some(code) => return Err(io::Error::from_raw_os_error(-code)),
+            None => {}
+        }
+        let mark = m
+            .attrs()
+            .get(CTA_MARK)
+            .and_then(|a| a.value.get(..4))
+            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        return Ok(Some(mark.unwrap_or(0)));
     }
-    let mark = m
-        .attrs()
-        .get(CTA_MARK)
-        .and_then(|a| a.value.get(..4))
-        .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
-    Ok(Some(mark.unwrap_or(0)))
 }
 
 /// IPv4 and IPv6 addresses configured on this host (in the current network namespace).
@@ -383,16 +421,20 @@ mod tests {
         let v4 = mark_request(
             "169.254.93.254:80".parse().unwrap(),
             "10.88.0.2:40000".parse().unwrap(),
+            7,
         )
         .unwrap();
         let v6 = mark_request(
             "[fdf3:6f62:ab7c::254]:80".parse().unwrap(),
             "[fd00:dead:beef::2]:40000".parse().unwrap(),
+            8,
         )
         .unwrap();
         let family = |m: &[u8]| nfnl::messages(m).next().unwrap().family();
         assert_eq!(family(&v4), Some(AF_INET));
         assert_eq!(family(&v6), Some(AF_INET6));
+        // Answers are matched to their request by sequence number.
+        assert_eq!(nfnl::messages(&v4).next().unwrap().seq, 7);
         // The reply tuple carries 16-byte addresses under the IPv6 attribute types.
         let msg = nfnl::messages(&v6).next().unwrap();
         let reply = msg.attrs().get(CTA_TUPLE_REPLY).unwrap();
@@ -400,7 +442,8 @@ mod tests {
         assert_eq!((src, dst), (ip(PROXY6), ip("fd00:dead:beef::2")));
         assert!(mark_request(
             "169.254.93.254:80".parse().unwrap(),
-            "[fd00:dead:beef::2]:40000".parse().unwrap()
+            "[fd00:dead:beef::2]:40000".parse().unwrap(),
+            9
         )
         .is_none());
     }
