@@ -99,7 +99,7 @@ impl Drop for Landing {
 /// How the cache takes an answer.
 enum Verdict {
     /// A token or document to hold.
-    Keep(Entry, Option<timing::Timing>),
+    Keep(Arc<Entry>, Option<timing::Timing>),
     /// The service failed: remembered briefly.
     Failed(String),
     /// An answer to pass on but not to hold (a refusal, a token with too little life).
@@ -135,7 +135,7 @@ impl Landing {
                     || purpose == Purpose::Bypass;
                 if fresher {
                     slot.refresh_at = t.map(|t| t.refresh_at);
-                    slot.entry = Some(Arc::new(entry));
+                    slot.entry = Some(entry);
                     slot.failed = None;
                 } else if let Some(h) = held {
                     // The service still hands out the token held: ask again later.
@@ -192,7 +192,7 @@ fn judge(
                 until: now + document_ttl,
             },
         };
-        return Verdict::Keep(entry, None);
+        return Verdict::Keep(Arc::new(entry), None);
     }
     let Some(parsed) = expiry::parse(kind, &stored.body) else {
         return Verdict::Pass("the answer has no expiry the cache can read".into());
@@ -220,5 +220,5 @@ fn judge(
             relative: parsed.relative,
         },
     };
-    Verdict::Keep(entry, Some(t))
+    Verdict::Keep(Arc::new(entry), Some(t))
 }
