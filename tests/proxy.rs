@@ -4,13 +4,17 @@
 
 mod common;
 
+use common::rig::{
+    container, from_raw, inventory_of, labelled, request, start_settings, FakeOrigins, Running,
+};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use imds_proxy::proxy::{self, Proxy, ProxySettings};
+use imds_proxy::proxy::{self, ProxySettings};
 
 /// One request as the scripted upstream saw it.
 #[derive(Debug, Clone)]
@@ -204,75 +208,8 @@ fn ok(body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<proxy::DrainReport>,
-}
-
 async fn start(upstream: SocketAddr, timeout_ms: u64) -> Running {
     start_with(upstream, timeout_ms, None, "allow").await
-}
-
-/// Stands in for the kernel's port stamp: 127.0.0.1 is a host process, any other
-/// loopback address 127.0.0.N came in by bridge port N, unless `forged` says which
-/// port a source address really came in by.
-#[derive(Debug, Default)]
-struct FakeOrigins {
-    forged: std::collections::HashMap<std::net::IpAddr, u32>,
-    /// Connections from this address come in by the given port after their first
-    /// look-up: another container took them over.
-    taken_over: std::collections::HashMap<std::net::IpAddr, u32>,
-    looked_up: Mutex<std::collections::HashSet<SocketAddr>>,
-}
-
-impl proxy::identify::Origins for FakeOrigins {
-    fn origin(&self, _local: SocketAddr, peer: SocketAddr) -> proxy::identify::Origin {
-        use proxy::identify::Origin;
-        let again = !self.looked_up.lock().unwrap().insert(peer);
-        if let (true, Some(p)) = (again, self.taken_over.get(&peer.ip())) {
-            return Origin::Port(*p);
-        }
-        if let Some(p) = self.forged.get(&peer.ip()) {
-            return Origin::Port(*p);
-        }
-        match peer.ip() {
-            std::net::IpAddr::V4(v4) if v4.octets()[3] == 1 => Origin::Host,
-            std::net::IpAddr::V4(v4) => Origin::Port(v4.octets()[3] as u32),
-            _ => Origin::Elsewhere,
-        }
-    }
-}
-
-/// An inventory whose container `c` with address 127.0.0.N owns bridge port N.
-fn inventory_of(
-    list: &[bollard::models::ContainerSummary],
-    connected: bool,
-) -> imds_proxy::docker::InventoryHandle {
-    let mut inv = imds_proxy::docker::Inventory::from_summaries(list, |id, _| {
-        list.iter()
-            .find(|c| c.id.as_deref() == Some(id))
-            .and_then(|c| {
-                c.network_settings
-                    .as_ref()?
-                    .networks
-                    .as_ref()?
-                    .values()
-                    .next()?
-                    .ip_address
-                    .clone()
-            })
-            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
-            .map(|ip| ip.octets()[3] as u32)
-    });
-    inv.connected = connected;
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(inv));
-    // A live inventory task never drops its sender; one that is gone means no news.
-    std::mem::forget(tx);
-    imds_proxy::docker::InventoryHandle {
-        rx,
-        kick: Arc::new(tokio::sync::Notify::new()),
-    }
 }
 
 async fn start_with(
@@ -313,26 +250,6 @@ async fn start_full(
         policies: tokio::sync::watch::channel(Arc::new(policies)).1,
     })
     .await
-}
-
-async fn start_settings(settings: ProxySettings) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let p = Arc::new(Proxy::new(settings));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(proxy::serve(
-        listener,
-        p,
-        async {
-            let _ = rx.await;
-        },
-        Duration::from_secs(5),
-    ));
-    Running {
-        addr,
-        stop: Some(tx),
-        done,
-    }
 }
 
 /// Sends raw bytes, reads until close; returns the answer and the time it took.
@@ -702,28 +619,6 @@ async fn from(src: &str, addr: SocketAddr, path: &str) -> common::Answer {
     common::parse_answer(&buf).unwrap()
 }
 
-fn container(id: char, ip: &str, policy: &str) -> bollard::models::ContainerSummary {
-    use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
-    ContainerSummary {
-        id: Some(id.to_string().repeat(64)),
-        names: Some(vec![format!("/c-{policy}")]),
-        labels: Some([("imds-proxy.policy".to_string(), policy.to_string())].into()),
-        network_settings: Some(ContainerSummaryNetworkSettings {
-            networks: Some(
-                [(
-                    "bridge".to_string(),
-                    EndpointSettings {
-                        ip_address: Some(ip.into()),
-                        ..Default::default()
-                    },
-                )]
-                .into(),
-            ),
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_container_gets_its_labelled_policy_in_the_providers_shape() {
     let (up, seen) = upstream();
@@ -919,40 +814,6 @@ async fn a_asks_for_credentials_beside_b(
     )
     .await;
     (p, seen, a)
-}
-
-/// One raw request from `src` (a loopback address standing in for a container).
-async fn from_raw(src: &str, addr: SocketAddr, req: String) -> common::Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut s = sock.connect(addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    common::parse_answer(&buf).unwrap()
-}
-
-/// A container with address 127.0.0.N (bridge port N) and these labels.
-fn labelled(id: char, ip: &str, labels: &[(&str, &str)]) -> bollard::models::ContainerSummary {
-    let mut c = container(id, ip, "allow");
-    c.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    c
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut r =
-        format!("{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
-    }
-    r.push_str("\r\n");
-    r
 }
 
 fn heads(seen: &Mutex<Vec<Seen>>) -> Vec<String> {
@@ -1258,7 +1119,13 @@ async fn the_upstream_never_sees_more_than_its_rate_and_every_caller_is_answered
     let limit: imds_proxy::policy::RateLimit = "5/s".parse().unwrap();
     limits.set_rate(proxy::protect::Class::AzureIdentity, limit);
     let p = start_protected(f.addr, 2000, 2000, limits).await;
-    let answers = all_at_once(p.addr, (0..40).map(|_| get(TOKEN)).collect()).await;
+    // Forty different requests (a parameter the cache does not know keeps each its own),
+    // so coalescing cannot hide what the rate limit does.
+    let answers = all_at_once(
+        p.addr,
+        (0..40).map(|i| get(&format!("{TOKEN}&n={i}"))).collect(),
+    )
+    .await;
 
     let mut arrivals = f.arrivals("/metadata/identity/");
     arrivals.sort();

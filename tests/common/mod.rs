@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod rig;
 pub mod sdk;
 
 use std::collections::HashMap;
