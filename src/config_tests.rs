@@ -474,3 +474,50 @@ fn bad_upstream_protection_settings_name_the_class_and_the_reason() {
         .reason
         .starts_with("expected a table like [upstream_limits]"));
 }
+
+#[test]
+fn cache_settings_default_override_and_reject_what_makes_no_sense() {
+    use crate::proxy::cache::CacheSettings;
+    let c = RawConfig::default().validate(false).unwrap();
+    assert_eq!(c.cache, CacheSettings::default());
+    assert!(c.cache.tokens && c.cache.metadata_ttl.is_zero());
+    let mut r = raw(r#"
+        token_cache = false
+        metadata_cache_ttl_ms = 30000
+        error_cache_ms = 0
+        cache_max_entries = 10
+    "#);
+    let c = r.clone().validate(false).unwrap().cache;
+    assert_eq!(
+        c,
+        CacheSettings {
+            tokens: false,
+            metadata_ttl: Duration::from_secs(30),
+            errors: Duration::ZERO,
+            max_entries: 10,
+        }
+    );
+    r.set_text("token_cache", Some("true".into()));
+    assert!(r.validate(false).unwrap().cache.tokens);
+    let e = errors(
+        &raw(r#"
+            token_cache = "maybe"
+            metadata_cache_ttl_ms = -1
+            error_cache_ms = 60001
+            cache_max_entries = 0
+        "#),
+        false,
+    );
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "token_cache",
+            "metadata_cache_ttl_ms",
+            "error_cache_ms",
+            "cache_max_entries"
+        ],
+        "{e:?}"
+    );
+    assert_eq!(e[3].reason, "0 entries is outside 1..=1000000");
+}
