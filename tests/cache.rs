@@ -4,14 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::rig::{from_raw, inventory_of, labelled, request, start_settings, FakeOrigins};
+use common::rig::{
+    from_raw, inventory_of, labelled, read_head, request, start_settings, FakeOrigins,
+};
 use imds_proxy::proxy::cache::{CacheSettings, AZURE_MIN_REMAINING};
 use imds_proxy::proxy::{self, ProxySettings};
 
@@ -81,17 +83,9 @@ fn serve(c: TcpStream, script: &Mutex<Script>, requests: &AtomicUsize) {
     let mut r = BufReader::new(c.try_clone().unwrap());
     let mut w = c;
     loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
+        let Some(head) = read_head(&mut r) else {
+            return;
+        };
         let n = requests.fetch_add(1, SeqCst) + 1;
         let s = script.lock().unwrap().clone();
         thread::sleep(s.hold);

@@ -5,10 +5,11 @@
 mod common;
 
 use common::rig::{
-    container, from_raw, inventory_of, labelled, request, start_settings, FakeOrigins, Running,
+    container, from_raw, inventory_of, labelled, read_head, request, start_settings, FakeOrigins,
+    Running,
 };
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -110,17 +111,9 @@ fn serve(c: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, identity: Arc<InFlight>) {
     let mut r = BufReader::new(c.try_clone().unwrap());
     let mut w = c;
     loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
+        let Some(head) = read_head(&mut r) else {
+            return;
+        };
         let len = head
             .lines()
             .find_map(|l| {

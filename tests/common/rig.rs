@@ -150,3 +150,19 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
     r.push_str("\r\n");
     r
 }
+
+/// The head of the next request on a connection (up to its empty line), or `None`
+/// once the client has closed it.
+pub fn read_head(r: &mut impl std::io::BufRead) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line);
+    }
+}
