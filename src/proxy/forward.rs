@@ -276,22 +276,29 @@ impl Proxy {
                     .and_then(|c| Some((c, c.classify(&parts.method, &path, query.as_deref())?)));
                 let answer = match keyed {
                     Some((cache, keyed)) => {
-                        // What the cache sends on its own (a fill, a refresh) never
-                        // carries a bypass it was not asked for.
-                        let plain = match query.as_deref().and_then(cache::without_bypass) {
-                            Some(q) if q.is_empty() => path.to_string(),
-                            Some(q) => format!("{path}?{q}"),
-                            None => target.clone(),
-                        };
-                        let timeout = self.request_timeout(&parts.uri);
+                        // Built only when the cache asks the service (never on a hit).
                         let fetch = |purpose: Purpose| {
                             let upstream = upstream.clone();
                             let (method, headers, body) =
                                 (parts.method.clone(), parts.headers.clone(), body.clone());
+                            // What the cache sends on its own (a fill, a refresh) never
+                            // carries a bypass it was not asked for.
+                            let plain = || match query.as_deref().and_then(cache::without_bypass) {
+                                Some(q) if q.is_empty() => path.to_string(),
+                                Some(q) => format!("{path}?{q}"),
+                                None => target.clone(),
+                            };
+                            // A refresh outlives the request that started it: its own
+                            // deadline, as the request's would be (upstream mode).
+                            let timeout = if aws {
+                                self.settings.aws_request_timeout
+                            } else {
+                                self.settings.request_timeout
+                            };
                             let (target, deadline) = match purpose {
                                 Purpose::Bypass => (target.clone(), deadline),
-                                Purpose::Fill => (plain.clone(), deadline),
-                                Purpose::Refresh => (plain.clone(), Instant::now() + timeout),
+                                Purpose::Fill => (plain(), deadline),
+                                Purpose::Refresh => (plain(), Instant::now() + timeout),
                             };
                             async move {
                                 let answer = upstream
