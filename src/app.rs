@@ -480,11 +480,15 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     // 4. Watch for other people's changes before the table is opened.
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
     if let Some(portid) = firewall.writer_portid() {
+        let ev_tx = ev_tx.clone();
         watch::spawn(portid, move |c| {
             let _ = ev_tx.send(Event::Drift(c));
         })
         .map_err(AppError::Watch)?;
     }
+    // Docker's networks name the bridges to intercept, whatever they are called.
+    let inventory = crate::docker::spawn(cfg.docker_socket.clone());
+    tokio::spawn(forward_docker_bridges(inventory.bridges.clone(), ev_tx));
     let (policies_tx, policies_rx) = tokio::sync::watch::channel(Arc::new(cfg.policies.clone()));
     let proxy = Arc::new(Proxy::new(ProxySettings {
         backend,
@@ -494,7 +498,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         cache: cfg.cache.clone(),
         max_body_bytes: cfg.max_body_bytes,
         max_header_bytes: cfg.max_header_bytes,
-        inventory: Some(crate::docker::spawn(cfg.docker_socket.clone())),
+        inventory: Some(inventory),
         identify_wait: cfg.identify_wait,
         origins: Arc::new(proxy::identify::ConntrackOrigins),
         policies: policies_rx,
@@ -521,6 +525,19 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         policies_tx,
         emulator_tx,
     })
+}
+
+/// Hands every change of Docker's bridges to the reconciler.
+async fn forward_docker_bridges(
+    mut bridges: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        let now = bridges.borrow_and_update().clone();
+        if events.send(Event::DockerBridges(now)).is_err() || bridges.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Serves every listener (IPv4, and IPv6 where the host has it) with the same proxy,

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod emulator;
 pub mod firewall;
 pub mod link;
+pub mod netns;
 pub mod policy;
 pub mod ports;
 pub mod probe;

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
@@ -36,6 +36,8 @@ pub struct Port {
     pub bridge: String,
     /// Id (in the host namespace) of the namespace the peer lives in.
     pub peer_nsid: i32,
+    /// Interface index of the peer in its own namespace, where the link says.
+    pub peer_index: Option<u32>,
 }
 
 /// The bridge ports of the host, for matching against containers.
@@ -47,6 +49,11 @@ pub struct PortMap {
 impl PortMap {
     pub fn new(ports: Vec<Port>) -> Self {
         Self { ports }
+    }
+
+    /// Every port, in no particular order.
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
     }
 
     /// The port of `bridge` whose peer is in the namespace `nsid`. Pure. Two such ports
@@ -77,11 +84,11 @@ impl PortReader {
     /// Every bridge port of the host whose peer is in another namespace.
     pub async fn ports(&self) -> Result<PortMap, PortsError> {
         let mut names: HashMap<u32, String> = HashMap::new();
-        let mut raw: Vec<(u32, u32, i32)> = Vec::new();
+        let mut raw: Vec<(u32, u32, i32, Option<u32>)> = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(l) = links.try_next().await.map_err(PortsError::Links)? {
             let index = l.header.index;
-            let (mut master, mut nsid) = (None, None);
+            let (mut master, mut nsid, mut peer) = (None, None, None);
             for a in &l.attributes {
                 match a {
                     LinkAttribute::IfName(n) => {
@@ -89,24 +96,69 @@ impl PortReader {
                     }
                     LinkAttribute::Controller(m) => master = Some(*m),
                     LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
+                    LinkAttribute::Link(p) => peer = Some(*p),
                     _ => {}
                 }
             }
             if let (Some(m), Some(id)) = (master, nsid) {
-                raw.push((index, m, id));
+                raw.push((index, m, id, peer));
             }
         }
         Ok(PortMap::new(
             raw.into_iter()
-                .filter_map(|(index, master, peer_nsid)| {
+                .filter_map(|(index, master, peer_nsid, peer_index)| {
                     Some(Port {
                         index,
                         bridge: names.get(&master)?.clone(),
                         peer_nsid,
+                        peer_index,
                     })
                 })
                 .collect(),
         ))
+    }
+
+    /// The bridge port with interface index `index`, if it is one whose peer lives in
+    /// another namespace: its bridge, the peer's namespace id and the peer's own index
+    /// there. One request for the link and one for its bridge's name.
+    pub async fn port(&self, index: u32) -> Result<Option<Port>, PortsError> {
+        let Some(l) = self.link(index).await? else {
+            return Ok(None);
+        };
+        let (mut master, mut nsid, mut peer) = (None, None, None);
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::Controller(m) => master = Some(*m),
+                LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
+                LinkAttribute::Link(p) => peer = Some(*p),
+                _ => {}
+            }
+        }
+        let (Some(master), Some(peer_nsid)) = (master, nsid) else {
+            return Ok(None);
+        };
+        let bridge = self.link(master).await?.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        });
+        Ok(bridge.map(|bridge| Port {
+            index,
+            bridge,
+            peer_nsid,
+            peer_index: peer,
+        }))
+    }
+
+    async fn link(&self, index: u32) -> Result<Option<LinkMessage>, PortsError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(l) => Ok(l),
+            // The link is gone (ENODEV): not an error, nobody is behind it.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(PortsError::Links(e)),
+        }
     }
 
     /// The id the host gives the network namespace of process `pid`, if that process
@@ -114,11 +166,17 @@ impl PortReader {
     /// container's cgroup after its namespace is opened, so a recycled pid never
     /// lends its namespace to the container).
     pub async fn nsid_of(&self, pid: i64, container_id: &str) -> Option<i32> {
-        let ns = File::open(format!("/proc/{pid}/ns/net")).ok()?;
+        let ns = crate::netns::open_netns(pid)?;
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        if !cgroup.contains(container_id) {
+        if crate::netns::container_id_in_cgroup(&cgroup).as_deref() != Some(container_id) {
             return None;
         }
+        self.nsid_of_netns(&ns).await
+    }
+
+    /// The id the host gives an open network namespace (`None` if it has none yet: no
+    /// link of the host has a peer there).
+    pub async fn nsid_of_netns(&self, ns: &File) -> Option<i32> {
         let mut msg = NsidMessage::default();
         msg.attributes = vec![NsidAttribute::Fd(ns.as_raw_fd() as u32)];
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
@@ -145,6 +203,7 @@ mod tests {
             index,
             bridge: bridge.into(),
             peer_nsid,
+            peer_index: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! verification and mode changes all arrive here as [`Event`]s; the reconciler keeps the
 //! [`Snapshot`], recomputes the plan and applies it through a [`Firewall`].
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -23,6 +24,8 @@ pub enum Event {
     Verify,
     /// Switch between open and closed.
     SetMode(Mode),
+    /// The bridges of Docker's networks now (intercepted whatever their names).
+    DockerBridges(BTreeSet<String>),
 }
 
 /// What handling an event did, for logs and tests.
@@ -36,6 +39,8 @@ pub enum Outcome {
 pub struct Reconciler {
     firewall: Arc<dyn Firewall>,
     snapshot: Snapshot,
+    /// The bridges Docker's networks use, as Docker last said.
+    docker_bridges: BTreeSet<String>,
     /// The last apply failed: the kernel may not hold the current plan, so the next
     /// event (at worst the periodic verification) applies again.
     dirty: bool,
@@ -46,12 +51,18 @@ impl Reconciler {
         Self {
             firewall,
             snapshot,
+            docker_bridges: BTreeSet::new(),
             dirty: false,
         }
     }
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// A bridge to intercept: named by the configured patterns, or by Docker.
+    fn is_container_bridge(&self, name: &str) -> bool {
+        self.snapshot.patterns.iter().any(|p| p.matches(name)) || self.docker_bridges.contains(name)
     }
 
     /// Applies the current plan unconditionally.
@@ -82,8 +93,7 @@ impl Reconciler {
                 // The set holds the bridges that exist, up or down: membership follows
                 // the name, and a down bridge carries no traffic anyway.
                 Event::Link(LinkEvent::Up(name) | LinkEvent::Down(name)) => {
-                    if self.snapshot.patterns.iter().any(|p| p.matches(&name))
-                        && self.snapshot.bridges.insert(name.clone())
+                    if self.is_container_bridge(&name) && self.snapshot.bridges.insert(name.clone())
                     {
                         info!(bridge = %name, "container bridge appeared");
                     }
@@ -95,10 +105,11 @@ impl Reconciler {
                 }
                 Event::Link(LinkEvent::Resync | LinkEvent::AddressGone(_)) => {}
                 Event::Links(names) => {
-                    let now = Snapshot::bridges_among(
+                    let mut now = Snapshot::bridges_among(
                         &self.snapshot.patterns,
                         names.iter().map(String::as_str),
                     );
+                    now.extend(self.docker_bridges.iter().cloned());
                     if now != self.snapshot.bridges {
                         info!(bridges = ?now, "container bridges resynchronised");
                         self.snapshot.bridges = now;
@@ -126,6 +137,20 @@ impl Reconciler {
                     }
                 },
                 Event::SetMode(m) => self.snapshot.mode = m,
+                Event::DockerBridges(now) => {
+                    for gone in self.docker_bridges.difference(&now) {
+                        let by_name = self.snapshot.patterns.iter().any(|p| p.matches(gone));
+                        if !by_name && self.snapshot.bridges.remove(gone) {
+                            info!(bridge = %gone, "Docker network's bridge removed");
+                        }
+                    }
+                    for new in now.difference(&self.docker_bridges) {
+                        if self.snapshot.bridges.insert(new.clone()) {
+                            info!(bridge = %new, "Docker network's bridge intercepted");
+                        }
+                    }
+                    self.docker_bridges = now;
+                }
             }
         }
         if let Some(cause) = restore {

@@ -151,11 +151,11 @@ pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
     }
 }
 
-/// After the wait: Docker listed containers after the request arrived and none owns
-/// the port, so it is no container's; otherwise Docker could not say in time.
-pub fn give_up(inv: Option<&Inventory>, arrived: Instant) -> Caller {
-    match inv {
-        Some(inv) if inv.listed_since(arrived) => Caller::Unknown,
+/// After the wait: the port was looked into after the request arrived and leads to no
+/// container, so it is no container's; otherwise nobody could say in time.
+pub fn give_up(inv: Option<&Inventory>, origin: Origin, arrived: Instant) -> Caller {
+    match (inv, origin) {
+        (Some(inv), Origin::Port(p)) if inv.unowned_since(p, arrived) => Caller::Unknown,
         _ => Caller::Undetermined,
     }
 }
@@ -286,13 +286,30 @@ mod tests {
     }
 
     #[test]
-    fn after_the_wait_a_fresh_list_means_no_container_and_a_stale_one_means_retry() {
+    fn after_the_wait_a_port_found_empty_means_no_container_and_no_answer_means_retry() {
+        use crate::docker::state::State;
         let arrived = Instant::now();
-        let mut inv = inventory(true);
-        inv.listed_at = Some(arrived - std::time::Duration::from_millis(5));
-        assert_eq!(give_up(Some(&inv), arrived), Caller::Undetermined);
-        inv.listed_at = Some(arrived + std::time::Duration::from_millis(5));
-        assert_eq!(give_up(Some(&inv), arrived), Caller::Unknown);
-        assert_eq!(give_up(None, arrived), Caller::Undetermined);
+        let ms = std::time::Duration::from_millis(5);
+        let at = |t: Instant| {
+            let mut st = State::default();
+            st.set_unowned(12, t);
+            st.inventory(true)
+        };
+        let port = Origin::Port(12);
+        // Looked into before the request arrived: that answer may be stale.
+        assert_eq!(
+            give_up(Some(&at(arrived - ms)), port, arrived),
+            Caller::Undetermined
+        );
+        assert_eq!(
+            give_up(Some(&at(arrived + ms)), port, arrived),
+            Caller::Unknown
+        );
+        // Another port's answer says nothing about this one.
+        assert_eq!(
+            give_up(Some(&at(arrived + ms)), Origin::Port(13), arrived),
+            Caller::Undetermined
+        );
+        assert_eq!(give_up(None, port, arrived), Caller::Undetermined);
     }
 }

@@ -381,7 +381,8 @@ impl Proxy {
 
     /// The caller behind a connection. A container's first request can arrive before
     /// Docker has reported its start: while Docker is reachable, a port no known
-    /// container owns asks for a fresh list and waits for it, at most `identify_wait`.
+    /// container owns is looked into (the kernel names the container, Docker its labels)
+    /// and the request waits for the answer, at most `identify_wait`.
     async fn identify(&self, client: ClientAddr, origin: Origin, arrived: Instant) -> Caller {
         let Some(handle) = &self.settings.inventory else {
             return match identify::lookup(None, origin, client.0) {
@@ -400,7 +401,9 @@ impl Proxy {
                 }
             }
             if !asked {
-                handle.kick.notify_one();
+                if let Origin::Port(p) = origin {
+                    let _ = handle.resolve.send(p);
+                }
                 asked = true;
             }
             // Timed out, or the inventory task is gone (no news will come): decide now.
@@ -408,7 +411,7 @@ impl Proxy {
                 tokio::time::timeout_at(give_up, rx.changed()).await,
                 Ok(Ok(()))
             ) {
-                return identify::give_up(Some(&rx.borrow()), arrived);
+                return identify::give_up(Some(&rx.borrow()), origin, arrived);
             }
         }
     }

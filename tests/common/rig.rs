@@ -66,13 +66,7 @@ pub fn inventory_of(
             .map(|ip| ip.octets()[3] as u32)
     });
     inv.connected = connected;
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(inv));
-    // A live inventory task never drops its sender; one that is gone means no news.
-    std::mem::forget(tx);
-    imds_proxy::docker::InventoryHandle {
-        rx,
-        kick: Arc::new(tokio::sync::Notify::new()),
-    }
+    imds_proxy::docker::InventoryHandle::fixed(inv)
 }
 
 pub async fn start_settings(settings: ProxySettings) -> Running {

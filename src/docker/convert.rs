@@ -1,0 +1,183 @@
+//! Docker's API shapes → the inventory's own. Pure.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EndpointSettings, EventMessage, Network,
+    NetworkInspect,
+};
+
+use super::state::{Addresses, Container};
+use super::ContainerId;
+
+/// A running container from Docker's container list (no pid: a list has none).
+pub fn from_summary(c: &ContainerSummary) -> Option<Container> {
+    let id = c.id.clone()?;
+    let name = c
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let networks = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref());
+    Some(Container {
+        id: ContainerId(id),
+        name,
+        labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
+        networks: endpoints(networks),
+        pid: None,
+    })
+}
+
+/// A container from an inspect; `None` unless it is running.
+pub fn from_inspect(c: &ContainerInspectResponse) -> Option<Container> {
+    let state = c.state.as_ref()?;
+    if state.running != Some(true) {
+        return None;
+    }
+    let id = c.id.clone()?;
+    let name = c
+        .name
+        .as_deref()
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let networks = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref());
+    Some(Container {
+        id: ContainerId(id),
+        name,
+        labels: c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        networks: endpoints(networks),
+        pid: state.pid.filter(|p| *p > 0),
+    })
+}
+
+/// Endpoints with an IPv4 address (a container on the host network has none).
+fn endpoints(networks: Option<&HashMap<String, EndpointSettings>>) -> BTreeMap<String, Addresses> {
+    networks
+        .into_iter()
+        .flatten()
+        .filter_map(|(net, ep)| {
+            let ipv4 = ep.ip_address.as_deref()?.parse().ok()?;
+            Some((
+                net.clone(),
+                Addresses {
+                    ipv4,
+                    ipv6: ep
+                        .global_ipv6_address
+                        .as_deref()
+                        .and_then(|a| a.parse().ok()),
+                    mac: ep.mac_address.clone().filter(|m| !m.is_empty()),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The Linux bridge a Docker network of the `bridge` driver uses: the name its options
+/// give (`docker0`, `docker_gwbridge`, any name a user chose), else `br-<id>`.
+pub fn bridge_of(n: &Network) -> Option<String> {
+    if n.driver.as_deref() != Some("bridge") {
+        return None;
+    }
+    if let Some(name) = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+        .filter(|name| !name.is_empty())
+    {
+        return Some(name.clone());
+    }
+    let id = n.id.as_deref()?;
+    Some(format!("br-{}", &id[..id.len().min(12)]))
+}
+
+/// Docker's bridge networks: network name → bridge.
+pub fn bridges(list: &[Network]) -> HashMap<String, String> {
+    list.iter()
+        .filter_map(|n| Some((n.name.clone()?, bridge_of(n)?)))
+        .collect()
+}
+
+/// The endpoints a network lists, by container (a Swarm container's endpoint on
+/// `docker_gwbridge` is listed only here). Entries no container owns (`ingress-sbox`)
+/// are left out: they name no one.
+pub fn network_endpoints(n: &NetworkInspect) -> Vec<(ContainerId, Addresses)> {
+    n.containers
+        .iter()
+        .flatten()
+        .filter(|(id, _)| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter_map(|(id, ep)| {
+            let ipv4 = ep
+                .ipv4_address
+                .as_deref()?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((
+                ContainerId(id.clone()),
+                Addresses {
+                    ipv4,
+                    ipv6: ep
+                        .ipv6_address
+                        .as_deref()
+                        .and_then(|a| a.split('/').next()?.parse().ok()),
+                    mac: ep.mac_address.clone().filter(|m| !m.is_empty()),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// What one Docker event means for the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The container started (or was renamed): inspect it.
+    Inspect(ContainerId),
+    /// The container's networks changed: inspect it if it is running (a container
+    /// being created is connected before it starts, and its start will be inspected).
+    Reinspect(ContainerId),
+    /// The container stopped.
+    Gone(ContainerId),
+    /// A network appeared or went: list networks.
+    Networks,
+    Nothing,
+}
+
+/// Classifies a Docker event.
+pub fn change(ev: &EventMessage) -> Change {
+    use bollard::models::EventMessageTypeEnum as T;
+    let action = ev.action.as_deref().unwrap_or_default();
+    let actor = ev.actor.as_ref();
+    let id = |s: Option<&String>| s.map(|s| ContainerId(s.clone()));
+    match ev.typ {
+        Some(T::CONTAINER) => match (action, id(actor.and_then(|a| a.id.as_ref()))) {
+            ("start" | "restart" | "rename", Some(c)) => Change::Inspect(c),
+            ("die" | "destroy", Some(c)) => Change::Gone(c),
+            _ => Change::Nothing,
+        },
+        Some(T::NETWORK) => match action {
+            "create" | "destroy" => Change::Networks,
+            "connect" | "disconnect" => {
+                match id(actor.and_then(|a| a.attributes.as_ref()?.get("container"))) {
+                    Some(c) => Change::Reinspect(c),
+                    None => Change::Nothing,
+                }
+            }
+            _ => Change::Nothing,
+        },
+        _ => Change::Nothing,
+    }
+}

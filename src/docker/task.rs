@@ -1,0 +1,653 @@
+//! The inventory task: the one owner of [`State`]. Docker events, the proxy's questions
+//! about unknown ports and the results of the work it started arrive here; the work
+//! itself (Docker calls, kernel look-ups) runs in jobs beside it, so a slow Docker never
+//! holds up a kernel answer.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::Docker;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::convert::{self, Change};
+use super::state::{Addresses, Container, PortFacts, State};
+use super::{ApiCalls, ContainerId, Inventory, InventoryHandle};
+use crate::ports::PortReader;
+
+/// How often the inventory is re-listed without any event.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+type Events = Pin<
+    Box<dyn Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + Send>,
+>;
+
+/// Starts the inventory task for the Docker socket at `socket`.
+pub fn spawn(socket: String) -> InventoryHandle {
+    // Connected until the first attempt says otherwise: a request in the first moments
+    // waits for the first answer instead of being judged unknown.
+    let (tx, rx) = watch::channel(Arc::new(Inventory {
+        connected: true,
+        ..Inventory::default()
+    }));
+    let (bridges_tx, bridges) = watch::channel(BTreeSet::new());
+    let (resolve, requests) = mpsc::unbounded_channel();
+    let calls = Arc::new(ApiCalls::default());
+    let task = Task {
+        socket,
+        state: State::default(),
+        tx,
+        bridges_tx,
+        calls: calls.clone(),
+        kernel: None,
+        docker: None,
+        connected: true,
+        was_down: false,
+        connecting: false,
+        inspecting: HashSet::new(),
+        inspected_at: HashMap::new(),
+        waiting: HashMap::new(),
+        resolving: HashSet::new(),
+        fetching: HashSet::new(),
+        tried: HashSet::new(),
+        jobs: JoinSet::new(),
+    };
+    tokio::spawn(task.run(requests));
+    InventoryHandle {
+        rx,
+        resolve,
+        bridges,
+        calls,
+    }
+}
+
+/// What a job found.
+enum Done {
+    Connected(Result<Docker, bollard::errors::Error>),
+    Listed(Instant, Result<Listing, bollard::errors::Error>),
+    Inspected(
+        ContainerId,
+        Result<Option<(Container, Option<i32>)>, bollard::errors::Error>,
+    ),
+    Resolved(u32, Instant, Resolution),
+    Networks(Result<HashMap<String, String>, bollard::errors::Error>),
+    Endpoints(
+        String,
+        Result<Vec<(ContainerId, Addresses)>, bollard::errors::Error>,
+    ),
+}
+
+/// A full list: Docker's containers and networks, the kernel's ports and which
+/// container each peer namespace belongs to.
+struct Listing {
+    containers: Vec<Container>,
+    networks: HashMap<String, String>,
+    ports: Option<HashMap<u32, PortFacts>>,
+    nsids: HashMap<i32, ContainerId>,
+}
+
+/// What the kernel says about one port.
+enum Resolution {
+    /// Not a port whose peer is in another namespace (or gone).
+    NoPort,
+    /// A port whose peer namespace holds no container's process.
+    NoContainer(PortFacts),
+    Container(PortFacts, ContainerId),
+    /// The kernel could not be asked.
+    Failed,
+}
+
+struct Task {
+    socket: String,
+    state: State,
+    tx: watch::Sender<Arc<Inventory>>,
+    bridges_tx: watch::Sender<BTreeSet<String>>,
+    calls: Arc<ApiCalls>,
+    kernel: Option<Arc<PortReader>>,
+    docker: Option<Docker>,
+    connected: bool,
+    was_down: bool,
+    connecting: bool,
+    /// Containers being inspected, and when each was last inspected.
+    inspecting: HashSet<ContainerId>,
+    inspected_at: HashMap<ContainerId, Instant>,
+    /// Ports that lead to a container being inspected.
+    waiting: HashMap<ContainerId, Vec<u32>>,
+    resolving: HashSet<u32>,
+    /// Networks whose endpoint list is being fetched.
+    fetching: HashSet<String>,
+    /// Containers whose endpoint on a network was looked for in that network's list.
+    tried: HashSet<(String, ContainerId)>,
+    jobs: JoinSet<Done>,
+}
+
+async fn next_event(
+    events: &mut Option<Events>,
+) -> Option<Result<bollard::models::EventMessage, bollard::errors::Error>> {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Task {
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<u32>) {
+        let mut events: Option<Events> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut retry = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                ev = next_event(&mut events) => match ev {
+                    Some(Ok(ev)) => self.on_event(&ev),
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "event stream ended".into(),
+                        };
+                        events = None;
+                        self.lost(&why);
+                        retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                },
+                Some(port) = requests.recv() => self.resolve(port),
+                Some(done) = self.jobs.join_next() => {
+                    let Ok(done) = done else { continue };
+                    if let Some(stream) = self.on_done(done, &mut backoff) {
+                        events = Some(stream);
+                    } else if self.docker.is_none() && !self.connecting {
+                        retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+                _ = tick.tick() => if let Some(d) = &self.docker { self.spawn_list(d.clone()) },
+                _ = &mut retry, if self.docker.is_none() && !self.connecting => {
+                    self.spawn_connect();
+                    // Parked until a failed attempt sets it again.
+                    retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400));
+                }
+            }
+        }
+    }
+
+    fn kernel(&mut self) -> Option<Arc<PortReader>> {
+        if self.kernel.is_none() {
+            match PortReader::open() {
+                Ok(r) => self.kernel = Some(Arc::new(r)),
+                Err(e) => {
+                    warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified");
+                }
+            }
+        }
+        self.kernel.clone()
+    }
+
+    fn publish(&self) {
+        self.tx
+            .send_replace(Arc::new(self.state.inventory(self.connected)));
+        let bridges = self.state.docker_bridges();
+        self.bridges_tx.send_if_modified(|b| {
+            let changed = *b != bridges;
+            *b = bridges;
+            changed
+        });
+    }
+
+    /// Docker went away: keep serving what is known, stop waiting for news.
+    fn lost(&mut self, why: &str) {
+        self.docker = None;
+        if self.connected {
+            self.connected = false;
+            self.publish();
+        }
+        if !self.was_down {
+            warn!(socket = %self.socket, error = %why, "Docker is unreachable; keeping the last known containers and retrying");
+            self.was_down = true;
+        }
+    }
+
+    fn spawn_connect(&mut self) {
+        self.connecting = true;
+        let socket = self.socket.clone();
+        self.jobs.spawn(async move {
+            let docker = async {
+                Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)?
+                    .negotiate_version()
+                    .await
+            };
+            Done::Connected(docker.await)
+        });
+    }
+
+    fn spawn_list(&mut self, docker: Docker) {
+        let kernel = self.kernel();
+        let calls = self.calls.clone();
+        self.jobs.spawn(async move {
+            let asked = Instant::now();
+            Done::Listed(asked, list(&docker, kernel.as_deref(), &calls).await)
+        });
+    }
+
+    fn on_event(&mut self, ev: &bollard::models::EventMessage) {
+        match convert::change(ev) {
+            Change::Inspect(id) => self.inspect(id),
+            Change::Reinspect(id) => {
+                if self.state.container(&id).is_some() {
+                    self.inspect(id)
+                }
+            }
+            Change::Gone(id) => {
+                self.inspected_at.remove(&id);
+                self.tried.retain(|(_, c)| *c != id);
+                if self.state.remove_container(&id) {
+                    debug!(container = %id.short(), "container gone");
+                    self.publish();
+                }
+            }
+            Change::Networks => {
+                if let Some(d) = self.docker.clone() {
+                    let calls = self.calls.clone();
+                    self.jobs.spawn(async move {
+                        calls.list_networks.fetch_add(1, Ordering::Relaxed);
+                        let list = d
+                            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+                            .await;
+                        Done::Networks(list.map(|l| convert::bridges(&l)))
+                    });
+                }
+            }
+            Change::Nothing => {}
+        }
+    }
+
+    /// Inspects a container by id (one call, however many ask at once).
+    fn inspect(&mut self, id: ContainerId) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        if !self.inspecting.insert(id.clone()) {
+            return;
+        }
+        let kernel = self.kernel();
+        let calls = self.calls.clone();
+        self.jobs.spawn(async move {
+            calls.inspect_container.fetch_add(1, Ordering::Relaxed);
+            let found = docker.inspect_container(&id.0, None).await;
+            let result = match found {
+                Ok(c) => match convert::from_inspect(&c) {
+                    Some(c) => {
+                        // Its namespace's id, from its init process (checked against
+                        // its cgroup, so a recycled pid lends no namespace).
+                        let nsid = match (&kernel, c.pid) {
+                            (Some(k), Some(pid)) => k.nsid_of(pid, &c.id.0).await,
+                            _ => None,
+                        };
+                        Ok(Some((c, nsid)))
+                    }
+                    None => Ok(None),
+                },
+                // Gone between the event and the inspect.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(None),
+                Err(e) => Err(e),
+            };
+            Done::Inspected(id, result)
+        });
+    }
+
+    /// Looks into a port the proxy met and no known container owns.
+    fn resolve(&mut self, port: u32) {
+        if !self.resolving.insert(port) {
+            return;
+        }
+        let Some(kernel) = self.kernel() else {
+            self.resolving.remove(&port);
+            return;
+        };
+        let known: HashMap<i32, (ContainerId, Option<i64>)> = self.known_nsids();
+        self.jobs.spawn(async move {
+            let asked = Instant::now();
+            Done::Resolved(port, asked, resolve_port(&kernel, port, &known).await)
+        });
+    }
+
+    fn known_nsids(&self) -> HashMap<i32, (ContainerId, Option<i64>)> {
+        self.state.nsid_pids()
+    }
+
+    fn on_done(&mut self, done: Done, backoff: &mut Duration) -> Option<Events> {
+        match done {
+            Done::Connected(Ok(docker)) => {
+                self.connecting = false;
+                *backoff = BACKOFF_MIN;
+                // Subscribe first, then list: nothing that happens in between is missed.
+                let filters: HashMap<&str, Vec<&str>> = HashMap::from([
+                    ("type", vec!["container", "network"]),
+                    (
+                        "event",
+                        vec![
+                            "start",
+                            "restart",
+                            "rename",
+                            "die",
+                            "destroy",
+                            "connect",
+                            "disconnect",
+                            "create",
+                        ],
+                    ),
+                ]);
+                let stream: Events = Box::pin(docker.events(Some(
+                    EventsOptionsBuilder::default().filters(&filters).build(),
+                )));
+                self.docker = Some(docker.clone());
+                self.spawn_list(docker);
+                return Some(stream);
+            }
+            Done::Connected(Err(e)) => {
+                self.connecting = false;
+                self.lost(&e.to_string());
+            }
+            Done::Listed(asked, Ok(l)) => self.on_listed(asked, l),
+            Done::Listed(_, Err(e)) => self.lost(&e.to_string()),
+            Done::Inspected(id, result) => self.on_inspected(id, result),
+            Done::Resolved(port, asked, r) => self.on_resolved(port, asked, r),
+            Done::Networks(Ok(n)) => {
+                self.state.set_networks(n);
+                self.publish();
+            }
+            Done::Networks(Err(e)) => warn!(error = %e, "cannot list Docker's networks"),
+            Done::Endpoints(network, result) => {
+                self.fetching.remove(&network);
+                match result {
+                    Ok(eps) => {
+                        if let Some(bridge) = self.state.bridge_of_network(&network) {
+                            self.state.set_hidden(&bridge, eps);
+                            self.publish();
+                        }
+                    }
+                    Err(e) => {
+                        warn!(network = %network, error = %e, "cannot inspect a Docker network")
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn on_listed(&mut self, asked: Instant, l: Listing) {
+        let was_down = std::mem::take(&mut self.was_down);
+        self.connected = true;
+        // Containers inspected since the list was asked for are newer than it.
+        let newer: HashSet<ContainerId> = self
+            .inspected_at
+            .iter()
+            .filter(|(_, at)| **at >= asked)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.state.set_containers(l.containers, &newer);
+        self.state.set_networks(l.networks);
+        if let Some(ports) = l.ports {
+            self.state.set_ports(ports);
+        }
+        for (nsid, id) in l.nsids {
+            self.state.set_nsid(nsid, id);
+        }
+        self.publish();
+        self.fetch_missing_endpoints();
+        let inv = self.tx.borrow().clone();
+        debug!(
+            containers = inv.containers(),
+            endpoints = inv.len(),
+            elapsed_us = asked.elapsed().as_micros() as u64,
+            "inventory listed"
+        );
+        if was_down {
+            info!(
+                containers = inv.containers(),
+                "Docker is back; inventory resynchronised"
+            );
+        }
+    }
+
+    fn on_inspected(
+        &mut self,
+        id: ContainerId,
+        result: Result<Option<(Container, Option<i32>)>, bollard::errors::Error>,
+    ) {
+        self.inspecting.remove(&id);
+        self.inspected_at.insert(id.clone(), Instant::now());
+        let waiting = self.waiting.remove(&id).unwrap_or_default();
+        match result {
+            Ok(Some((c, nsid))) => {
+                if let Some(n) = nsid {
+                    self.state.set_nsid(n, id.clone());
+                }
+                debug!(container = %id.short(), name = %c.name, api_calls = self.calls.total(), "container inspected");
+                self.state.set_container(c);
+            }
+            Ok(None) => {
+                self.state.remove_container(&id);
+            }
+            Err(e) => {
+                warn!(container = %id.short(), error = %e, "cannot inspect a container");
+                self.lost(&e.to_string());
+            }
+        }
+        let now = Instant::now();
+        for port in waiting {
+            if self.state.port(port).is_some() && self.state.container(&id).is_none() {
+                self.state.set_unowned(port, now);
+            }
+        }
+        self.publish();
+        self.fetch_missing_endpoints();
+    }
+
+    fn on_resolved(&mut self, port: u32, asked: Instant, r: Resolution) {
+        self.resolving.remove(&port);
+        match r {
+            Resolution::Failed => return,
+            Resolution::NoPort => self.state.set_unowned(port, asked),
+            Resolution::NoContainer(facts) => {
+                self.state.set_port(port, facts);
+                self.state.set_unowned(port, asked);
+            }
+            Resolution::Container(facts, id) => {
+                self.state.set_nsid(facts.nsid, id.clone());
+                self.state.set_port(port, facts);
+                if self.state.container(&id).is_none() {
+                    // Known to the kernel, not yet to us: Docker names it.
+                    self.waiting.entry(id.clone()).or_default().push(port);
+                    self.inspect(id.clone());
+                    if !self.inspecting.contains(&id) {
+                        // Docker is away: nobody can name it.
+                        self.waiting.remove(&id);
+                        self.state.set_unowned(port, asked);
+                    }
+                }
+            }
+        }
+        self.publish();
+        self.fetch_missing_endpoints();
+    }
+
+    /// Ports whose container is known but whose endpoint Docker lists only on the
+    /// network itself (a Swarm container on `docker_gwbridge`): one network inspect.
+    fn fetch_missing_endpoints(&mut self) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        for (network, container) in self.state.networks_missing_endpoints() {
+            // Once per container and network: an endpoint the network does not list
+            // either is not worth asking about again.
+            if !self.tried.insert((network.clone(), container))
+                || !self.fetching.insert(network.clone())
+            {
+                continue;
+            }
+            let (docker, calls) = (docker.clone(), self.calls.clone());
+            self.jobs.spawn(async move {
+                calls.inspect_network.fetch_add(1, Ordering::Relaxed);
+                let r = docker
+                    .inspect_network(
+                        &network,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await;
+                Done::Endpoints(network, r.map(|n| convert::network_endpoints(&n)))
+            });
+        }
+    }
+}
+
+/// Docker's containers and networks, the kernel's ports, and the container of every
+/// port's peer namespace.
+async fn list(
+    docker: &Docker,
+    kernel: Option<&PortReader>,
+    calls: &ApiCalls,
+) -> Result<Listing, bollard::errors::Error> {
+    calls.list_containers.fetch_add(1, Ordering::Relaxed);
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default().all(false).build(),
+        ))
+        .await?;
+    calls.list_networks.fetch_add(1, Ordering::Relaxed);
+    let networks = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await?;
+    let (mut ports, mut nsids) = (None, HashMap::new());
+    if let Some(k) = kernel {
+        match k.ports().await {
+            Ok(map) => {
+                let facts: HashMap<u32, PortFacts> = map
+                    .ports()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.index,
+                            PortFacts {
+                                bridge: p.bridge.clone(),
+                                nsid: p.peer_nsid,
+                            },
+                        )
+                    })
+                    .collect();
+                let wanted: HashSet<i32> = facts.values().map(|f| f.nsid).collect();
+                nsids = containers_of_nsids(k, &wanted).await;
+                ports = Some(facts);
+            }
+            Err(e) => {
+                warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified")
+            }
+        }
+    }
+    Ok(Listing {
+        containers: containers
+            .iter()
+            .filter_map(convert::from_summary)
+            .collect(),
+        networks: convert::bridges(&networks),
+        ports,
+        nsids,
+    })
+}
+
+/// The kernel's answer for one port: its bridge and peer namespace, and the container
+/// whose processes live there. A namespace id the task already ties to a container is
+/// checked through that container's process; otherwise the processes are searched.
+/// The port is read again at the end: if it still exists with the same peer, that
+/// namespace lived throughout, so its id was never another namespace's meanwhile.
+async fn resolve_port(
+    kernel: &PortReader,
+    port: u32,
+    known: &HashMap<i32, (ContainerId, Option<i64>)>,
+) -> Resolution {
+    let facts = match kernel.port(port).await {
+        Ok(Some(p)) => PortFacts {
+            bridge: p.bridge,
+            nsid: p.peer_nsid,
+        },
+        Ok(None) => return Resolution::NoPort,
+        Err(e) => {
+            warn!(error = %crate::proxy::error_chain(&e), "cannot read a bridge port");
+            return Resolution::Failed;
+        }
+    };
+    let mut found = None;
+    if let Some((id, Some(pid))) = known.get(&facts.nsid) {
+        if kernel.nsid_of(*pid, &id.0).await == Some(facts.nsid) {
+            found = Some(id.clone());
+        }
+    }
+    if found.is_none() {
+        found = containers_of_nsids(kernel, &HashSet::from([facts.nsid]))
+            .await
+            .remove(&facts.nsid);
+    }
+    match kernel.port(port).await {
+        Ok(Some(p)) if p.peer_nsid == facts.nsid && p.bridge == facts.bridge => {}
+        Ok(_) => return Resolution::NoPort,
+        Err(_) => return Resolution::Failed,
+    }
+    match found {
+        Some(id) => Resolution::Container(facts, id),
+        None => Resolution::NoContainer(facts),
+    }
+}
+
+/// Which container's processes live in each namespace of `wanted` (by the id the host
+/// gives it): every process's namespace, newest processes first (a namespace being
+/// asked about usually belongs to a container that just started), one id request per
+/// namespace until all wanted ones are found.
+async fn containers_of_nsids(
+    kernel: &PortReader,
+    wanted: &HashSet<i32>,
+) -> HashMap<i32, ContainerId> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    let by_ns = tokio::task::spawn_blocking(crate::netns::processes_by_netns)
+        .await
+        .unwrap_or_default();
+    let mut spaces: Vec<(u64, Vec<i64>)> = by_ns.into_iter().collect();
+    spaces.sort_by_key(|(_, pids)| std::cmp::Reverse(pids.iter().max().copied()));
+    for (inode, pids) in spaces {
+        if found.len() == wanted.len() {
+            break;
+        }
+        let Some(ns) = pids
+            .iter()
+            .find_map(|p| crate::netns::open_netns_of(*p, inode))
+        else {
+            continue;
+        };
+        let Some(nsid) = kernel.nsid_of_netns(&ns).await else {
+            continue;
+        };
+        if !wanted.contains(&nsid) || found.contains_key(&nsid) {
+            continue;
+        }
+        if let Some(id) = pids
+            .iter()
+            .find_map(|p| crate::netns::container_of_process(*p, inode))
+        {
+            found.insert(nsid, ContainerId(id));
+        }
+    }
+    found
+}
