@@ -135,6 +135,12 @@ pub struct ApiCalls {
 }
 
 impl ApiCalls {
+    /// Counts one call (and says so at debug level, with the running total).
+    pub fn count(&self, which: &AtomicU64, call: &'static str) {
+        which.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(call, total = self.total(), "docker api call");
+    }
+
     /// All calls so far (the event stream's one request per connection not counted).
     pub fn total(&self) -> u64 {
         [

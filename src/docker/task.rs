@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -258,7 +257,7 @@ impl Task {
                 if let Some(d) = self.docker.clone() {
                     let calls = self.calls.clone();
                     self.jobs.spawn(async move {
-                        calls.list_networks.fetch_add(1, Ordering::Relaxed);
+                        calls.count(&calls.list_networks, "list_networks");
                         let list = d
                             .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
                             .await;
@@ -281,7 +280,7 @@ impl Task {
         let kernel = self.kernel();
         let calls = self.calls.clone();
         self.jobs.spawn(async move {
-            calls.inspect_container.fetch_add(1, Ordering::Relaxed);
+            calls.count(&calls.inspect_container, "inspect_container");
             let found = docker.inspect_container(&id.0, None).await;
             let result = match found {
                 Ok(c) => match convert::from_inspect(&c) {
@@ -499,7 +498,7 @@ impl Task {
             }
             let (docker, calls) = (docker.clone(), self.calls.clone());
             self.jobs.spawn(async move {
-                calls.inspect_network.fetch_add(1, Ordering::Relaxed);
+                calls.count(&calls.inspect_network, "inspect_network");
                 let r = docker
                     .inspect_network(
                         &network,
@@ -519,13 +518,13 @@ async fn list(
     kernel: Option<&PortReader>,
     calls: &ApiCalls,
 ) -> Result<Listing, bollard::errors::Error> {
-    calls.list_containers.fetch_add(1, Ordering::Relaxed);
+    calls.count(&calls.list_containers, "list_containers");
     let containers = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::default().all(false).build(),
         ))
         .await?;
-    calls.list_networks.fetch_add(1, Ordering::Relaxed);
+    calls.count(&calls.list_networks, "list_networks");
     let networks = docker
         .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
         .await?;

@@ -41,7 +41,13 @@ pub struct Scene {
     pub installed: bool,
     pub veth: Option<String>,
     pub cloud: Option<Netns>,
+    /// Interfaces whose traffic to the metadata address is routed to the cloud (see
+    /// [`Scene::catch_direct`]).
+    pub direct_from: Vec<String>,
 }
+
+/// The routing table that sends containers' uncaught metadata traffic to the cloud.
+const DIRECT_TABLE: &str = "7301";
 
 impl Scene {
     pub fn new() -> Self {
@@ -52,7 +58,61 @@ impl Scene {
             installed: false,
             veth: None,
             cloud: None,
+            direct_from: Vec::new(),
         }
+    }
+
+    /// Catches what containers behind `interfaces` send to 169.254.169.254 and the daemon
+    /// does not intercept: policy routing by incoming interface sends it to a counting
+    /// stand-in at 169.254.169.254 in the cloud namespace, instead of the root
+    /// namespace's own route (a real network). Host processes keep their route (their
+    /// packets have no incoming interface). Returns the stand-in: every request it sees
+    /// is a direct one.
+    pub fn catch_direct(&mut self, interfaces: &[&str]) -> FakeImds {
+        let root_ip = self.root_ip();
+        let veth = self.veth.clone().expect("cloud linked");
+        let cloud = self.cloud.as_ref().expect("cloud linked");
+        cloud.ip(&format!("addr add {IMDS}/32 dev eth0"));
+        cloud.ip(&format!("route add default via {root_ip} dev eth0"));
+        let direct = FakeImds::start(cloud, &[&format!("{IMDS}:80")]);
+        cmd(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{IMDS}/32"),
+            "dev",
+            &veth,
+            "table",
+            DIRECT_TABLE,
+        ]);
+        for i in interfaces {
+            cmd(&[
+                "ip",
+                "rule",
+                "add",
+                "iif",
+                i,
+                "to",
+                &format!("{IMDS}/32"),
+                "lookup",
+                DIRECT_TABLE,
+                "priority",
+                DIRECT_TABLE,
+            ]);
+            self.direct_from.push(i.to_string());
+        }
+        direct
+    }
+
+    fn root_ip(&self) -> String {
+        let veth = self.veth.as_ref().expect("cloud linked");
+        let out = cmd(&["ip", "-4", "-o", "addr", "show", "dev", veth]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .expect("veth address")
+            .to_owned()
     }
 
     /// The cloud: a fake metadata service in its own namespace behind a veth pair with
@@ -308,6 +368,21 @@ impl Drop for Scene {
         if self.installed {
             let _ = quiet(&[BIN, "uninstall"]);
         }
+        for i in &self.direct_from {
+            let to = format!("{IMDS}/32");
+            let _ = quiet(&[
+                "ip",
+                "rule",
+                "del",
+                "iif",
+                i,
+                "to",
+                &to,
+                "lookup",
+                DIRECT_TABLE,
+            ]);
+        }
+        let _ = quiet(&["ip", "route", "flush", "table", DIRECT_TABLE]);
         if let Some(v) = &self.veth {
             let _ = quiet(&["ip", "link", "del", v]);
         }
