@@ -257,6 +257,7 @@ pub async fn current_snapshot(
     Ok(Snapshot {
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
+        direct: cfg.direct_interfaces.clone(),
         listen: cfg.listen,
         v6: link::ipv6_plan(cfg.listen6),
         gce_dns: cfg.gce_dns,
@@ -284,7 +285,8 @@ pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
 
 /// Removes table and link, keeping on after a failure and reporting both.
 async fn remove_interception(cfg: &Config) -> Result<(), AppError> {
-    let fw = NetlinkFirewall::open()?;
+    // Plain writes: deleting needs no ownership (a stopped daemon's tables have none).
+    let fw = NetlinkFirewall::open(crate::firewall::TableOwner::Off)?;
     let table = tokio::task::spawn_blocking(move || fw.remove())
         .await
         .map_err(|_| FirewallError::WorkerGone)?;
@@ -373,10 +375,39 @@ struct Live {
     )>,
 }
 
+/// Says once how the tables are protected, adopts what a previous run left, and warns
+/// about interfaces opened on purpose.
+fn log_protection(cfg: &Config, fw: &NetlinkFirewall) -> Result<(), AppError> {
+    if fw.owned() {
+        info!("tables owned by the daemon and persistent: no other process can change them while it runs, and they stay after it stops");
+        let adopted = fw.adopt()?;
+        if !adopted.is_empty() {
+            info!(families = ?adopted, "adopted the tables a previous run left; they keep refusing until replaced");
+        }
+    } else {
+        let why = match cfg.table_owner {
+            crate::firewall::TableOwner::Off => "table_owner = off",
+            crate::firewall::TableOwner::Auto => {
+                "this kernel has no owned persistent tables (Linux 6.9+)"
+            }
+        };
+        info!(
+            reason = why,
+            "tables not owned: restored within milliseconds if someone changes them"
+        );
+    }
+    if !cfg.direct_interfaces.is_empty() {
+        warn!(interfaces = ?cfg.direct_interfaces, "direct_interfaces: packets from these interfaces reach the metadata address directly, not through the proxy");
+    }
+    Ok(())
+}
+
 /// The ordered start-up; any error leaves the table closed (or absent if it never got
 /// that far), never open.
 async fn start_up(cfg: &Config) -> Result<Live, AppError> {
-    let firewall: Arc<dyn Firewall> = Arc::new(NetlinkFirewall::open()?);
+    let netlink = NetlinkFirewall::open(cfg.table_owner)?;
+    log_protection(cfg, &netlink)?;
+    let firewall: Arc<dyn Firewall> = Arc::new(netlink);
     let handle = link::connect()?;
 
     // Subscribe before listing, so a bridge created in between is not missed.
