@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::firewall::conntrack;
 use crate::firewall::nft::NetlinkFirewall;
-use crate::firewall::plan::{plan, Mode, Snapshot, V6};
+use crate::firewall::plan::{plan, EgressGuard, Mode, Snapshot, V6};
 use crate::firewall::{watch, Firewall, FirewallError};
 use crate::link::{self, LinkError, LinkEvent};
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -254,10 +254,25 @@ pub async fn current_snapshot(
     mode: Mode,
 ) -> Result<Snapshot, LinkError> {
     let links = link::list_links(handle).await?;
+    let egress_guards = if cfg.macvlan_parents.is_empty() {
+        vec![]
+    } else {
+        let macs = link::link_macs(handle).await?;
+        cfg.macvlan_parents
+            .iter()
+            .filter_map(|p| {
+                macs.get(p).map(|mac| EgressGuard {
+                    device: p.clone(),
+                    mac: *mac,
+                })
+            })
+            .collect()
+    };
     Ok(Snapshot {
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
         direct: cfg.direct_interfaces.clone(),
+        egress_guards,
         listen: cfg.listen,
         v6: link::ipv6_plan(cfg.listen6),
         gce_dns: cfg.gce_dns,
@@ -280,13 +295,14 @@ pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
         AppError::AlreadyRunning => AppError::UninstallWhileRunning,
         e => e,
     })?;
-    remove_interception(cfg).await
-}
-
-/// Removes table and link, keeping on after a failure and reporting both.
-async fn remove_interception(cfg: &Config) -> Result<(), AppError> {
     // Plain writes: deleting needs no ownership (a stopped daemon's tables have none).
     let fw = NetlinkFirewall::open(crate::firewall::TableOwner::Off)?;
+    remove_interception(cfg, Arc::new(fw)).await
+}
+
+/// Removes table and link, keeping on after a failure and reporting both. `fw` must be
+/// the running daemon's own writer where there is one: owned tables refuse any other.
+async fn remove_interception(cfg: &Config, fw: Arc<dyn Firewall>) -> Result<(), AppError> {
     let table = tokio::task::spawn_blocking(move || fw.remove())
         .await
         .map_err(|_| FirewallError::WorkerGone)?;
@@ -420,6 +436,23 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
 
     // 1. Closed: replaces any stale table, refuses containers from now on.
     rec.apply().await?;
+    let guarded: Vec<&str> = rec
+        .snapshot()
+        .egress_guards
+        .iter()
+        .map(|g| g.device.as_str())
+        .collect();
+    if !guarded.is_empty() {
+        info!(parents = ?guarded, "macvlan children of these interfaces are refused the metadata address");
+    }
+    let missing: Vec<&String> = cfg
+        .macvlan_parents
+        .iter()
+        .filter(|p| !guarded.contains(&p.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; their macvlan children are not refused until a restart finds them");
+    }
     info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
 
     let v6 = rec.snapshot().v6;
@@ -695,7 +728,7 @@ impl Live {
             proxy::DrainReport { abandoned: 0 }
         });
         if cfg.remove_on_exit {
-            return remove_interception(cfg).await;
+            return remove_interception(cfg, self.rec.firewall()).await;
         }
         info!(
             abandoned = report.abandoned,

@@ -76,6 +76,11 @@ pub struct ConfigArgs {
     /// refused [default: none].
     #[arg(long, env = "IMDS_PROXY_DIRECT_INTERFACES")]
     pub direct_interfaces: Option<String>,
+    /// Interfaces (comma-separated exact names) whose macvlan children are refused the
+    /// metadata address: the host's uplink, where containers get macvlan networks
+    /// [default: none].
+    #[arg(long, env = "IMDS_PROXY_MACVLAN_PARENTS")]
+    pub macvlan_parents: Option<String>,
     /// `auto`: the tables are owned by the daemon where the kernel can (Linux 6.9+), so no
     /// other process can change them, and outlive it; `off`: plain tables, restored on
     /// drift (for tests of that path, or a kernel that misbehaves) [default: auto].
@@ -147,7 +152,7 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 24] = [
+        let given: [(&'static str, &Option<String>); 25] = [
             ("upstream", &self.upstream),
             ("emulator", &self.emulator),
             ("listen", &self.listen),
@@ -155,6 +160,7 @@ impl ConfigArgs {
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),
             ("direct_interfaces", &self.direct_interfaces),
+            ("macvlan_parents", &self.macvlan_parents),
             ("table_owner", &self.table_owner),
             ("request_timeout_ms", &self.request_timeout_ms),
             ("aws_request_timeout_ms", &self.aws_request_timeout_ms),

@@ -87,6 +87,8 @@ pub struct Config {
     /// Interfaces whose forwarded or bridged packets to the metadata addresses are let
     /// through on purpose; every other interface's are refused.
     pub direct_interfaces: Vec<String>,
+    /// Interfaces whose macvlan children must not reach the metadata service directly.
+    pub macvlan_parents: Vec<String>,
     /// Whether the tables are created owned by the daemon and persisting after it.
     pub table_owner: TableOwner,
     /// Deadline for one proxied request, upstream answer and body included.
@@ -187,6 +189,7 @@ pub const KEYS: &[&str] = &[
     "link_name",
     "bridges",
     "direct_interfaces",
+    "macvlan_parents",
     "table_owner",
     "request_timeout_ms",
     "aws_request_timeout_ms",
@@ -321,7 +324,8 @@ impl RawConfig {
         let listen6 = parse!("listen6", parse_listen6, DEFAULT_LISTEN6);
         let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
         let bridges = parse!("bridges", parse_bridges, default_bridges());
-        let direct_interfaces = parse!("direct_interfaces", parse_direct, Vec::new());
+        let direct_interfaces = parse!("direct_interfaces", parse_ifnames, Vec::new());
+        let macvlan_parents = parse!("macvlan_parents", parse_ifnames, Vec::new());
         let table_owner = parse!("table_owner", parse_table_owner, TableOwner::Auto);
         let request_timeout = parse!(
             "request_timeout_ms",
@@ -433,6 +437,7 @@ impl RawConfig {
                 link_name,
                 bridges,
                 direct_interfaces,
+                macvlan_parents,
                 table_owner,
                 request_timeout,
                 aws_request_timeout,
@@ -781,7 +786,7 @@ fn parse_bridges(r: &Raw) -> Result<Vec<BridgePattern>, String> {
 }
 
 /// A list of exact interface names (comma-separated as text); empty is fine.
-fn parse_direct(r: &Raw) -> Result<Vec<String>, String> {
+fn parse_ifnames(r: &Raw) -> Result<Vec<String>, String> {
     let items: Vec<String> = match r {
         Raw::Text(s) => s
             .split(',')
@@ -809,7 +814,7 @@ fn parse_direct(r: &Raw) -> Result<Vec<String>, String> {
             }
             BridgePattern::Prefix(_) => {
                 return Err(format!(
-                    "{item:?}: only exact interface names open a direct path, not patterns"
+                    "{item:?}: exact interface names only, not patterns"
                 ))
             }
         }

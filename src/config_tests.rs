@@ -74,6 +74,20 @@ fn direct_interfaces_default_to_none_and_take_exact_names_only() {
 }
 
 #[test]
+fn macvlan_parents_default_to_none_and_take_exact_names_only() {
+    assert!(RawConfig::default()
+        .validate(false)
+        .unwrap()
+        .macvlan_parents
+        .is_empty());
+    let mut r = RawConfig::default();
+    r.set_text("macvlan_parents", Some("eth0,ens5".into()));
+    assert_eq!(r.validate(false).unwrap().macvlan_parents, ["eth0", "ens5"]);
+    let e = errors(&raw(r#"macvlan_parents = ["eth*"]"#), false);
+    assert_eq!((e[0].key.as_str(), e.len()), ("macvlan_parents", 1));
+}
+
+#[test]
 fn table_owner_is_auto_or_off() {
     let mut r = RawConfig::default();
     r.set_text("table_owner", Some("off".into()));

@@ -50,6 +50,11 @@ impl Reconciler {
         }
     }
 
+    /// The firewall this reconciler writes through (the only writer owned tables accept).
+    pub fn firewall(&self) -> Arc<dyn Firewall> {
+        self.firewall.clone()
+    }
+
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }

@@ -16,6 +16,7 @@ fn snapshot(bridges: &[&str]) -> Snapshot {
             BridgePattern::Prefix("br-".into()),
         ],
         direct: vec![],
+        egress_guards: vec![],
         listen: "169.254.93.254:80".parse().unwrap(),
         v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().unwrap()),
         gce_dns: true,
@@ -166,6 +167,42 @@ fn owned_tables_resist_other_processes_outlive_the_writer_and_are_adopted() {
 }
 
 #[test]
+fn the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest() {
+    if !root_or_skip("the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest") {
+        return;
+    }
+    let ns = Netns::new("nftegr");
+    ns.ip("link add up9 type veth peer name up9p");
+    let mut s = snapshot(&["docker0"]);
+    s.egress_guards = vec![plan::EgressGuard {
+        device: "up9".into(),
+        mac: [0x02, 0, 0, 0, 0, 0x09],
+    }];
+    let rs = plan::plan(&s);
+    let expected = rs.to_string();
+    let n = ns.alias();
+    let (listing, exists_after_delete) = ns.run(move || {
+        let fw = NetlinkFirewall::open(TableOwner::Off).unwrap();
+        fw.apply(&rs).unwrap();
+        let listing = ["ip", "ip6", "bridge", "netdev"]
+            .map(|f| n.exec(&["nft", "list", "table", f, "imds_proxy"]))
+            .concat();
+        // The netdev table counts for drift like the others.
+        n.exec(&["nft", "delete", "table", "netdev", "imds_proxy"]);
+        let exists = fw.exists().unwrap();
+        fw.apply(&rs).unwrap();
+        fw.remove().unwrap();
+        (listing, exists)
+    });
+    assert_eq!(listing, expected);
+    assert!(
+        !exists_after_delete,
+        "a missing netdev table went unnoticed"
+    );
+    assert_eq!(ns.exec(&["nft", "list", "tables"]).trim(), "");
+}
+
+#[test]
 fn with_table_owner_off_the_tables_are_plain() {
     if !root_or_skip("with_table_owner_off_the_tables_are_plain") {
         return;
@@ -177,7 +214,7 @@ fn with_table_owner_off_the_tables_are_plain() {
         assert!(!fw.owned());
         fw.apply(&rs).unwrap();
     });
-    // Gone with the writer? No: plain tables stay too, and anyone may delete them.
+    // Plain tables stay after the writer too, carry no flags, and anyone may delete them.
     let listing = ns.exec(&["nft", "list", "table", "ip", "imds_proxy"]);
     assert!(!listing.contains("flags"), "{listing}");
     ns.exec(&["nft", "delete", "table", "ip", "imds_proxy"]);

@@ -93,17 +93,13 @@ impl NetlinkFirewall {
                 let _ = ready_tx.send(Ok((socket.portid(), owned)));
                 // Which families the daemon's last ruleset has a table in: the ip6
                 // table exists only where the kernel has IPv6.
-                let mut families = FAMILIES_WITHOUT_IP6;
+                let mut families = vec![ProtoFamily::Ipv4, ProtoFamily::Bridge];
                 for req in rx {
                     match req {
                         Request::Apply(rs, reply) => {
                             let result = apply(&socket, &rs, owned);
                             if result.is_ok() {
-                                families = if rs.chains6.is_some() {
-                                    FAMILIES
-                                } else {
-                                    FAMILIES_WITHOUT_IP6
-                                };
+                                families = families_of(&rs);
                             }
                             let _ = reply.send(result);
                         }
@@ -114,8 +110,8 @@ impl NetlinkFirewall {
                             let _ = reply.send(remove(&socket));
                         }
                         Request::Exists(reply) => {
-                            let _ =
-                                reply.send(table_names(&socket).map(|t| all_present(&t, families)));
+                            let _ = reply
+                                .send(table_names(&socket).map(|t| all_present(&t, &families)));
                         }
                     }
                 }
@@ -247,6 +243,7 @@ enum Family {
     Ip,
     Ip6,
     Bridge,
+    Netdev,
 }
 
 impl Family {
@@ -255,13 +252,37 @@ impl Family {
             Family::Ip => ProtoFamily::Ipv4,
             Family::Ip6 => ProtoFamily::Ipv6,
             Family::Bridge => ProtoFamily::Bridge,
+            Family::Netdev => ProtoFamily::NetDev,
         }
     }
 }
 
-/// Every family the daemon has a table in, and the same without `ip6`.
-const FAMILIES: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Ipv6, ProtoFamily::Bridge];
-const FAMILIES_WITHOUT_IP6: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Bridge];
+/// Every family the daemon may have a table in, with its name in nft.
+const FAMILIES: &[(ProtoFamily, &str)] = &[
+    (ProtoFamily::Ipv4, "ip"),
+    (ProtoFamily::Ipv6, "ip6"),
+    (ProtoFamily::Bridge, "bridge"),
+    (ProtoFamily::NetDev, "netdev"),
+];
+
+/// The families `rs` has a table in: `ip6` only where the kernel has IPv6, `netdev`
+/// only with macvlan parents to guard.
+fn families_of(rs: &Ruleset) -> Vec<ProtoFamily> {
+    let mut f = vec![ProtoFamily::Ipv4, ProtoFamily::Bridge];
+    if rs.chains6.is_some() {
+        f.push(ProtoFamily::Ipv6);
+    }
+    if !rs.egress.is_empty() {
+        f.push(ProtoFamily::NetDev);
+    }
+    f
+}
+
+/// nftnl names hook numbers after the `inet` hooks: number 1 (`In`) is
+/// `NF_NETDEV_EGRESS` in the netdev family.
+const NETDEV_EGRESS: nftnl::Hook = nftnl::Hook::In;
+/// `ARPHRD_ETHER`: the `meta iiftype` nft checks before reading an Ethernet header.
+const ARPHRD_ETHER: u16 = 1;
 
 impl Expression for Reject {
     fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
@@ -302,10 +323,19 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, famil
             rule.add_expr(&nft_expr!(meta iifname));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, prefix.as_bytes()));
         }
+        Match::EtherSaddrNot(mac) => {
+            rule.add_expr(&nft_expr!(meta iiftype));
+            rule.add_expr(&expr::Cmp::new(
+                expr::CmpOp::Eq,
+                &ARPHRD_ETHER.to_ne_bytes()[..],
+            ));
+            rule.add_expr(&nft_expr!(payload ethernet saddr));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &mac[..]));
+        }
         Match::Daddr(addr) => {
-            if family == Family::Bridge {
-                // In the bridge family the network header is IPv4 (or IPv6) only if
-                // the ethertype says so: the dependency nft itself adds.
+            if matches!(family, Family::Bridge | Family::Netdev) {
+                // In the bridge and netdev families the network header is IPv4 (or
+                // IPv6) only if the ethertype says so: the dependency nft itself adds.
                 let ethertype = match addr {
                     IpAddr::V4(_) => nlibc::ETH_P_IP,
                     IpAddr::V6(_) => nlibc::ETH_P_IPV6,
@@ -482,6 +512,19 @@ fn build_batch(rs: &Ruleset, owned: bool) -> nftnl::FinalizedBatch {
     for c in [&rs.port_chain, &rs.bridge_forward] {
         add_chain(&mut batch, &btable, c, &set, Family::Bridge);
     }
+    if !rs.egress.is_empty() {
+        let ntable = replace_table(&mut batch, rs, ProtoFamily::NetDev, owned);
+        for c in &rs.egress {
+            let name = CString::new(c.name.as_str()).expect("chain name has no NUL");
+            let mut chain = Chain::new(&name, &ntable);
+            chain.set_hook(NETDEV_EGRESS, c.priority);
+            chain.set_device(CString::new(c.device.as_str()).expect("device name has no NUL"));
+            chain.set_type(nftnl::ChainType::Filter);
+            chain.set_policy(nftnl::Policy::Accept);
+            batch.add(&chain, MsgType::Add);
+            add_rules(&mut batch, &chain, &c.rules, &set, Family::Netdev);
+        }
+    }
     batch.finalize()
 }
 
@@ -578,10 +621,12 @@ fn remove(socket: &mnl::Socket) -> Result<bool, FirewallError> {
     let existed = tables.keys().any(|(_, name)| *name == table_cname());
     // The ip6 table is deleted only if it is there: a kernel without IPv6 has no ip6
     // family, and adding a table to delete it would fail the whole batch.
-    let ip6 = tables.contains_key(&(nlibc::NFPROTO_IPV6 as u32, table_cname()));
     let mut batch = Batch::new();
-    for family in FAMILIES {
-        if *family == ProtoFamily::Ipv6 && !ip6 {
+    for (family, _) in FAMILIES {
+        // ip6 and netdev tables are deleted only if they are there: a kernel without
+        // IPv6 has no ip6 family, and adding a table to delete it would fail the batch.
+        let optional = matches!(family, ProtoFamily::Ipv6 | ProtoFamily::NetDev);
+        if optional && !tables.contains_key(&(*family as u32, table_cname())) {
             continue;
         }
         // No flags: an orphaned table (a previous run's, owner gone) is anyone's to
@@ -657,11 +702,7 @@ fn adopt(socket: &mnl::Socket) -> Result<Vec<&'static str>, FirewallError> {
     let tables = table_names(socket)?;
     let mut adopted = Vec::new();
     let mut batch = Batch::new();
-    for (family, label) in [
-        (ProtoFamily::Ipv4, "ip"),
-        (ProtoFamily::Ipv6, "ip6"),
-        (ProtoFamily::Bridge, "bridge"),
-    ] {
+    for &(family, label) in FAMILIES {
         match tables.get(&(family as u32, table_cname())) {
             Some(flags) if table::is_orphan(*flags) => {
                 let msg = TableMsg::new(&table_cname(), family, Some(F_OWNER | F_PERSIST));

@@ -106,8 +106,8 @@ pub fn is_orphan(flags: u32) -> bool {
     flags & (F_OWNER | F_PERSIST) == F_PERSIST
 }
 
-/// Collects the family, name and flags of each `ip`, `ip6` and `bridge` family table in
-/// a table dump (a table of another family with the same name is someone else's).
+/// Collects the family, name and flags of each `ip`, `ip6`, `bridge` and `netdev` family
+/// table in a table dump (a table of another family with the same name is someone else's).
 pub fn table_cb(header: &nlibc::nlmsghdr, tables: &mut Tables) -> nlibc::c_int {
     // SAFETY: `header` is a complete netlink message handed over by mnl_cb_run; the
     // table object is allocated, filled by libnftnl from that message, read, and freed
@@ -124,6 +124,7 @@ pub fn table_cb(header: &nlibc::nlmsghdr, tables: &mut Tables) -> nlibc::c_int {
                 nlibc::NFPROTO_IPV4,
                 nlibc::NFPROTO_IPV6,
                 nlibc::NFPROTO_BRIDGE,
+                nlibc::NFPROTO_NETDEV,
             ]
             .iter()
             .any(|f| family == *f as u32)

@@ -128,6 +128,9 @@ pub struct Snapshot {
     /// Interfaces whose packets to the metadata addresses are let through on purpose
     /// (`direct_interfaces`); every other forwarded or bridged packet is refused.
     pub direct: Vec<String>,
+    /// Parents of macvlan links (`macvlan_parents`) present now: their children send
+    /// straight out of the parent, past every IP hook of the host.
+    pub egress_guards: Vec<EgressGuard>,
     /// Where the proxy listens.
     pub listen: SocketAddrV4,
     /// Where the proxy listens for IPv6 callers, if anywhere.
@@ -164,12 +167,24 @@ impl Snapshot {
                 BridgePattern::Prefix("br-".into()),
             ],
             direct: vec![],
+            egress_guards: vec![],
             listen: "169.254.93.254:80".parse().expect("valid address"),
             v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
             gce_dns: true,
             mode,
         }
     }
+}
+
+/// An interface whose macvlan children must not reach the metadata service: what
+/// leaves it with a source MAC other than its own came from a child (the host's own
+/// packets, and what it routes, leave with the parent's MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressGuard {
+    /// The parent interface.
+    pub device: String,
+    /// Its own MAC address.
+    pub mac: [u8; 6],
 }
 
 /// Netfilter hook a base chain is attached to.
@@ -216,6 +231,8 @@ pub enum Match {
     CtStatusDnat,
     /// `meta mark != 0`: the bridge table stamped the packet with its port.
     MarkSet,
+    /// `ether saddr != M` (netdev family).
+    EtherSaddrNot([u8; 6]),
 }
 
 /// What a rule does when every condition holds.
@@ -275,6 +292,19 @@ pub struct Ruleset {
     pub port_chain: Chain,
     /// The `bridge` family table's refusal of metadata frames bridged port to port.
     pub bridge_forward: Chain,
+    /// The `netdev` family table's egress chains, one per guarded macvlan parent; no
+    /// table when empty.
+    pub egress: Vec<EgressChain>,
+}
+
+/// A `netdev` family chain on one device's egress hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressChain {
+    pub name: String,
+    pub device: String,
+    /// Absolute priority (printed relative to `filter`).
+    pub priority: i32,
+    pub rules: Vec<Rule>,
 }
 
 /// `dstnat` is -100; ten ahead of it so our binding wins over Docker's own NAT.
@@ -327,6 +357,25 @@ pub fn plan(s: &Snapshot) -> Ruleset {
         chains6,
         port_chain,
         bridge_forward: bridge_forward(s),
+        egress: s.egress_guards.iter().map(egress_chain).collect(),
+    }
+}
+
+/// Drops packets to either metadata address that leave a macvlan parent with a source
+/// MAC other than the parent's own: a child's, whose packets never cross the host's IP
+/// hooks. The netdev family cannot reject, so they are dropped.
+fn egress_chain(g: &EgressGuard) -> EgressChain {
+    EgressChain {
+        name: format!("egress_{}", g.device),
+        device: g.device.clone(),
+        priority: PRIO_FILTER_AHEAD,
+        rules: [IpAddr::V4(IMDS_V4), IpAddr::V6(IMDS_V6)]
+            .into_iter()
+            .map(|a| Rule {
+                matches: vec![Match::EtherSaddrNot(g.mac), Match::Daddr(a)],
+                action: Action::Drop,
+            })
+            .collect(),
     }
 }
 
@@ -637,6 +686,11 @@ impl fmt::Display for Match {
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::MarkSet => f.write_str("meta mark != 0x00000000"),
+            Match::EtherSaddrNot(m) => write!(
+                f,
+                "ether saddr != {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
         }
     }
 }
@@ -765,7 +819,34 @@ impl fmt::Display for Ruleset {
         write!(f, "{}", self.port_chain)?;
         writeln!(f)?;
         write!(f, "{}", self.bridge_forward)?;
-        writeln!(f, "}}")
+        writeln!(f, "}}")?;
+        if !self.egress.is_empty() {
+            writeln!(f, "table netdev {} {{", self.table)?;
+            for (i, c) in self.egress.iter().enumerate() {
+                if i > 0 {
+                    writeln!(f)?;
+                }
+                write!(f, "{c}")?;
+            }
+            writeln!(f, "}}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for EgressChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prio = priority_name(ChainKind::Filter, Hook::Forward, self.priority);
+        writeln!(f, "\tchain {} {{", self.name)?;
+        writeln!(
+            f,
+            "\t\ttype filter hook egress device \"{}\" priority {prio}; policy accept;",
+            self.device
+        )?;
+        for r in &self.rules {
+            writeln!(f, "\t\t{r}")?;
+        }
+        writeln!(f, "\t}}")
     }
 }
 

@@ -425,3 +425,42 @@ fn raw_payload_matches_render_as_nft_prints_them() {
             .all(|m| matches!(m, Match::ThBytes { bytes, .. } if bytes.len() <= 16)));
     }
 }
+
+#[test]
+fn macvlan_parents_get_an_egress_chain_that_drops_what_their_children_send() {
+    let mut s = snapshot(&["docker0"], Mode::Closed);
+    assert!(plan(&s).egress.is_empty());
+    assert!(
+        !plan(&s).to_string().contains("netdev"),
+        "no table without parents"
+    );
+    s.egress_guards = vec![EgressGuard {
+        device: "eth0".into(),
+        mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x0a],
+    }];
+    let text = plan(&s).to_string();
+    assert!(
+        text.ends_with(
+            "table netdev imds_proxy {
+\tchain egress_eth0 {
+\t\ttype filter hook egress device \"eth0\" priority filter - 10; policy accept;
+\t\tether saddr != 02:42:ac:11:00:0a ip daddr 169.254.169.254 drop
+\t\tether saddr != 02:42:ac:11:00:0a ip6 daddr fd00:ec2::254 drop
+\t}
+}
+"
+        ),
+        "{text}"
+    );
+    // The same in both modes: the children never reach the proxy anyway.
+    s.mode = Mode::Open;
+    assert_eq!(
+        plan(&s).egress,
+        plan(&{
+            let mut c = s.clone();
+            c.mode = Mode::Closed;
+            c
+        })
+        .egress
+    );
+}
