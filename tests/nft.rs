@@ -203,6 +203,41 @@ fn the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest() {
 }
 
 #[test]
+fn switching_table_owner_either_way_replaces_the_tables() {
+    if !root_or_skip("switching_table_owner_either_way_replaces_the_tables") {
+        return;
+    }
+    let ns = Netns::new("nftswitch");
+    let rs = plan::plan(&snapshot(&["docker0"]));
+    let expected = rs.to_string();
+    let flags = |ns: &Netns| {
+        ns.exec(&["nft", "list", "table", "bridge", "imds_proxy"])
+            .lines()
+            .find(|l| l.starts_with("\tflags"))
+            .map(|l| l.trim().to_owned())
+    };
+    // Plain tables (an older version's, or table_owner = off), then owned ones.
+    let r = rs.clone();
+    ns.run(move || NetlinkFirewall::open(TableOwner::Off).unwrap().apply(&r))
+        .unwrap();
+    assert_eq!(flags(&ns), None);
+    let r = rs.clone();
+    let n = ns.alias();
+    let owned = ns.run(move || {
+        let fw = NetlinkFirewall::open(TableOwner::Auto).unwrap();
+        fw.apply(&r).unwrap();
+        flags(&n)
+    });
+    assert_eq!(owned.as_deref(), Some("flags owner"));
+    // Orphaned now; a plain writer replaces them with plain tables.
+    let r = rs.clone();
+    ns.run(move || NetlinkFirewall::open(TableOwner::Off).unwrap().apply(&r))
+        .unwrap();
+    assert_eq!(flags(&ns), None);
+    assert_eq!(ns.nft_table().unwrap(), expected);
+}
+
+#[test]
 fn with_table_owner_off_the_tables_are_plain() {
     if !root_or_skip("with_table_owner_off_the_tables_are_plain") {
         return;

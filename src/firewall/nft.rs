@@ -32,6 +32,21 @@ pub struct NetlinkFirewall {
     requests: mpsc::Sender<Request>,
     portid: u32,
     owned: bool,
+    /// The thread that owns the socket; joined on drop.
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+/// Dropping the writer closes its socket before returning: from then on its owned
+/// tables are orphaned (kept, ownerless), so whoever opens the next writer can take
+/// them over at once.
+impl Drop for NetlinkFirewall {
+    fn drop(&mut self) {
+        // The worker ends when its request channel closes.
+        drop(std::mem::replace(&mut self.requests, mpsc::channel().0));
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 enum Request {
@@ -48,7 +63,7 @@ impl NetlinkFirewall {
     pub fn open(owner: TableOwner) -> Result<Self, FirewallError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        thread::Builder::new()
+        let worker = thread::Builder::new()
             .name("nftables".into())
             .spawn(move || {
                 let socket = match mnl::Socket::new(mnl::Bus::Netfilter) {
@@ -61,6 +76,20 @@ impl NetlinkFirewall {
                         return;
                     }
                 };
+                // libmnl opens the socket without close-on-exec: a process the daemon
+                // starts (a token command of the emulator) would inherit it, could write
+                // to the owned tables as their owner, and would keep them owned after
+                // the daemon dies.
+                if let Err(e) = nix::fcntl::fcntl(
+                    unsafe_fd(&socket),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                ) {
+                    let _ = ready_tx.send(Err(FirewallError::from_io(
+                        "mark the netfilter socket close-on-exec",
+                        e.into(),
+                    )));
+                    return;
+                }
                 // A kernel that never answers must not hang the daemon: every receive
                 // gives up after a few seconds with an error instead.
                 let timeout = nix::sys::time::TimeVal::new(5, 0);
@@ -125,6 +154,7 @@ impl NetlinkFirewall {
             requests: tx,
             portid,
             owned,
+            worker: Some(worker),
         })
     }
 

@@ -142,3 +142,33 @@ pub fn table_cb(header: &nlibc::nlmsghdr, tables: &mut Tables) -> nlibc::c_int {
     }
     1 // MNL_CB_OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_that_refuses_the_flags_means_plain_tables_and_other_errors_are_errors() {
+        let answer = |errno: Option<i32>| {
+            owner_supported(|_| match errno {
+                None => Ok(()),
+                Some(n) => Err(io::Error::from_raw_os_error(n)),
+            })
+        };
+        assert!(answer(None).unwrap());
+        // Linux before 6.9 (no PERSIST) and before 5.12 (no OWNER) refuse unknown flags.
+        assert!(!answer(Some(libc::EOPNOTSUPP)).unwrap());
+        assert_eq!(
+            answer(Some(libc::EPERM)).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
+
+    #[test]
+    fn only_a_persistent_table_without_owner_is_an_orphan() {
+        assert!(is_orphan(F_PERSIST));
+        assert!(!is_orphan(F_PERSIST | F_OWNER), "its owner still runs");
+        assert!(!is_orphan(0), "a plain table");
+        assert!(!is_orphan(F_OWNER));
+    }
+}
