@@ -65,10 +65,11 @@ impl Strangers {
         }
     }
 
-    /// Every namespace, on port 80 and on another port, is refused at once (TCP reset)
-    /// and the fake cloud sees nothing.
+    /// Every namespace, on port 80 and on another port, is refused at once (TCP reset),
+    /// UDP with a port unreachable, and the fake cloud sees nothing.
     fn all_refused_fast(&self, tb: &Testbed, when: &str) {
         let before = tb.imds.count();
+        let mut slowest = Duration::ZERO;
         for (what, ns, _) in &self.paths {
             for addr in [IMDS, "169.254.169.254:8080"] {
                 let r = http(ns, addr, "GET", "/latest/meta-data/", &[]);
@@ -82,14 +83,35 @@ impl Strangers {
                     "{what}, {addr}, {when}: refusal took {:?}",
                     r.1
                 );
+                slowest = slowest.max(r.1);
             }
+            assert_eq!(
+                udp_error(ns),
+                ErrorKind::ConnectionRefused,
+                "{what}, UDP, {when}"
+            );
         }
         assert_eq!(
             tb.imds.count(),
             before,
             "the metadata service saw a request {when}"
         );
+        measure(
+            &format!("slowest refusal of an unnamed path {when} (µs)"),
+            slowest.as_micros(),
+        );
     }
+}
+
+/// What a connected UDP socket reports for a datagram to the metadata address.
+fn udp_error(ns: &Netns) -> ErrorKind {
+    ns.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("169.254.169.254:53").unwrap();
+        s.set_read_timeout(Some(QUICK)).unwrap();
+        s.send(b"x").unwrap();
+        s.recv(&mut [0u8; 16]).unwrap_err().kind()
+    })
 }
 
 #[test]
@@ -123,6 +145,30 @@ fn paths_no_pattern_names_are_refused_running_after_sigkill_and_after_sigterm() 
     assert!(d.wait(Duration::from_secs(10)).success());
     strangers.all_refused_fast(&tb, "after SIGTERM");
     assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
+}
+
+#[test]
+fn ipv6_from_a_bridge_no_pattern_names_is_refused_too() {
+    if !root_or_skip("ipv6_from_a_bridge_no_pattern_names_is_refused_too") {
+        return;
+    }
+    let tb = Testbed::new();
+    let imds6 = tb.enable_ipv6();
+    let strangers = Strangers::new(&tb);
+    let (_, lxc, _) = &strangers.paths[0];
+    tb.host.ip("addr add fd00:77:1::1/64 dev lxcbr9 nodad");
+    lxc.ip("addr add fd00:77:1::2/64 dev eth0 nodad");
+    lxc.ip("-6 route add default via fd00:77:1::1");
+    let r = http(lxc, IMDS6_HTTP, "GET", "/", &[]);
+    assert_eq!(r.0.expect("IPv6 without the daemon").status, 200);
+    let _d = tb.daemon(&[]);
+    let before = imds6.count();
+    for addr in [IMDS6_HTTP.to_owned(), format!("[{IMDS6}]:8080")] {
+        let r = http(lxc, &addr, "GET", "/", &[]);
+        assert_eq!(refused(&r), ErrorKind::ConnectionRefused, "{addr}");
+        assert!(r.1 < QUICK, "{addr}: refusal took {:?}", r.1);
+    }
+    assert_eq!(imds6.count(), before);
 }
 
 #[test]
