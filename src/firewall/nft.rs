@@ -8,6 +8,10 @@
 //! Each apply is `add table; delete table; add table, set, elements, chains, rules` in a
 //! single batch: the kernel commits all of it or none of it, so there is never a moment
 //! without the table, never a duplicate, and a failed batch leaves the previous state.
+//!
+//! Where the kernel has them (Linux 6.9+), the tables are created owned by the writer's
+//! socket and persistent (`nft_table.rs`): only this socket may change them, and they
+//! outlive it.
 
 use std::ffi::CString;
 use std::io;
@@ -121,7 +125,8 @@ impl NetlinkFirewall {
                 };
                 let _ = ready_tx.send(Ok((socket.portid(), owned)));
                 // Which families the daemon's last ruleset has a table in: the ip6
-                // table exists only where the kernel has IPv6.
+                // table exists only where the kernel has IPv6, the netdev table only
+                // with macvlan parents to guard.
                 let mut families = vec![ProtoFamily::Ipv4, ProtoFamily::Bridge];
                 for req in rx {
                     match req {
@@ -543,19 +548,27 @@ fn build_batch(rs: &Ruleset, owned: bool) -> nftnl::FinalizedBatch {
         add_chain(&mut batch, &btable, c, &set, Family::Bridge);
     }
     if !rs.egress.is_empty() {
-        let ntable = replace_table(&mut batch, rs, ProtoFamily::NetDev, owned);
-        for c in &rs.egress {
-            let name = CString::new(c.name.as_str()).expect("chain name has no NUL");
-            let mut chain = Chain::new(&name, &ntable);
-            chain.set_hook(NETDEV_EGRESS, c.priority);
-            chain.set_device(CString::new(c.device.as_str()).expect("device name has no NUL"));
-            chain.set_type(nftnl::ChainType::Filter);
-            chain.set_policy(nftnl::Policy::Accept);
-            batch.add(&chain, MsgType::Add);
-            add_rules(&mut batch, &chain, &c.rules, &set, Family::Netdev);
-        }
+        add_egress_table(&mut batch, rs, owned);
     }
     batch.finalize()
+}
+
+/// Replaces the `netdev` table: one egress chain per guarded macvlan parent.
+fn add_egress_table(batch: &mut Batch, rs: &Ruleset, owned: bool) {
+    let table = replace_table(batch, rs, ProtoFamily::NetDev, owned);
+    // These chains use no set either; it only satisfies the rule builder.
+    let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
+    let set: Set<'_, IfName> = Set::new_named(&set_name, 4, &table, ProtoFamily::NetDev);
+    for c in &rs.egress {
+        let name = CString::new(c.name.as_str()).expect("chain name has no NUL");
+        let mut chain = Chain::new(&name, &table);
+        chain.set_hook(NETDEV_EGRESS, c.priority);
+        chain.set_device(CString::new(c.device.as_str()).expect("device name has no NUL"));
+        chain.set_type(nftnl::ChainType::Filter);
+        chain.set_policy(nftnl::Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        add_rules(batch, &chain, &c.rules, &set, Family::Netdev);
+    }
 }
 
 /// Replaces the `ip` or `ip6` table: set, elements, chains and rules.

@@ -297,10 +297,13 @@ pub struct Ruleset {
     pub egress: Vec<EgressChain>,
 }
 
-/// A `netdev` family chain on one device's egress hook.
+/// A `netdev` family chain on one device's egress hook: the only hook that sees what a
+/// macvlan child sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressChain {
+    /// `egress_<device>`: one chain per device.
     pub name: String,
+    /// The macvlan parent it hooks.
     pub device: String,
     /// Absolute priority (printed relative to `filter`).
     pub priority: i32,
@@ -836,6 +839,7 @@ impl fmt::Display for Ruleset {
 
 impl fmt::Display for EgressChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Named as in any filter chain (`filter - 10`); the hook plays no part in it.
         let prio = priority_name(ChainKind::Filter, Hook::Forward, self.priority);
         writeln!(f, "\tchain {} {{", self.name)?;
         writeln!(
