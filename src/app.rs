@@ -254,20 +254,7 @@ pub async fn current_snapshot(
     mode: Mode,
 ) -> Result<Snapshot, LinkError> {
     let links = link::list_links(handle).await?;
-    let egress_guards = if cfg.macvlan_parents.is_empty() {
-        vec![]
-    } else {
-        let macs = link::link_macs(handle).await?;
-        cfg.macvlan_parents
-            .iter()
-            .filter_map(|p| {
-                macs.get(p).map(|mac| EgressGuard {
-                    device: p.clone(),
-                    mac: *mac,
-                })
-            })
-            .collect()
-    };
+    let egress_guards = egress_guards(cfg, handle).await?;
     Ok(Snapshot {
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
@@ -278,6 +265,53 @@ pub async fn current_snapshot(
         gce_dns: cfg.gce_dns,
         mode,
     })
+}
+
+/// The configured macvlan parents present now, each with its own MAC.
+async fn egress_guards(
+    cfg: &Config,
+    handle: &rtnetlink::Handle,
+) -> Result<Vec<EgressGuard>, LinkError> {
+    if cfg.macvlan_parents.is_empty() {
+        return Ok(vec![]);
+    }
+    let macs = link::link_macs(handle).await?;
+    Ok(cfg
+        .macvlan_parents
+        .iter()
+        .filter_map(|p| {
+            macs.get(p).map(|mac| EgressGuard {
+                device: p.clone(),
+                mac: *mac,
+            })
+        })
+        .collect())
+}
+
+/// An event with the macvlan parents present now, if a batch may have changed them (a
+/// parent appeared, went, changed its MAC, or links were re-listed).
+async fn egress_event(
+    cfg: &Config,
+    handle: &rtnetlink::Handle,
+    batch: &[Event],
+    resync: bool,
+) -> Option<Event> {
+    let touched = batch.iter().any(|e| match e {
+        Event::Link(LinkEvent::Up(n) | LinkEvent::Down(n) | LinkEvent::Gone(n)) => {
+            cfg.macvlan_parents.contains(n)
+        }
+        _ => false,
+    });
+    if !(touched || resync && !cfg.macvlan_parents.is_empty()) {
+        return None;
+    }
+    match egress_guards(cfg, handle).await {
+        Ok(g) => Some(Event::EgressGuards(g)),
+        Err(e) => {
+            warn!(error = %proxy::error_chain(&e), "failed to list links");
+            None
+        }
+    }
 }
 
 /// `imds-proxy rules`: the ruleset `run` would install now.
@@ -451,7 +485,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         .filter(|p| !guarded.contains(&p.as_str()))
         .collect();
     if !missing.is_empty() {
-        warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; their macvlan children are not refused until a restart finds them");
+        warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; guarded once it appears");
     }
     info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
 
@@ -671,6 +705,8 @@ impl Live {
             if resync {
                 batch.extend(links_event(&self.handle).await);
             }
+            let egress = egress_event(cfg, &self.handle, &batch, resync).await;
+            batch.extend(egress);
             let held = self.emulator_tx.is_some();
             guard_own_link(&self.handle, cfg, self.listen6, held, &batch, resync).await;
             if let Err(e) = self.rec.handle(batch).await {

@@ -316,3 +316,44 @@ fn macvlan_children_of_a_configured_parent_are_refused_and_others_are_not() {
         "only the host's and the proxy's requests"
     );
 }
+
+#[test]
+fn a_macvlan_parent_that_appears_after_start_is_guarded_at_once() {
+    if !root_or_skip("a_macvlan_parent_that_appears_after_start_is_guarded_at_once") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&["--macvlan-parents", "vcl2"]);
+    d.wait_for("guarded once it appears", QUICK);
+    // A second uplink to the cloud, and a macvlan child of it in a namespace.
+    tb.host.ip(&format!(
+        "link add vcl2 type veth peer name eth1 netns {}",
+        tb.cloud.name
+    ));
+    tb.host.ip("link set vcl2 up");
+    tb.cloud.ip("addr add 10.97.0.1/24 dev eth1");
+    tb.cloud.ip("link set eth1 up");
+    let m = Netns::new("mvl2");
+    tb.host
+        .ip("link add mvl8 link vcl2 type macvlan mode bridge");
+    tb.host.ip(&format!("link set mvl8 netns {}", m.name));
+    m.ip("link set mvl8 name eth0");
+    m.ip("addr add 10.97.0.2/24 dev eth0");
+    m.ip("link set eth0 up");
+    m.ip("route add 169.254.169.254/32 via 10.97.0.1");
+    d.wait_for("macvlan parents guarded", Duration::from_secs(2));
+    let before = tb.imds.count();
+    assert!(
+        !connects(&m, "169.254.169.254:80"),
+        "macvlan child of a late parent"
+    );
+    assert_eq!(tb.imds.count(), before);
+    // The parent gone, its guard goes with it: the table carries nothing stale.
+    tb.host.ip("link del vcl2");
+    until(Duration::from_secs(2), "the netdev table to go", || {
+        !tb.host
+            .try_exec(&["nft", "list", "table", "netdev", "imds_proxy"])
+            .0
+    });
+    assert_eq!(tb.status("/"), 200);
+}

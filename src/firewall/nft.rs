@@ -532,7 +532,7 @@ fn replace_table(batch: &mut Batch, rs: &Ruleset, family: ProtoFamily, owned: bo
     Table::new(name, family)
 }
 
-fn build_batch(rs: &Ruleset, owned: bool) -> nftnl::FinalizedBatch {
+fn build_batch(rs: &Ruleset, owned: bool, stale_netdev: bool) -> nftnl::FinalizedBatch {
     let mut batch = Batch::new();
     add_family_table(&mut batch, rs, Family::Ip, &rs.chains, owned);
     if let Some(chains6) = &rs.chains6 {
@@ -549,6 +549,16 @@ fn build_batch(rs: &Ruleset, owned: bool) -> nftnl::FinalizedBatch {
     }
     if !rs.egress.is_empty() {
         add_egress_table(&mut batch, rs, owned);
+    } else if stale_netdev {
+        let name = table_cname();
+        batch.add(
+            &TableMsg::new(&name, ProtoFamily::NetDev, None),
+            MsgType::Add,
+        );
+        batch.add(
+            &TableMsg::new(&name, ProtoFamily::NetDev, None),
+            MsgType::Del,
+        );
     }
     batch.finalize()
 }
@@ -654,7 +664,11 @@ fn add_rules(
 }
 
 fn apply(socket: &mnl::Socket, rs: &Ruleset, owned: bool) -> Result<(), FirewallError> {
-    let batch = build_batch(rs, owned);
+    // A netdev table that an earlier ruleset (or run) had and this one has not (its
+    // macvlan parent went) is deleted in the same batch.
+    let stale_netdev = rs.egress.is_empty()
+        && table_names(socket)?.contains_key(&(nlibc::NFPROTO_NETDEV as u32, table_cname()));
+    let batch = build_batch(rs, owned, stale_netdev);
     send_and_process(socket, &batch)
         .map_err(|e| FirewallError::from_io("replace the nftables table", e))
 }
