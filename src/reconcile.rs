@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::plan::{plan, EgressGuard, Mode, Snapshot};
 use crate::firewall::watch::ForeignChange;
 use crate::firewall::{Firewall, FirewallError};
 use crate::link::LinkEvent;
@@ -26,6 +26,8 @@ pub enum Event {
     SetMode(Mode),
     /// The bridges of Docker's networks now (intercepted whatever their names).
     DockerBridges(BTreeSet<String>),
+    /// The macvlan parents present now, with their MACs (after a link change).
+    EgressGuards(Vec<EgressGuard>),
 }
 
 /// What handling an event did, for logs and tests.
@@ -54,6 +56,11 @@ impl Reconciler {
             docker_bridges: BTreeSet::new(),
             dirty: false,
         }
+    }
+
+    /// The firewall this reconciler writes through (the only writer owned tables accept).
+    pub fn firewall(&self) -> Arc<dyn Firewall> {
+        self.firewall.clone()
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -150,6 +157,13 @@ impl Reconciler {
                         }
                     }
                     self.docker_bridges = now;
+                }
+                Event::EgressGuards(g) => {
+                    if g != self.snapshot.egress_guards {
+                        let parents: Vec<&str> = g.iter().map(|g| g.device.as_str()).collect();
+                        info!(?parents, "macvlan parents guarded");
+                        self.snapshot.egress_guards = g;
+                    }
                 }
             }
         }
