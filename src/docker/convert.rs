@@ -144,6 +144,9 @@ pub fn network_endpoints(n: &NetworkInspect) -> Vec<(ContainerId, Addresses)> {
 /// What one Docker event means for the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// A container was created: its name and labels, from the event itself (a
+    /// container's first request may come before Docker answers an inspect).
+    Created(ContainerId, String, BTreeMap<String, String>),
     /// The container started (or was renamed): inspect it.
     Inspect(ContainerId),
     /// The container's networks changed: inspect it if it is running (a container
@@ -164,6 +167,19 @@ pub fn change(ev: &EventMessage) -> Change {
     let id = |s: Option<&String>| s.map(|s| ContainerId(s.clone()));
     match ev.typ {
         Some(T::CONTAINER) => match (action, id(actor.and_then(|a| a.id.as_ref()))) {
+            ("create", Some(c)) => {
+                // The attributes are the container's labels plus its name and image.
+                let mut labels: BTreeMap<String, String> = actor
+                    .and_then(|a| a.attributes.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let name = labels
+                    .remove("name")
+                    .unwrap_or_else(|| c.short().to_owned());
+                labels.remove("image");
+                Change::Created(c, name, labels)
+            }
             ("start" | "restart" | "rename", Some(c)) => Change::Inspect(c),
             ("die" | "destroy", Some(c)) => Change::Gone(c),
             _ => Change::Nothing,
@@ -179,5 +195,120 @@ pub fn change(ev: &EventMessage) -> Change {
             _ => Change::Nothing,
         },
         _ => Change::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{EventActor, EventMessageTypeEnum};
+
+    fn event(
+        typ: EventMessageTypeEnum,
+        action: &str,
+        id: &str,
+        attrs: &[(&str, &str)],
+    ) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some(id.into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_say_what_to_ask_docker_and_what_they_already_tell() {
+        use EventMessageTypeEnum::{CONTAINER, NETWORK};
+        let c = || ContainerId("c".repeat(64));
+        let cid = "c".repeat(64);
+        assert_eq!(
+            change(&event(
+                CONTAINER,
+                "create",
+                &cid,
+                &[
+                    ("name", "web"),
+                    ("image", "busybox"),
+                    ("imds-proxy.policy", "deny")
+                ]
+            )),
+            Change::Created(
+                c(),
+                "web".into(),
+                [("imds-proxy.policy".to_owned(), "deny".to_owned())].into()
+            )
+        );
+        assert_eq!(
+            change(&event(CONTAINER, "start", &cid, &[])),
+            Change::Inspect(c())
+        );
+        assert_eq!(
+            change(&event(CONTAINER, "die", &cid, &[])),
+            Change::Gone(c())
+        );
+        assert_eq!(
+            change(&event(CONTAINER, "exec_start", &cid, &[])),
+            Change::Nothing
+        );
+        assert_eq!(
+            change(&event(NETWORK, "connect", "netid", &[("container", &cid)])),
+            Change::Reinspect(c())
+        );
+        assert_eq!(
+            change(&event(NETWORK, "create", "netid", &[])),
+            Change::Networks
+        );
+    }
+
+    #[test]
+    fn swarm_gateway_endpoints_are_read_per_container_and_sandboxes_name_no_one() {
+        let n: NetworkInspect = serde_json::from_value(serde_json::json!({
+            "Name": "docker_gwbridge",
+            "Containers": {
+                "ingress-sbox": {"Name": "gateway_ingress-sbox", "IPv4Address": "172.18.0.2/16", "MacAddress": "02:42:ac:12:00:02"},
+                "a".repeat(64): {"Name": "gateway_aaaa", "IPv4Address": "172.18.0.3/16", "MacAddress": "02:42:ac:12:00:03", "IPv6Address": ""}
+            }
+        }))
+        .unwrap();
+        let eps = network_endpoints(&n);
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].0, ContainerId("a".repeat(64)));
+        assert_eq!(eps[0].1.ipv4.to_string(), "172.18.0.3");
+        assert_eq!(eps[0].1.ipv6, None);
+    }
+
+    #[test]
+    fn a_bridge_networks_bridge_is_the_one_its_options_name_or_br_and_its_id() {
+        let net = |driver: &str, opt: Option<&str>| Network {
+            name: Some("n".into()),
+            id: Some("0123456789abcdef".into()),
+            driver: Some(driver.into()),
+            options: opt
+                .map(|b| [("com.docker.network.bridge.name".to_owned(), b.to_owned())].into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            bridge_of(&net("bridge", Some("docker_gwbridge"))).as_deref(),
+            Some("docker_gwbridge")
+        );
+        assert_eq!(
+            bridge_of(&net("bridge", Some("my-bridge"))).as_deref(),
+            Some("my-bridge")
+        );
+        assert_eq!(
+            bridge_of(&net("bridge", None)).as_deref(),
+            Some("br-0123456789ab")
+        );
+        assert_eq!(bridge_of(&net("overlay", None)), None);
+        assert_eq!(bridge_of(&net("macvlan", Some("x"))), None);
     }
 }

@@ -6,7 +6,7 @@
 //! addresses it assigned on each network), by container id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,12 +57,66 @@ pub struct State {
     ports: HashMap<u32, PortFacts>,
     /// Ports that were looked into and lead to no container Docker runs, and when.
     unowned: HashMap<u32, Instant>,
+    /// Name and labels of containers Docker reported created and not yet inspected.
+    created: HashMap<ContainerId, (String, BTreeMap<String, String>)>,
 }
 
 impl State {
     /// A container Docker reported (by an inspect, or a list); replaces what was known.
     pub fn set_container(&mut self, c: Container) {
+        self.created.remove(&c.id);
         self.containers.insert(c.id.clone(), c);
+    }
+
+    /// A container Docker reported created, with the name and labels of the event.
+    pub fn set_created(&mut self, id: ContainerId, name: String, labels: BTreeMap<String, String>) {
+        if !self.containers.contains_key(&id) {
+            self.created.insert(id, (name, labels));
+        }
+    }
+
+    /// A container known so far only from its create event, on `bridge`'s port with
+    /// the addresses its namespace holds on that port's peer: it is named and labelled
+    /// as the event said, until Docker's inspect replaces it with what Docker assigned.
+    /// Returns whether it was known from its event.
+    pub fn set_provisional(
+        &mut self,
+        id: &ContainerId,
+        bridge: &str,
+        addresses: &[IpAddr],
+    ) -> bool {
+        let Some((name, labels)) = self.created.get(id) else {
+            return false;
+        };
+        let ipv4 = addresses.iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            _ => None,
+        });
+        let ipv6 = addresses.iter().find_map(|a| match a {
+            IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(*v6),
+            _ => None,
+        });
+        let Some(ipv4) = ipv4 else {
+            return false;
+        };
+        let network = self.network_of_bridge(bridge).unwrap_or(bridge).to_owned();
+        let c = Container {
+            id: id.clone(),
+            name: name.clone(),
+            labels: labels.clone(),
+            networks: [(
+                network,
+                Addresses {
+                    ipv4,
+                    ipv6,
+                    mac: None,
+                },
+            )]
+            .into(),
+            pid: None,
+        };
+        self.containers.insert(id.clone(), c);
+        true
     }
 
     pub fn container(&self, id: &ContainerId) -> Option<&Container> {
@@ -72,6 +126,7 @@ impl State {
     /// A container that stopped: it and everything that led to it are forgotten (its
     /// namespace id may be given to another namespace from now on).
     pub fn remove_container(&mut self, id: &ContainerId) -> bool {
+        self.created.remove(id);
         self.nsids.retain(|_, c| c != id);
         self.hidden.retain(|(_, c), _| c != id);
         self.containers.remove(id).is_some()

@@ -1,4 +1,5 @@
 use super::*;
+use std::net::IpAddr;
 
 fn id(c: char) -> ContainerId {
     ContainerId(c.to_string().repeat(64))
@@ -181,4 +182,44 @@ fn an_unowned_port_answers_requests_that_arrived_before_it_was_looked_into() {
     // Once the port leads somewhere it is no longer unowned.
     st.set_port(40, facts("docker0", 1));
     assert!(!st.inventory(true).unowned_since(40, before));
+}
+
+#[test]
+fn a_container_known_only_from_its_create_event_is_named_with_its_namespaces_addresses() {
+    let mut st = host();
+    let labels: BTreeMap<String, String> = [("imds-proxy.policy".into(), "deny".into())].into();
+    st.set_created(id('c'), "fresh".into(), labels.clone());
+    let link_local: IpAddr = "fe80::42:acff:fe11:5".parse().unwrap();
+    let addrs = [
+        link_local,
+        "172.17.0.5".parse().unwrap(),
+        "fd00::5".parse().unwrap(),
+    ];
+    // Without its create event a container is not made up from kernel facts.
+    assert!(!st.set_provisional(&id('x'), "docker0", &addrs));
+    // Without an IPv4 address on the port's peer there is nothing to hold it to.
+    assert!(!st.set_provisional(&id('c'), "docker0", &[link_local]));
+    assert!(st.set_provisional(&id('c'), "docker0", &addrs));
+    st.set_nsid(5, id('c'));
+    st.set_port(50, facts("docker0", 5));
+    let inv = st.inventory(true);
+    let e = inv.by_port(50).expect("endpoint");
+    assert_eq!(
+        (
+            e.name.as_str(),
+            e.network.as_str(),
+            e.ipv4.to_string(),
+            e.ipv6.map(|a| a.to_string())
+        ),
+        (
+            "fresh",
+            "bridge",
+            "172.17.0.5".into(),
+            Some("fd00::5".into())
+        )
+    );
+    assert_eq!(e.labels, labels);
+    // Docker's inspect replaces it with what Docker assigned.
+    st.set_container(container('c', "fresh", &[("bridge", "172.17.0.5")]));
+    assert!(st.inventory(true).by_port(50).unwrap().mac.is_some());
 }

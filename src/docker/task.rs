@@ -99,7 +99,8 @@ enum Resolution {
     NoPort,
     /// A port whose peer namespace holds no container's process.
     NoContainer(PortFacts),
-    Container(PortFacts, ContainerId),
+    /// The container, and the addresses its side of the port holds.
+    Container(PortFacts, ContainerId, Vec<std::net::IpAddr>),
     /// The kernel could not be asked.
     Failed,
 }
@@ -239,6 +240,7 @@ impl Task {
 
     fn on_event(&mut self, ev: &bollard::models::EventMessage) {
         match convert::change(ev) {
+            Change::Created(id, name, labels) => self.state.set_created(id, name, labels),
             Change::Inspect(id) => self.inspect(id),
             Change::Reinspect(id) => {
                 if self.state.container(&id).is_some() {
@@ -463,8 +465,15 @@ impl Task {
                 self.state.set_port(port, facts);
                 self.state.set_unowned(port, asked);
             }
-            Resolution::Container(facts, id) => {
+            Resolution::Container(facts, id, addrs) => {
                 self.state.set_nsid(facts.nsid, id.clone());
+                let provisional = self.state.container(&id).is_none()
+                    && self.state.set_provisional(&id, &facts.bridge, &addrs);
+                if provisional {
+                    // Named by its create event; Docker's inspect confirms it later.
+                    debug!(container = %id.short(), "container known from its create event");
+                    self.inspect(id.clone());
+                }
                 self.state.set_port(port, facts);
                 if self.state.container(&id).is_none() {
                     // Known to the kernel, not yet to us: Docker names it.
@@ -575,11 +584,14 @@ async fn resolve_port(
     port: u32,
     known: &HashMap<i32, (ContainerId, Option<i64>)>,
 ) -> Resolution {
-    let facts = match kernel.port(port).await {
-        Ok(Some(p)) => PortFacts {
-            bridge: p.bridge,
-            nsid: p.peer_nsid,
-        },
+    let (facts, peer) = match kernel.port(port).await {
+        Ok(Some(p)) => (
+            PortFacts {
+                bridge: p.bridge,
+                nsid: p.peer_nsid,
+            },
+            p.peer_index,
+        ),
         Ok(None) => return Resolution::NoPort,
         Err(e) => {
             warn!(error = %crate::proxy::error_chain(&e), "cannot read a bridge port");
@@ -603,7 +615,16 @@ async fn resolve_port(
         Err(_) => return Resolution::Failed,
     }
     match found {
-        Some(id) => Resolution::Container(facts, id),
+        Some(id) => {
+            let addrs = match peer {
+                Some(i) => kernel
+                    .peer_addresses(facts.nsid, i)
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            Resolution::Container(facts, id, addrs)
+        }
         None => Resolution::NoContainer(facts),
     }
 }
