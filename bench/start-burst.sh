@@ -14,6 +14,7 @@
 # Environment:
 #   IMDS_PROXY_BURST_IDLE   containers already running (default 200)
 #   IMDS_PROXY_BURST_START  containers started at once (default 40)
+#   IMDS_PROXY_BURST_LOG    a file to keep the daemon's log in
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,7 @@ cleanup() {
   if [ -n "$started_dockerd" ] && [ -f "$work/dockerd.pid" ]; then
     kill "$(cat "$work/dockerd.pid")" 2>/dev/null
   fi
+  [ -n "${IMDS_PROXY_BURST_LOG:-}" ] && cp "$work/daemon.log" "$IMDS_PROXY_BURST_LOG"
   rm -rf "$work"
   exit "$status"
 }

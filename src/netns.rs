@@ -7,7 +7,6 @@
 //! cgroup to the container: no list of containers from Docker is needed, whatever the
 //! number of containers on the host.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -50,30 +49,16 @@ pub fn netns_inode(pid: i64) -> Option<u64> {
     s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// One process per network namespace other than the daemon's own, by namespace
-/// inode: every pid in `/proc`, one `readlink` each. The first pid found in a
-/// namespace that belongs to a container is kept (a namespace may also hold a process
-/// no container owns, which names no one).
-pub fn processes_by_netns() -> HashMap<u64, Vec<i64>> {
-    let own = netns_inode(std::process::id() as i64);
-    let mut by_ns: HashMap<u64, Vec<i64>> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return by_ns;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        match netns_inode(pid) {
-            Some(ino) if Some(ino) != own => by_ns.entry(ino).or_default().push(pid),
-            _ => {}
-        }
-    }
-    by_ns
+/// Every process of the host, newest (highest pid) first.
+pub fn pids_newest_first() -> Vec<i64> {
+    let mut pids: Vec<i64> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable_by(|a, b| b.cmp(a));
+    pids
 }
 
 /// The container a process belongs to, if its network namespace is still `inode` once

@@ -598,17 +598,20 @@ async fn resolve_port(
             return Resolution::Failed;
         }
     };
+    let t0 = Instant::now();
     let mut found = None;
     if let Some((id, Some(pid))) = known.get(&facts.nsid) {
         if kernel.nsid_of(*pid, &id.0).await == Some(facts.nsid) {
             found = Some(id.clone());
         }
     }
+    let by_pid = found.is_some();
     if found.is_none() {
         found = containers_of_nsids(kernel, &HashSet::from([facts.nsid]))
             .await
             .remove(&facts.nsid);
     }
+    debug!(port, by_pid, found = found.is_some(), elapsed_us = t0.elapsed().as_micros() as u64, "port looked into");
     match kernel.port(port).await {
         Ok(Some(p)) if p.peer_nsid == facts.nsid && p.bridge == facts.bridge => {}
         Ok(_) => return Resolution::NoPort,
@@ -630,42 +633,44 @@ async fn resolve_port(
 }
 
 /// Which container's processes live in each namespace of `wanted` (by the id the host
-/// gives it): every process's namespace, newest processes first (a namespace being
-/// asked about usually belongs to a container that just started), one id request per
-/// namespace until all wanted ones are found.
-async fn containers_of_nsids(
-    kernel: &PortReader,
-    wanted: &HashSet<i32>,
-) -> HashMap<i32, ContainerId> {
+/// gives it). Processes are looked at newest first, since a namespace being asked
+/// about usually belongs to a container that just started: each one's namespace is read
+/// (one `readlink`), each namespace not seen yet is asked for its id (one request),
+/// until every wanted namespace is found; a container's first request then costs a few
+/// look-ups, however many processes the host runs.
+async fn containers_of_nsids(kernel: &PortReader, wanted: &HashSet<i32>) -> HashMap<i32, ContainerId> {
     let mut found = HashMap::new();
     if wanted.is_empty() {
         return found;
     }
-    let by_ns = tokio::task::spawn_blocking(crate::netns::processes_by_netns)
-        .await
-        .unwrap_or_default();
-    let mut spaces: Vec<(u64, Vec<i64>)> = by_ns.into_iter().collect();
-    spaces.sort_by_key(|(_, pids)| std::cmp::Reverse(pids.iter().max().copied()));
-    for (inode, pids) in spaces {
+    let own = crate::netns::netns_inode(std::process::id() as i64);
+    let mut seen: HashMap<u64, Option<i32>> = HashMap::new();
+    for pid in crate::netns::pids_newest_first() {
         if found.len() == wanted.len() {
             break;
         }
-        let Some(ns) = pids
-            .iter()
-            .find_map(|p| crate::netns::open_netns_of(*p, inode))
-        else {
+        let Some(inode) = crate::netns::netns_inode(pid) else {
             continue;
         };
-        let Some(nsid) = kernel.nsid_of_netns(&ns).await else {
-            continue;
-        };
-        if !wanted.contains(&nsid) || found.contains_key(&nsid) {
+        if Some(inode) == own {
             continue;
         }
-        if let Some(id) = pids
-            .iter()
-            .find_map(|p| crate::netns::container_of_process(*p, inode))
-        {
+        let nsid = match seen.get(&inode) {
+            Some(n) => *n,
+            None => {
+                let n = match crate::netns::open_netns_of(pid, inode) {
+                    Some(ns) => kernel.nsid_of_netns(&ns).await,
+                    None => None,
+                };
+                seen.insert(inode, n);
+                n
+            }
+        };
+        let Some(nsid) = nsid.filter(|n| wanted.contains(n) && !found.contains_key(n)) else {
+            continue;
+        };
+        // A process of no container in that namespace names no one; another may.
+        if let Some(id) = crate::netns::container_of_process(pid, inode) {
             found.insert(nsid, ContainerId(id));
         }
     }
