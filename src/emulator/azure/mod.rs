@@ -15,7 +15,9 @@
 //!   those with children), which is how IMDS lets a caller drill down;
 //! - unknown paths → 404 `{"error":"Not found"}`; a known path with another method →
 //!   405 with `Allow`;
-//! - any configured `api-version` is accepted on every path;
+//! - every documented `api-version` (or those the file names) is accepted on every
+//!   path; the instance document shows the `compute` fields of the version asked
+//!   for, and with `extended=true` (from 2021-03-01) the `extended` object;
 //! - `/metadata/attested/document` is not emulated (404): it needs a signing
 //!   certificate the caller would have to trust.
 
@@ -26,6 +28,7 @@ mod instance;
 mod query;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -217,7 +220,24 @@ fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Fu
             &json!({"error": "Bad request. format must be json or text"}),
         );
     };
-    let Some(node) = instance::walk(&cfg.instance, path) else {
+    let version = q.get("api-version").unwrap_or_default();
+    let extended = match q.get("extended") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(_) => {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "Bad request. extended must be true or false"}),
+            )
+        }
+    };
+    let doc = versioned(
+        cfg,
+        version,
+        extended && version >= versions::EXTENDED_SINCE,
+    );
+    let Some(node) = instance::walk(&doc, path) else {
         return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"}));
     };
     match instance::render(node, format) {
@@ -228,6 +248,21 @@ fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Fu
             &json!({"error": "Bad request. Leaf nodes can only be requested with format=text"}),
         ),
     }
+}
+
+/// The instance document as `version` serves it: `compute` fields from the version
+/// that brought them, and the `extended` object when asked for.
+fn versioned(cfg: &AzureConfig, version: &str, extended: bool) -> Json {
+    let mut doc = cfg.instance.clone();
+    if let Some(Json::Object(c)) = doc.get_mut("compute") {
+        c.retain(|k, _| versions::compute_has(version, k));
+    }
+    if extended {
+        if let Json::Object(d) = &mut doc {
+            d.insert("extended".into(), cfg.extended.clone());
+        }
+    }
+    doc
 }
 
 /// An error in the endpoint's style: OAuth-style on identity paths, IMDS-style

@@ -119,6 +119,10 @@ async fn versions_need_no_api_version_and_everything_else_does() {
     let versions = g.json()["apiVersions"].as_array().unwrap().clone();
     assert_eq!(versions.first().unwrap(), "2017-03-01");
     assert_eq!(versions.last().unwrap(), "2025-04-07");
+    assert!(
+        versions.iter().any(|v| v == "2021-08-01"),
+        "cloud-init asks for 2021-08-01 and falls back without it"
+    );
 
     let want = serde_json::json!({
         "error": "Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds",
@@ -187,6 +191,55 @@ fn all_primitives_are_strings(v: &Json) -> bool {
 }
 
 #[tokio::test]
+async fn the_document_has_the_fields_of_the_version_asked_and_extended_when_asked() {
+    let (az, cfg) = (azure(), config(EXAMPLE));
+    let doc = |q: &'static str| {
+        let (az, cfg) = (&az, &cfg);
+        async move { get(az, cfg, t0(), &format!("/metadata/instance?{q}")).await }
+    };
+    let old = doc("api-version=2019-06-01").await;
+    assert_eq!(old.status, StatusCode::OK);
+    let old = old.json();
+    assert!(old["compute"].get("userData").is_none(), "{old}");
+    assert!(old["compute"].get("tagsList").is_none(), "{old}");
+    assert_eq!(
+        old["compute"]["vmId"],
+        "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    let new = doc("api-version=2021-08-01&extended=true").await.json();
+    assert_eq!(new["compute"]["userData"], "ZWNobyBoZWxsbw==");
+    assert_eq!(new["compute"]["osProfile"]["adminUsername"], "azureuser");
+    assert!(new["compute"]["publicKeys"][0]["keyData"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+    assert_eq!(new["extended"]["compute"]["ppsType"], "None");
+    let plain = doc("api-version=2021-08-01").await.json();
+    assert!(plain.get("extended").is_none(), "only with extended=true");
+    let early = doc("api-version=2021-02-01&extended=true").await.json();
+    assert!(
+        early.get("extended").is_none(),
+        "extended came with 2021-03-01"
+    );
+    let bad = doc("api-version=2021-08-01&extended=maybe").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // A file that narrows the versions refuses the others.
+    let narrow = config("[azure]\ntenant_id = \"t\"\napi_versions = [\"2019-06-01\"]\n");
+    let g = get(
+        &az,
+        &narrow,
+        t0(),
+        "/metadata/instance?api-version=2021-08-01",
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        g.json()["newest-versions"],
+        serde_json::json!(["2019-06-01"])
+    );
+}
+
+#[tokio::test]
 async fn the_instance_document_and_its_sub_paths() {
     let (az, cfg) = (azure(), config(EXAMPLE));
     let g = get(&az, &cfg, t0(), "/metadata/instance?api-version=2021-02-01").await;
@@ -198,8 +251,17 @@ async fn the_instance_document_and_its_sub_paths() {
         doc["compute"]["vmId"],
         "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
     );
+    let bare = config("[azure]\ntenant_id = \"t\"\n");
+    let d = get(
+        &az,
+        &bare,
+        t0(),
+        "/metadata/instance?api-version=2021-02-01",
+    )
+    .await
+    .json();
     assert_eq!(
-        doc["compute"]["platformFaultDomain"], "",
+        d["compute"]["platformFaultDomain"], "",
         "missing values are \"\""
     );
     assert_eq!(doc["network"]["interface"][0]["macAddress"], "000D3AF806EC");
@@ -663,7 +725,7 @@ async fn unknown_paths_and_methods() {
 #[test]
 fn config_problems_name_their_keys() {
     for (section, key) in [
-        ("tenant_id = \"t\"", "azure.api_versions: is required"),
+        ("tenant_id = \"t\"\nextended = 1", "azure.extended: must be a table"),
         ("api_versions = []\ntenant_id = \"t\"", "azure.api_versions: must name at least one"),
         ("api_versions = [\"a\", \"a\"]\ntenant_id = \"t\"", "azure.api_versions[1]: "),
         ("api_versions = [\"a\", 1]\ntenant_id = \"t\"", "azure.api_versions[1]: "),
@@ -697,5 +759,5 @@ fn config_problems_name_their_keys() {
     }
     // Every problem at once.
     let problems = EmulatorConfig::parse("[azure]\ncolour = 1\n", &|_| None).unwrap_err();
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 2, "{problems:?}");
 }
