@@ -37,6 +37,8 @@ pub enum Leaf {
 pub enum Dynamic {
     Token(usize),
     Identity(usize),
+    /// `instance/guest-attributes/`: written by the guest, held by the service.
+    GuestAttributes,
 }
 
 /// A directory: named entries in listing order; `array` ones render as JSON arrays.
@@ -239,8 +241,22 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
         .fold(Dir::object(), |d, (name, i)| {
             d.keyed(&name, account_dir(cfg, who, i, &cfg.service_accounts[i]))
         });
+    let upper = |b: bool| s(if b { "TRUE" } else { "FALSE" });
+    let scheduling = Dir::object()
+        .with("automatic-restart", upper(inst.automatic_restart))
+        .with("on-host-maintenance", s(&inst.on_host_maintenance))
+        .with("preemptible", upper(inst.preemptible));
     let mut instance = Dir::object()
         .with("attributes", attrs(&inst.attributes))
+        .with("description", s(&inst.description))
+        .with("guest-attributes", Node::Dynamic(Dynamic::GuestAttributes))
+        .with("maintenance-event", s(&inst.maintenance_event))
+        .with("preempted", upper(inst.preempted))
+        .with("scheduling", scheduling.node())
+        .with(
+            "virtual-clock",
+            Dir::object().with("drift-token", s("0")).node(),
+        )
         .with_opt("cpu-platform", inst.cpu_platform.as_ref().map(s))
         .with("disks", Node::Dir(disks))
         .with("hostname", s(&inst.hostname))
@@ -326,7 +342,7 @@ pub fn listing(dir: &Dir) -> String {
     dir.entries
         .iter()
         .map(|e| match e.node {
-            Node::Dir(_) => format!("{}/\n", e.name),
+            Node::Dir(_) | Node::Dynamic(Dynamic::GuestAttributes) => format!("{}/\n", e.name),
             _ => format!("{}\n", e.name),
         })
         .collect()
