@@ -44,6 +44,17 @@ enum Target<'a> {
     NotFound,
     /// `/latest/api/token` is for PUT (answered by the proxy).
     TokenPath,
+    /// The identity document signed: its text and the form asked for.
+    Signed(String, Signed),
+}
+
+/// The signed forms of the identity document under `dynamic/instance-identity/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signed {
+    /// PKCS#7 signedData (detached), base64 in lines: `pkcs7` and `rsa2048`.
+    Pkcs7,
+    /// RSA-SHA256 over the document, base64: `signature`.
+    Signature,
 }
 
 impl Aws {
@@ -68,6 +79,36 @@ impl Aws {
             Target::Text(body) => text(StatusCode::OK, body),
             Target::NotFound => page(StatusCode::NOT_FOUND, "404 - Not Found"),
             Target::TokenPath => method_not_allowed("PUT"),
+            Target::Signed(doc, form) => {
+                let key = match ctx.keys.get(&ctx.config.signing).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        return page(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "500 - Internal Server Error",
+                        );
+                    }
+                };
+                let body = match form {
+                    Signed::Signature => {
+                        Ok(super::signing::base64_lines(&key.sign_raw(doc.as_bytes())))
+                    }
+                    Signed::Pkcs7 => key
+                        .pkcs7(doc.as_bytes(), false)
+                        .map(|d| super::signing::base64_lines(&d)),
+                };
+                match body {
+                    Ok(b) => text(StatusCode::OK, b),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        page(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "500 - Internal Server Error",
+                        )
+                    }
+                }
+            }
             Target::Info(role) => {
                 let since = self
                     .credentials
@@ -151,9 +192,20 @@ fn target<'a>(cfg: &'a AwsConfig, role: Option<&'a Role>, segs: &[String]) -> Ta
         }
         ["user-data"] => cfg.user_data.clone().map_or(Target::NotFound, Target::Text),
         ["dynamic"] if doc.is_some() => Target::Text("instance-identity/".into()),
-        ["dynamic", "instance-identity"] if doc.is_some() => Target::Text("document".into()),
-        ["dynamic", "instance-identity", "document"] => {
-            doc.map_or(Target::NotFound, |d| Target::Text(creds::pretty(d)))
+        ["dynamic", "instance-identity"] if doc.is_some() => {
+            Target::Text("document\npkcs7\nrsa2048\nsignature".into())
+        }
+        ["dynamic", "instance-identity", leaf] => {
+            let Some(d) = doc else {
+                return Target::NotFound;
+            };
+            let d = creds::pretty(d);
+            match *leaf {
+                "document" => Target::Text(d),
+                "pkcs7" | "rsa2048" => Target::Signed(d, Signed::Pkcs7),
+                "signature" => Target::Signed(d, Signed::Signature),
+                _ => Target::NotFound,
+            }
         }
         ["api", "token"] if *version == "latest" => Target::TokenPath,
         _ => Target::NotFound,

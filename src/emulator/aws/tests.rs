@@ -12,6 +12,8 @@ use serde_json::Value as Json;
 use super::*;
 use crate::emulator::{EmulatorConfig, EXAMPLE};
 use crate::policy::canonical::CanonicalPath;
+use rsa::pkcs8::DecodePublicKey;
+use x509_cert::der::{DecodePem, Encode};
 
 const LIFE: u64 = 21_600;
 
@@ -62,6 +64,7 @@ async fn call(
         changes,
         now,
         env,
+        keys: crate::emulator::signing::test_keys(),
     };
     let req = EmuRequest {
         method: &method,
@@ -122,7 +125,10 @@ async fn listings_and_leaves_are_plain_text_without_a_trailing_newline() {
         ("/latest/meta-data/iam/security-credentials", "demo-role"),
         ("/latest/user-data", "#!/bin/bash\necho hello\n"),
         ("/latest/dynamic/", "instance-identity/"),
-        ("/latest/dynamic/instance-identity/", "document"),
+        (
+            "/latest/dynamic/instance-identity/",
+            "document\npkcs7\nrsa2048\nsignature",
+        ),
     ] {
         let g = get(&aws, &cfg, t0(), path).await;
         assert_eq!(g.status, StatusCode::OK, "{path}");
@@ -278,6 +284,83 @@ async fn dated_versions_are_listed_and_answer_with_what_they_had() {
 }
 
 #[tokio::test]
+async fn the_identity_document_is_signed_as_ec2_signs_it() {
+    use base64::Engine;
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let doc = get(
+        &aws,
+        &cfg,
+        t0(),
+        "/latest/dynamic/instance-identity/document",
+    )
+    .await
+    .body;
+    let key = crate::emulator::signing::test_keys()
+        .get(&Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("document"), &doc).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), key.certificate_pem()).unwrap();
+    for leaf in ["pkcs7", "rsa2048"] {
+        let g = get(
+            &aws,
+            &cfg,
+            t0(),
+            &format!("/latest/dynamic/instance-identity/{leaf}"),
+        )
+        .await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert!(
+            g.body.lines().all(|l| l.len() <= 64),
+            "{leaf}: base64 in lines"
+        );
+        // The check AWS documents: wrap in PEM, verify against the certificate.
+        let pem = format!("-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n", g.body);
+        std::fs::write(dir.path().join(leaf), pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "smime", "-verify", "-in", leaf, "-inform", "PEM", "-content", "document",
+            ])
+            .args(["-certfile", "cert.pem", "-noverify"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{leaf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), doc, "{leaf}");
+    }
+    let sig = get(
+        &aws,
+        &cfg,
+        t0(),
+        "/latest/dynamic/instance-identity/signature",
+    )
+    .await
+    .body;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig.replace('\n', ""))
+        .unwrap();
+    use rsa::signature::Verifier;
+    let cert = x509_cert::Certificate::from_pem(key.certificate_pem().as_bytes()).unwrap();
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public)
+        .verify(
+            doc.as_bytes(),
+            &rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap(),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
 async fn missing_items_are_404_with_ec2s_page() {
     let (aws, cfg) = (Aws::new(), config(EXAMPLE));
     for path in [
@@ -291,7 +374,7 @@ async fn missing_items_are_404_with_ec2s_page() {
         "/latest/meta-data/iam/security-credentials/demo-role-x",
         "/latest/meta-data/iam/security-credentials/DEMO-ROLE",
         "/latest/meta-data/iam/nope",
-        "/latest/dynamic/instance-identity/signature",
+        "/latest/dynamic/instance-identity/nope",
         "/2021-07-15/api/token",
         "/favicon.ico",
     ] {

@@ -18,9 +18,11 @@
 //! - every documented `api-version` (or those the file names) is accepted on every
 //!   path; the instance document shows the `compute` fields of the version asked
 //!   for, and with `extended=true` (from 2021-03-01) the `extended` object;
-//! - `/metadata/attested/document` is not emulated (404): it needs a signing
-//!   certificate the caller would have to trust.
+//! - `/metadata/attested/document` is signed by the emulator's instance key, whose
+//!   certificate is published at `/imds-proxy/certificate.pem` (the real one chains
+//!   to Microsoft's CA, which the emulator cannot sign for).
 
+mod attested;
 mod config;
 mod events;
 mod identity;
@@ -62,6 +64,7 @@ enum Route {
     Token,
     Info,
     ScheduledEvents,
+    Attested,
 }
 
 impl Route {
@@ -100,6 +103,7 @@ impl Azure {
             ["metadata", "identity", "oauth2", "token"] => Route::Token,
             ["metadata", "identity", "info"] => Route::Info,
             ["metadata", "scheduledevents"] => Route::ScheduledEvents,
+            ["metadata", "attested", "document"] => Route::Attested,
             _ => return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"})),
         };
         if !route.methods().contains(req.method) {
@@ -154,6 +158,7 @@ impl Azure {
                 json_answer(StatusCode::OK, &self.events.document(&cfg.scheduled_events))
             }
             Route::Token => self.token_answer(ctx, cfg, req, &q).await,
+            Route::Attested => attested_answer(ctx, cfg, &q).await,
         }
     }
 
@@ -196,10 +201,31 @@ impl Azure {
             )
             .await
         {
-            Ok(t) => json_answer(
-                StatusCode::OK,
-                &identity::token_body(id, &treq, &t, ctx.now),
-            ),
+            Ok(mut t) => {
+                // A generated token is a JWT signed by the instance's key, with the
+                // claims applications read; a token from the file, a variable or a
+                // command is served as it came.
+                if id.token == super::tokens::TokenSource::Generated {
+                    match ctx.keys.get(&ctx.config.signing).await {
+                        Ok(key) => {
+                            t.value = key.jwt(&identity::claims(cfg, id, &treq.resource, &t));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign an emulated Azure token");
+                            return error(
+                                Route::Token,
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "unknown",
+                                "Failed to retrieve token from the Active directory",
+                            );
+                        }
+                    }
+                }
+                json_answer(
+                    StatusCode::OK,
+                    &identity::token_body(id, &treq, &t, ctx.now),
+                )
+            }
             Err(e) => {
                 tracing::warn!(client_id = %id.client_id, error = %e, "emulated Azure token unavailable");
                 error(
@@ -247,6 +273,47 @@ fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Fu
             StatusCode::BAD_REQUEST,
             &json!({"error": "Bad request. Leaf nodes can only be requested with format=text"}),
         ),
+    }
+}
+
+/// `/metadata/attested/document`: the VM's identity signed as PKCS#7 (the content
+/// attached, the certificate in it), with the caller's `nonce` to show it is fresh.
+async fn attested_answer(ctx: &Ctx, cfg: &AzureConfig, q: &Query) -> Response<Full<Bytes>> {
+    let nonce = match q.get("nonce") {
+        None => None,
+        Some(n)
+            if !n.is_empty() && n.len() <= 32 && n.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Some(n.to_owned())
+        }
+        Some(_) => {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "Bad request. nonce must be at most 32 letters and digits"}),
+            )
+        }
+    };
+    let content = attested::content(cfg, nonce.as_deref(), ctx.now);
+    let signed = match ctx.keys.get(&ctx.config.signing).await {
+        Ok(key) => key.pkcs7(content.to_string().as_bytes(), true),
+        Err(e) => Err(e),
+    };
+    match signed {
+        Ok(der) => {
+            use base64::Engine;
+            let signature = base64::engine::general_purpose::STANDARD.encode(der);
+            json_answer(
+                StatusCode::OK,
+                &json!({"encoding": "pkcs7", "signature": signature}),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the Azure attested document");
+            json_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "Internal server error"}),
+            )
+        }
     }
 }
 

@@ -384,7 +384,12 @@ impl Gce {
             .await
         {
             Ok(t) => Reply::json(&json!({
-                "access_token": t.value,
+                // Generated tokens look like Google's (`ya29.` and a long opaque
+                // tail), so code that checks the shape accepts them.
+                "access_token": match account.token {
+                    super::tokens::TokenSource::Generated => format!("ya29.c.{}", t.value),
+                    _ => t.value.clone(),
+                },
                 "expires_in": t.expires_in(now),
                 "token_type": "Bearer",
             })),

@@ -159,6 +159,7 @@ impl Scene {
             changes: self.rx.clone(),
             now: SystemTime::now(),
             env: self.env,
+            keys: crate::emulator::signing::test_keys(),
         };
         let resp = self.gce.answer(&ctx, &req).await;
         let (parts, body) = resp.into_parts();
