@@ -750,7 +750,10 @@ async fn generated_tokens_are_jwts_with_the_claims_of_a_managed_identity() {
     let body = g.json();
     let token = body["access_token"].as_str().unwrap();
     let c = claims(token);
-    let now = t0().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = t0()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert_eq!(c["aud"], MGMT);
     assert_eq!(
         c["iss"],
