@@ -153,6 +153,69 @@ fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
     drop(cloud);
 }
 
+#[test]
+fn a_file_captured_from_an_instance_makes_the_emulator_mimic_it() {
+    // scripts/emulator-from-vm.py, run against the example's instance as a user runs it
+    // on a VM: the file it writes validates and serves the same instance.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let emu = Daemon::spawn_root(&["emulate", "--emulator", FILE, "--listen", &listen]);
+    emu.wait_for("emulator serving", Duration::from_secs(10));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulator-from-vm.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("IMDS_BASE", format!("http://{listen}"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("captured.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let got = EmulatorConfig::load(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}\n{}",
+            imds_proxy::proxy::error_chain(&e),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let want = EmulatorConfig::load(Path::new(FILE)).unwrap();
+    let (ga, wa) = (got.aws.unwrap(), want.aws.unwrap());
+    assert_eq!(ga.meta_data, wa.meta_data, "the EC2 meta-data tree");
+    assert_eq!(ga.public_keys, wa.public_keys);
+    assert_eq!(ga.identity_document, wa.identity_document);
+    assert_eq!(ga.roles.len(), 1, "the instance's one role");
+    let (gz, wz) = (got.azure.unwrap(), want.azure.unwrap());
+    assert_eq!(gz.tenant_id, wz.tenant_id);
+    assert_eq!(gz.instance["network"], wz.instance["network"]);
+    assert_eq!(
+        gz.instance["compute"]["publicKeys"],
+        wz.instance["compute"]["publicKeys"]
+    );
+    let (gg, wg) = (got.gce.unwrap(), want.gce.unwrap());
+    assert_eq!(gg.project_id, wg.project_id);
+    assert_eq!(gg.project_attributes, wg.project_attributes);
+    assert_eq!(
+        gg.instance.network_interfaces,
+        wg.instance.network_interfaces
+    );
+    assert_eq!(gg.instance.disks, wg.instance.disks);
+    assert_eq!(gg.instance.zone, wg.instance.zone);
+    let emails = |c: &imds_proxy::emulator::gce::GceConfig| -> Vec<(String, bool)> {
+        let mut v: Vec<_> = c
+            .service_accounts
+            .iter()
+            .map(|a| (a.email.clone(), a.default))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(emails(&gg), emails(&wg));
+}
+
 /// cloud-init for Debian's Python, node, and the SDKs' directory; `None` (a skip) when
 /// missing, unless the suite demands every test.
 fn prerequisites(test: &str) -> Option<PathBuf> {
