@@ -440,6 +440,32 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_in_the_file_is_the_key_and_a_bad_one_is_named() {
+        use rsa::pkcs8::EncodePrivateKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let pem = key()
+            .signer
+            .as_ref()
+            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        std::fs::write(&path, pem.as_bytes()).unwrap();
+        let text = format!("[signing]\nkey_file = {:?}\n", path.to_str().unwrap());
+        let cfg = crate::emulator::EmulatorConfig::parse(&text, &|_| None).unwrap();
+        let loaded = cfg.signing.key.expect("loaded");
+        assert_eq!(
+            loaded.key_set()["keys"][0]["n"],
+            key().key_set()["keys"][0]["n"]
+        );
+        std::fs::write(&path, "not a key").unwrap();
+        let e = crate::emulator::EmulatorConfig::parse(&text, &|_| None).unwrap_err();
+        assert!(e[0].starts_with("signing.key_file: "), "{e:?}");
+        let e =
+            crate::emulator::EmulatorConfig::parse("[signing]\nkey = 1\n", &|_| None).unwrap_err();
+        assert!(e[0].starts_with("signing.key: unknown key"), "{e:?}");
+    }
+
+    #[test]
     fn base64_lines_are_64_wide() {
         let text = base64_lines(&[7u8; 100]);
         assert!(text.lines().all(|l| l.len() <= 64));

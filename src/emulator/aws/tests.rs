@@ -190,6 +190,41 @@ async fn the_example_is_a_whole_instance() {
 }
 
 #[tokio::test]
+async fn an_interruption_is_triggered_by_editing_the_file() {
+    let aws = Aws::new();
+    let spot = "/latest/meta-data/spot/instance-action";
+    let rebalance = "/latest/meta-data/events/recommendations/rebalance";
+    let calm = config(EXAMPLE);
+    assert_eq!(
+        get(&aws, &calm, t0(), spot).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&aws, &calm, t0(), rebalance).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let notice = r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#;
+    let edited = config(&EXAMPLE.replace(
+        "[aws.meta_data]\n",
+        &format!(
+            "[aws.meta_data]\nspot = {{ instance-action = '{notice}' }}\nevents.recommendations = {{ rebalance = '{{\"noticeTime\": \"2026-01-01T00:00:00Z\"}}' }}\n"
+        ),
+    ));
+    let g = get(&aws, &edited, t0(), spot).await;
+    assert_eq!(g.status, StatusCode::OK);
+    let action: Json = serde_json::from_str(&g.body).unwrap();
+    assert_eq!(action["action"], "terminate");
+    assert!(get(&aws, &edited, t0(), rebalance)
+        .await
+        .body
+        .contains("noticeTime"));
+    let events = get(&aws, &edited, t0(), "/latest/meta-data/events/")
+        .await
+        .body;
+    assert_eq!(events, "maintenance/\nrecommendations/");
+}
+
+#[tokio::test]
 async fn public_keys_are_listed_as_ec2_lists_them() {
     let (aws, cfg) = (Aws::new(), config(EXAMPLE));
     let key = cfg.aws.as_ref().unwrap().public_keys[0].openssh_key.clone();
