@@ -139,6 +139,8 @@ def gce():
     for d in i.get("disks", []):
         out += ["", "[[gce.instance.disks]]", "device_name = " + s(d["deviceName"])]
         out += ["index = %d" % int(d["index"]), "mode = " + s(d["mode"]), "type = " + s(d["type"])]
+        if d.get("interface") in ("SCSI", "NVME"):
+            out += ["interface = " + s(d["interface"])]
     for name, sa in i.get("serviceAccounts", {}).items():
         if name == "default":
             continue

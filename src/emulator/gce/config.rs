@@ -86,6 +86,8 @@ pub struct NetworkInterface {
 pub struct Disk {
     pub device_name: String,
     pub index: u32,
+    /// `SCSI` or `NVME`: how the guest sees the disk.
+    pub interface: String,
     pub mode: String,
     pub kind: String,
 }

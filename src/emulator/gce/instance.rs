@@ -255,7 +255,7 @@ fn network_interface(f: &Fields, p: &mut Problems) -> Option<NetworkInterface> {
 }
 
 fn disk(f: &Fields, p: &mut Problems) -> Option<Disk> {
-    f.refuse_unknown(p, &["device_name", "index", "mode", "type"]);
+    f.refuse_unknown(p, &["device_name", "index", "mode", "type", "interface"]);
     let device_name = f.required_string(p, "device_name");
     if let Some(d) = &device_name {
         if d.is_empty() || !d.chars().all(|c| c.is_ascii_graphic() && c != '/') {
@@ -279,9 +279,18 @@ fn disk(f: &Fields, p: &mut Problems) -> Option<Disk> {
     };
     let mode = choice("mode", &["READ_WRITE", "READ_ONLY"], p);
     let kind = choice("type", &["PERSISTENT", "SCRATCH"], p);
+    let interface = f.string(p, "interface").unwrap_or_else(|| "SCSI".into());
+    if !["SCSI", "NVME"].contains(&interface.as_str()) {
+        f.problem(
+            p,
+            "interface",
+            format!("{interface:?} is not one of SCSI, NVME"),
+        );
+    }
     Some(Disk {
         device_name: device_name?,
         index: index?,
+        interface,
         mode: mode?,
         kind: kind?,
     })

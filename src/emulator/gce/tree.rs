@@ -218,9 +218,18 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
                 .with("type", s("ONE_TO_ONE_NAT"))
                 .node()
         }));
+        // GCE's resolver is the metadata server; the alias and forwarding lists are
+        // empty on an instance that has none.
         Dir::object()
             .with("access-configs", Node::Dir(access))
+            .with(
+                "dns-servers",
+                Node::Leaf(Leaf::Lines(vec!["169.254.169.254".into()])),
+            )
+            .with("forwarded-ips", Node::Dir(Dir::array([])))
             .with_opt("gateway", nic.gateway.map(|g| s(g.to_string())))
+            .with("ip-aliases", Node::Dir(Dir::array([])))
+            .with("target-instance-ips", Node::Dir(Dir::array([])))
             .with("ip", s(nic.ip.to_string()))
             .with("mac", s(&nic.mac))
             .with_opt("mtu", nic.mtu.map(|m| n(m.into())))
@@ -232,6 +241,7 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
         Dir::object()
             .with("device-name", s(&d.device_name))
             .with("index", n(d.index.into()))
+            .with("interface", s(&d.interface))
             .with("mode", s(&d.mode))
             .with("type", s(&d.kind))
             .node()

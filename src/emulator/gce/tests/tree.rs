@@ -115,7 +115,7 @@ async fn the_tree_serves_text_leaves_and_listings() {
         ("/computeMetadata/v1/instance/network-interfaces/", "0/\n"),
         (
             "/computeMetadata/v1/instance/network-interfaces/0/",
-            "access-configs/\ngateway\nip\nmac\nmtu\nnetwork\nsubnetmask\n",
+            "access-configs/\ndns-servers\nforwarded-ips/\ngateway\nip\nip-aliases/\nmac\nmtu\nnetwork\nsubnetmask\ntarget-instance-ips/\n",
         ),
         (&format!("{nic}/ip"), "10.128.0.2"),
         (&format!("{nic}/mac"), "42:01:0a:80:00:02"),
@@ -126,7 +126,7 @@ async fn the_tree_serves_text_leaves_and_listings() {
         (&format!("{nic}/access-configs/"), "0/\n"),
         (&format!("{nic}/access-configs/0/external-ip"), "203.0.113.10"),
         (&format!("{nic}/access-configs/0/type"), "ONE_TO_ONE_NAT"),
-        ("/computeMetadata/v1/instance/disks/0/", "device-name\nindex\nmode\ntype\n"),
+        ("/computeMetadata/v1/instance/disks/0/", "device-name\nindex\ninterface\nmode\ntype\n"),
         ("/computeMetadata/v1/instance/disks/0/device-name", "persistent-disk-0"),
         ("/computeMetadata/v1/instance/disks/0/index", "0"),
         ("/computeMetadata/v1/instance/disks/0/mode", "READ_WRITE"),
@@ -227,17 +227,21 @@ async fn recursive_answers_are_json_with_camel_case_keys() {
         inst["networkInterfaces"],
         json!([{
             "accessConfigs": [{"externalIp": "203.0.113.10", "type": "ONE_TO_ONE_NAT"}],
+            "dnsServers": ["169.254.169.254"],
+            "forwardedIps": [],
             "gateway": "10.128.0.1",
             "ip": "10.128.0.2",
+            "ipAliases": [],
             "mac": "42:01:0a:80:00:02",
             "mtu": 1460,
             "network": "projects/123456789012/networks/default",
             "subnetmask": "255.255.240.0",
+            "targetInstanceIps": [],
         }])
     );
     assert_eq!(
         inst["disks"],
-        json!([{"deviceName": "persistent-disk-0", "index": 0, "mode": "READ_WRITE", "type": "PERSISTENT"}])
+        json!([{"deviceName": "persistent-disk-0", "index": 0, "interface": "SCSI", "mode": "READ_WRITE", "type": "PERSISTENT"}])
     );
     let default = json!({
         "aliases": ["default"],
@@ -291,7 +295,7 @@ async fn alt_selects_text_or_json() {
         (
             "/computeMetadata/v1/instance/disks/?recursive=true&alt=text",
             "application/text",
-            "0/device-name persistent-disk-0\n0/index 0\n0/mode READ_WRITE\n0/type PERSISTENT\n",
+            "0/device-name persistent-disk-0\n0/index 0\n0/interface SCSI\n0/mode READ_WRITE\n0/type PERSISTENT\n",
         ),
         (
             &format!("{sa}/?recursive=true&alt=text"),
