@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::firewall::conntrack;
 use crate::firewall::nft::NetlinkFirewall;
-use crate::firewall::plan::{plan, Mode, Snapshot, V6};
+use crate::firewall::plan::{plan, EgressGuard, Mode, Snapshot, V6};
 use crate::firewall::{watch, Firewall, FirewallError};
 use crate::link::{self, LinkError, LinkEvent};
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -254,14 +254,64 @@ pub async fn current_snapshot(
     mode: Mode,
 ) -> Result<Snapshot, LinkError> {
     let links = link::list_links(handle).await?;
+    let egress_guards = egress_guards(cfg, handle).await?;
     Ok(Snapshot {
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
+        direct: cfg.direct_interfaces.clone(),
+        egress_guards,
         listen: cfg.listen,
         v6: link::ipv6_plan(cfg.listen6),
         gce_dns: cfg.gce_dns,
         mode,
     })
+}
+
+/// The configured macvlan parents present now, each with its own MAC.
+async fn egress_guards(
+    cfg: &Config,
+    handle: &rtnetlink::Handle,
+) -> Result<Vec<EgressGuard>, LinkError> {
+    if cfg.macvlan_parents.is_empty() {
+        return Ok(vec![]);
+    }
+    let macs = link::link_macs(handle).await?;
+    Ok(cfg
+        .macvlan_parents
+        .iter()
+        .filter_map(|p| {
+            macs.get(p).map(|mac| EgressGuard {
+                device: p.clone(),
+                mac: *mac,
+            })
+        })
+        .collect())
+}
+
+/// An event with the macvlan parents present now, if a batch may have changed them (a
+/// parent appeared, went, changed its MAC, or links were re-listed).
+async fn egress_event(
+    cfg: &Config,
+    handle: &rtnetlink::Handle,
+    batch: &[Event],
+    resync: bool,
+) -> Option<Event> {
+    let touched = batch.iter().any(|e| match e {
+        Event::Link(LinkEvent::Up(n) | LinkEvent::Down(n) | LinkEvent::Gone(n)) => {
+            cfg.macvlan_parents.contains(n)
+        }
+        _ => false,
+    });
+    if !(touched || resync && !cfg.macvlan_parents.is_empty()) {
+        return None;
+    }
+    match egress_guards(cfg, handle).await {
+        Ok(g) => Some(Event::EgressGuards(g)),
+        Err(e) => {
+            warn!(error = %proxy::error_chain(&e), "failed to list links");
+            None
+        }
+    }
 }
 
 /// `imds-proxy rules`: the ruleset `run` would install now.
@@ -279,12 +329,14 @@ pub async fn uninstall(cfg: &Config) -> Result<(), AppError> {
         AppError::AlreadyRunning => AppError::UninstallWhileRunning,
         e => e,
     })?;
-    remove_interception(cfg).await
+    // Plain writes: deleting needs no ownership (a stopped daemon's tables have none).
+    let fw = NetlinkFirewall::open(crate::firewall::TableOwner::Off)?;
+    remove_interception(cfg, Arc::new(fw)).await
 }
 
-/// Removes table and link, keeping on after a failure and reporting both.
-async fn remove_interception(cfg: &Config) -> Result<(), AppError> {
-    let fw = NetlinkFirewall::open()?;
+/// Removes table and link, keeping on after a failure and reporting both. `fw` must be
+/// the running daemon's own writer where there is one: owned tables refuse any other.
+async fn remove_interception(cfg: &Config, fw: Arc<dyn Firewall>) -> Result<(), AppError> {
     let table = tokio::task::spawn_blocking(move || fw.remove())
         .await
         .map_err(|_| FirewallError::WorkerGone)?;
@@ -373,10 +425,39 @@ struct Live {
     )>,
 }
 
+/// Says once how the tables are protected, adopts what a previous run left, and warns
+/// about interfaces opened on purpose.
+fn log_protection(cfg: &Config, fw: &NetlinkFirewall) -> Result<(), AppError> {
+    if fw.owned() {
+        info!("tables owned by the daemon and persistent: no other process can change them while it runs, and they stay after it stops");
+        let adopted = fw.adopt()?;
+        if !adopted.is_empty() {
+            info!(families = ?adopted, "adopted the tables a previous run left; they keep refusing until replaced");
+        }
+    } else {
+        let why = match cfg.table_owner {
+            crate::firewall::TableOwner::Off => "table_owner = off",
+            crate::firewall::TableOwner::Auto => {
+                "this kernel has no owned persistent tables (Linux 6.9+)"
+            }
+        };
+        info!(
+            reason = why,
+            "tables not owned: restored within milliseconds if someone changes them"
+        );
+    }
+    if !cfg.direct_interfaces.is_empty() {
+        warn!(interfaces = ?cfg.direct_interfaces, "direct_interfaces: packets from these interfaces reach the metadata address directly, not through the proxy");
+    }
+    Ok(())
+}
+
 /// The ordered start-up; any error leaves the table closed (or absent if it never got
 /// that far), never open.
 async fn start_up(cfg: &Config) -> Result<Live, AppError> {
-    let firewall: Arc<dyn Firewall> = Arc::new(NetlinkFirewall::open()?);
+    let netlink = NetlinkFirewall::open(cfg.table_owner)?;
+    log_protection(cfg, &netlink)?;
+    let firewall: Arc<dyn Firewall> = Arc::new(netlink);
     let handle = link::connect()?;
 
     // Subscribe before listing, so a bridge created in between is not missed.
@@ -389,6 +470,23 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
 
     // 1. Closed: replaces any stale table, refuses containers from now on.
     rec.apply().await?;
+    let guarded: Vec<&str> = rec
+        .snapshot()
+        .egress_guards
+        .iter()
+        .map(|g| g.device.as_str())
+        .collect();
+    if !guarded.is_empty() {
+        info!(parents = ?guarded, "macvlan children of these interfaces are refused the metadata address");
+    }
+    let missing: Vec<&String> = cfg
+        .macvlan_parents
+        .iter()
+        .filter(|p| !guarded.contains(&p.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; guarded once it appears");
+    }
     info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
 
     let v6 = rec.snapshot().v6;
@@ -607,6 +705,8 @@ impl Live {
             if resync {
                 batch.extend(links_event(&self.handle).await);
             }
+            let egress = egress_event(cfg, &self.handle, &batch, resync).await;
+            batch.extend(egress);
             let held = self.emulator_tx.is_some();
             guard_own_link(&self.handle, cfg, self.listen6, held, &batch, resync).await;
             if let Err(e) = self.rec.handle(batch).await {
@@ -664,7 +764,7 @@ impl Live {
             proxy::DrainReport { abandoned: 0 }
         });
         if cfg.remove_on_exit {
-            return remove_interception(cfg).await;
+            return remove_interception(cfg, self.rec.firewall()).await;
         }
         info!(
             abandoned = report.abandoned,

@@ -71,6 +71,21 @@ pub struct ConfigArgs {
     /// Container bridges: comma-separated names or prefix patterns [default: docker0,br-*].
     #[arg(long, env = "IMDS_PROXY_BRIDGES")]
     pub bridges: Option<String>,
+    /// Interfaces (comma-separated exact names) whose forwarded or bridged packets to the
+    /// metadata addresses are let through on purpose; every other interface's are
+    /// refused [default: none].
+    #[arg(long, env = "IMDS_PROXY_DIRECT_INTERFACES")]
+    pub direct_interfaces: Option<String>,
+    /// Interfaces (comma-separated exact names) whose macvlan children are refused the
+    /// metadata address: the host's uplink, where containers get macvlan networks
+    /// [default: none].
+    #[arg(long, env = "IMDS_PROXY_MACVLAN_PARENTS")]
+    pub macvlan_parents: Option<String>,
+    /// `auto`: the tables are owned by the daemon where the kernel can (Linux 6.9+), so no
+    /// other process can change them, and outlive it; `off`: plain tables, restored on
+    /// drift (for tests of that path, or a kernel that misbehaves) [default: auto].
+    #[arg(long, env = "IMDS_PROXY_TABLE_OWNER")]
+    pub table_owner: Option<String>,
     /// Deadline for one proxied request, in milliseconds [default: 10000].
     #[arg(long, env = "IMDS_PROXY_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<String>,
@@ -137,13 +152,16 @@ impl ConfigArgs {
             None => RawConfig::default(),
         };
         // Flags and variables win over the file; each flag is named after its key.
-        let given: [(&'static str, &Option<String>); 22] = [
+        let given: [(&'static str, &Option<String>); 25] = [
             ("upstream", &self.upstream),
             ("emulator", &self.emulator),
             ("listen", &self.listen),
             ("listen6", &self.listen6),
             ("link_name", &self.link_name),
             ("bridges", &self.bridges),
+            ("direct_interfaces", &self.direct_interfaces),
+            ("macvlan_parents", &self.macvlan_parents),
+            ("table_owner", &self.table_owner),
             ("request_timeout_ms", &self.request_timeout_ms),
             ("aws_request_timeout_ms", &self.aws_request_timeout_ms),
             ("token_cache", &self.token_cache),

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4, IMDS_V6};
+pub use crate::firewall::TableOwner;
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
 use crate::proxy::cache::CacheSettings;
@@ -83,6 +84,13 @@ pub struct Config {
     pub link_name: String,
     /// Which interfaces are container bridges.
     pub bridges: Vec<BridgePattern>,
+    /// Interfaces whose forwarded or bridged packets to the metadata addresses are let
+    /// through on purpose; every other interface's are refused.
+    pub direct_interfaces: Vec<String>,
+    /// Interfaces whose macvlan children must not reach the metadata service directly.
+    pub macvlan_parents: Vec<String>,
+    /// Whether the tables are created owned by the daemon and persisting after it.
+    pub table_owner: TableOwner,
     /// Deadline for one proxied request, upstream answer and body included.
     pub request_timeout: Duration,
     /// The same for AWS requests forwarded to a real service (see [`DEFAULT_AWS_TIMEOUT`]).
@@ -180,6 +188,9 @@ pub const KEYS: &[&str] = &[
     "listen6",
     "link_name",
     "bridges",
+    "direct_interfaces",
+    "macvlan_parents",
+    "table_owner",
     "request_timeout_ms",
     "aws_request_timeout_ms",
     "upstream_limits",
@@ -313,6 +324,9 @@ impl RawConfig {
         let listen6 = parse!("listen6", parse_listen6, DEFAULT_LISTEN6);
         let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
         let bridges = parse!("bridges", parse_bridges, default_bridges());
+        let direct_interfaces = parse!("direct_interfaces", parse_ifnames, Vec::new());
+        let macvlan_parents = parse!("macvlan_parents", parse_ifnames, Vec::new());
+        let table_owner = parse!("table_owner", parse_table_owner, TableOwner::Auto);
         let request_timeout = parse!(
             "request_timeout_ms",
             |r| parse_millis(r, 1, 600_000),
@@ -422,6 +436,9 @@ impl RawConfig {
                 listen6,
                 link_name,
                 bridges,
+                direct_interfaces,
+                macvlan_parents,
+                table_owner,
                 request_timeout,
                 aws_request_timeout,
                 upstream_limits,
@@ -766,6 +783,52 @@ fn parse_bridges(r: &Raw) -> Result<Vec<BridgePattern>, String> {
         return Err("at least one bridge name or pattern is needed".into());
     }
     items.iter().map(|p| BridgePattern::parse(p)).collect()
+}
+
+/// A list of exact interface names (comma-separated as text); empty is fine.
+fn parse_ifnames(r: &Raw) -> Result<Vec<String>, String> {
+    let items: Vec<String> = match r {
+        Raw::Text(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        Raw::Toml(toml::Value::Array(a)) => a
+            .iter()
+            .map(|v| text(&Raw::Toml(v.clone())))
+            .collect::<Result<_, _>>()?,
+        Raw::Toml(v) => {
+            return Err(format!(
+                "expected a list of interface names, got {}",
+                v.type_str()
+            ))
+        }
+    };
+    let mut names = Vec::new();
+    for item in items {
+        match BridgePattern::parse(&item)? {
+            BridgePattern::Exact(n) => {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            BridgePattern::Prefix(_) => {
+                return Err(format!(
+                    "{item:?}: exact interface names only, not patterns"
+                ))
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn parse_table_owner(r: &Raw) -> Result<TableOwner, String> {
+    let s = text(r)?;
+    match s.trim() {
+        "auto" => Ok(TableOwner::Auto),
+        "off" => Ok(TableOwner::Off),
+        other => Err(format!("{other:?} is not auto or off")),
+    }
 }
 
 fn integer(r: &Raw) -> Result<i64, String> {

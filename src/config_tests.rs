@@ -42,6 +42,64 @@ fn gce_dns_can_be_switched_off_and_takes_only_true_or_false() {
 }
 
 #[test]
+fn direct_interfaces_default_to_none_and_take_exact_names_only() {
+    let c = RawConfig::default().validate(false).unwrap();
+    assert!(
+        c.direct_interfaces.is_empty(),
+        "nothing is opened by default"
+    );
+    assert_eq!(c.table_owner, TableOwner::Auto);
+    let c = raw(r#"direct_interfaces = ["virbr0", "eth1", "virbr0"]"#)
+        .validate(false)
+        .unwrap();
+    assert_eq!(c.direct_interfaces, ["virbr0", "eth1"]);
+    let mut r = RawConfig::default();
+    r.set_text("direct_interfaces", Some(" lxdbr0 , cni0 ".into()));
+    assert_eq!(
+        r.validate(false).unwrap().direct_interfaces,
+        ["lxdbr0", "cni0"]
+    );
+    for bad in [
+        r#"direct_interfaces = ["br-*"]"#,
+        r#"direct_interfaces = ["a b"]"#,
+        r#"direct_interfaces = ["sixteen-chars-xx"]"#,
+        r#"direct_interfaces = "eth1""#,
+    ] {
+        let e = errors(&raw(bad), false);
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert_eq!(e[0].key, "direct_interfaces", "{bad}");
+    }
+    let e = errors(&raw(r#"direct_interfaces = ["br-*"]"#), false);
+    assert!(e[0].reason.contains("not patterns"), "{}", e[0].reason);
+}
+
+#[test]
+fn macvlan_parents_default_to_none_and_take_exact_names_only() {
+    assert!(RawConfig::default()
+        .validate(false)
+        .unwrap()
+        .macvlan_parents
+        .is_empty());
+    let mut r = RawConfig::default();
+    r.set_text("macvlan_parents", Some("eth0,ens5".into()));
+    assert_eq!(r.validate(false).unwrap().macvlan_parents, ["eth0", "ens5"]);
+    let e = errors(&raw(r#"macvlan_parents = ["eth*"]"#), false);
+    assert_eq!((e[0].key.as_str(), e.len()), ("macvlan_parents", 1));
+}
+
+#[test]
+fn table_owner_is_auto_or_off() {
+    let mut r = RawConfig::default();
+    r.set_text("table_owner", Some("off".into()));
+    assert_eq!(r.validate(false).unwrap().table_owner, TableOwner::Off);
+    let c = raw(r#"table_owner = "auto""#).validate(false).unwrap();
+    assert_eq!(c.table_owner, TableOwner::Auto);
+    let e = errors(&raw(r#"table_owner = "yes""#), false);
+    assert_eq!((e[0].key.as_str(), e.len()), ("table_owner", 1));
+    assert!(e[0].reason.contains("auto or off"), "{}", e[0].reason);
+}
+
+#[test]
 fn every_setting_from_the_file() {
     let c = raw(r#"
         upstream = "http://10.0.0.1:8080"

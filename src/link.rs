@@ -150,6 +150,27 @@ pub async fn list_links(handle: &Handle) -> Result<HashMap<u32, String>, LinkErr
     Ok(out)
 }
 
+/// The hardware address of each Ethernet interface, by name: the plan tells a macvlan
+/// parent's own packets from its children's by it.
+pub async fn link_macs(handle: &Handle) -> Result<HashMap<String, [u8; 6]>, LinkError> {
+    let mut out = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(m) = links
+        .try_next()
+        .await
+        .map_err(netlink_err("list", "links"))?
+    {
+        let mac = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
+            _ => None,
+        });
+        if let (Some(name), Some(mac)) = (link_name(&m), mac) {
+            out.insert(name.to_owned(), mac);
+        }
+    }
+    Ok(out)
+}
+
 /// Creates (or reuses) the daemon's link, brings it up and puts `addr/32` on it, and
 /// `addr6/128` if given. Returns the link index and the kind of link ("dummy" or
 /// "bridge").

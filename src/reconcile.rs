@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::firewall::plan::{plan, Mode, Snapshot};
+use crate::firewall::plan::{plan, EgressGuard, Mode, Snapshot};
 use crate::firewall::watch::ForeignChange;
 use crate::firewall::{Firewall, FirewallError};
 use crate::link::LinkEvent;
@@ -23,6 +23,8 @@ pub enum Event {
     Verify,
     /// Switch between open and closed.
     SetMode(Mode),
+    /// The macvlan parents present now, with their MACs (after a link change).
+    EgressGuards(Vec<EgressGuard>),
 }
 
 /// What handling an event did, for logs and tests.
@@ -48,6 +50,11 @@ impl Reconciler {
             snapshot,
             dirty: false,
         }
+    }
+
+    /// The firewall this reconciler writes through (the only writer owned tables accept).
+    pub fn firewall(&self) -> Arc<dyn Firewall> {
+        self.firewall.clone()
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -126,6 +133,13 @@ impl Reconciler {
                     }
                 },
                 Event::SetMode(m) => self.snapshot.mode = m,
+                Event::EgressGuards(g) => {
+                    if g != self.snapshot.egress_guards {
+                        let parents: Vec<&str> = g.iter().map(|g| g.device.as_str()).collect();
+                        info!(?parents, "macvlan parents guarded");
+                        self.snapshot.egress_guards = g;
+                    }
+                }
             }
         }
         if let Some(cause) = restore {

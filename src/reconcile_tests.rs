@@ -167,3 +167,43 @@ async fn a_failed_apply_is_retried_on_the_next_event() {
         Outcome::Unchanged
     );
 }
+
+#[tokio::test]
+async fn a_change_of_macvlan_parents_rebuilds_the_egress_guards_and_nothing_else_does() {
+    let (fw, mut rec) = setup(&["docker0"], Mode::Open);
+    rec.apply().await.unwrap();
+    let guard = EgressGuard {
+        device: "eth0".into(),
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    assert_eq!(
+        rec.handle(vec![Event::EgressGuards(vec![guard.clone()])])
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(fw.state().table.unwrap().egress[0].device, "eth0");
+    // The same parents again (a re-listing) change nothing.
+    assert_eq!(
+        rec.handle(vec![Event::EgressGuards(vec![guard])])
+            .await
+            .unwrap(),
+        Outcome::Unchanged
+    );
+    // A new MAC, then the parent gone.
+    let moved = EgressGuard {
+        device: "eth0".into(),
+        mac: [2, 0, 0, 0, 0, 2],
+    };
+    assert_eq!(
+        rec.handle(vec![Event::EgressGuards(vec![moved])])
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        rec.handle(vec![Event::EgressGuards(vec![])]).await.unwrap(),
+        Outcome::Applied
+    );
+    assert!(fw.state().table.unwrap().egress.is_empty());
+}

@@ -132,10 +132,12 @@ fn rules_prints_the_table_for_this_host_and_changes_nothing() {
     // Other `br-*` links on the host (Docker networks) may follow `lo` in the set.
     assert!(out.contains("elements = { \"lo\""), "{out}");
     assert!(out.contains("dnat to 169.254.7.7:8080"), "{out}");
+    // Refusals name no interface: whatever the patterns, every forwarded packet.
     assert!(
-        out.contains("iifname \"br-*\" ip daddr 169.254.169.254 reject"),
+        out.contains("\n\t\tip daddr 169.254.169.254 reject with tcp reset\n"),
         "{out}"
     );
+    assert!(!out.contains("iifname \"br-*\""), "{out}");
 }
 
 #[test]

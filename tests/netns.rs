@@ -241,12 +241,17 @@ fn remove_on_exit_and_uninstall_reopen_direct_access() {
 }
 
 #[test]
-fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
-    if !root_or_skip("deleted_table_and_flushed_ruleset_are_restored_within_two_seconds") {
+fn with_plain_tables_a_deleted_table_and_a_flushed_ruleset_are_restored_within_two_seconds() {
+    if !root_or_skip(
+        "with_plain_tables_a_deleted_table_and_a_flushed_ruleset_are_restored_within_two_seconds",
+    ) {
         return;
     }
     let tb = Testbed::new();
-    let d = tb.daemon(&[]);
+    // The fallback where the kernel cannot own tables, forced: anyone may change them.
+    let d = tb.daemon(&["--table-owner", "off"]);
+    d.wait_for("tables not owned", QUICK);
+    d.wait_for("reason=\"table_owner = off\"", QUICK);
     let installed = tb.host.nft_table().unwrap();
     let actions: [&[&str]; 4] = [
         &["nft", "delete", "table", "ip", "imds_proxy"],
@@ -295,6 +300,56 @@ fn deleted_table_and_flushed_ruleset_are_restored_within_two_seconds() {
     until(Duration::from_secs(2), "the rule to be restored", || {
         tb.host.nft_table().as_deref() == Some(installed.as_str())
     });
+}
+
+#[test]
+fn owned_tables_cannot_be_changed_by_others_outlive_a_crash_and_are_adopted() {
+    if !root_or_skip("owned_tables_cannot_be_changed_by_others_outlive_a_crash_and_are_adopted") {
+        return;
+    }
+    let tb = Testbed::new();
+    let d = tb.daemon(&[]);
+    d.wait_for("tables owned by the daemon and persistent", QUICK);
+    let installed = tb.host.nft_table().unwrap();
+    for family in ["ip", "ip6", "bridge"] {
+        let (ok, _, err) = tb
+            .host
+            .try_exec(&["nft", "delete", "table", family, "imds_proxy"]);
+        assert!(!ok, "another process deleted the {family} table");
+        assert!(err.contains("Operation not permitted"), "{err}");
+    }
+    // Flushing the ruleset flushes everyone else's tables, not the daemon's.
+    tb.host
+        .nft("table ip other {\n\tchain c {\n\t\ttype filter hook input priority 0;\n\t}\n}\n");
+    tb.host.exec(&["nft", "flush", "ruleset"]);
+    assert!(!tb.host.exec(&["nft", "list", "tables"]).contains("other"));
+    assert_eq!(tb.host.nft_table().unwrap(), installed);
+    assert_eq!(tb.status("/"), 200);
+    assert_eq!(
+        d.log_count("nftables table restored"),
+        0,
+        "nothing to restore"
+    );
+
+    // Killed: the tables stay, closed to containers at once, with nobody owning them.
+    d.kill9();
+    let before = tb.imds.count();
+    let r = http(&tb.container, IMDS, "GET", "/", &[]);
+    assert_eq!(refused(&r), ErrorKind::ConnectionRefused);
+    assert!(r.1 < QUICK, "refusal took {:?}", r.1);
+    assert_eq!(tb.imds.count(), before);
+    assert_eq!(tb.host.nft_table().unwrap(), installed);
+
+    // The next start adopts them, says so, and serves again.
+    let d2 = tb.daemon(&[]);
+    d2.wait_for("adopted the tables a previous run left", QUICK);
+    assert_eq!(tb.host.nft_table_count(), 1);
+    assert_eq!(tb.host.nft_table().unwrap(), installed);
+    assert_eq!(tb.status("/"), 200);
+    let (ok, _, _) = tb
+        .host
+        .try_exec(&["nft", "delete", "table", "ip", "imds_proxy"]);
+    assert!(!ok, "the adopted table is owned again");
 }
 
 #[test]

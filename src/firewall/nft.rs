@@ -8,8 +8,11 @@
 //! Each apply is `add table; delete table; add table, set, elements, chains, rules` in a
 //! single batch: the kernel commits all of it or none of it, so there is never a moment
 //! without the table, never a duplicate, and a failed batch leaves the previous state.
+//!
+//! Where the kernel has them (Linux 6.9+), the tables are created owned by the writer's
+//! socket and persistent (`nft_table.rs`): only this socket may change them, and they
+//! outlive it.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -22,26 +25,49 @@ use nftnl::set::{Set, SetKey};
 use nftnl::{nft_expr, Batch, Chain, MsgType, ProtoFamily, Table};
 
 use super::plan::{self, Action, ChainKind, Hook, Match, Ruleset, IFNAMSIZ};
-use super::{Firewall, FirewallError};
+use super::{Firewall, FirewallError, TableOwner};
+
+#[path = "nft_table.rs"]
+mod table;
+use table::{TableMsg, Tables, F_OWNER, F_PERSIST};
 
 /// Real nftables over netlink.
 pub struct NetlinkFirewall {
     requests: mpsc::Sender<Request>,
     portid: u32,
+    owned: bool,
+    /// The thread that owns the socket; joined on drop.
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+/// Dropping the writer closes its socket before returning: from then on its owned
+/// tables are orphaned (kept, ownerless), so whoever opens the next writer can take
+/// them over at once.
+impl Drop for NetlinkFirewall {
+    fn drop(&mut self) {
+        // The worker ends when its request channel closes.
+        drop(std::mem::replace(&mut self.requests, mpsc::channel().0));
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 enum Request {
     Apply(Box<Ruleset>, mpsc::Sender<Result<(), FirewallError>>),
+    Adopt(mpsc::Sender<Result<Vec<&'static str>, FirewallError>>),
     Remove(mpsc::Sender<Result<bool, FirewallError>>),
     Exists(mpsc::Sender<Result<bool, FirewallError>>),
 }
 
 impl NetlinkFirewall {
-    /// Opens the netfilter netlink socket on its own thread.
-    pub fn open() -> Result<Self, FirewallError> {
+    /// Opens the netfilter netlink socket on its own thread. With [`TableOwner::Auto`],
+    /// the tables it writes are owned by that socket and persist after it, where the
+    /// kernel supports it (see [`NetlinkFirewall::owned`]).
+    pub fn open(owner: TableOwner) -> Result<Self, FirewallError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        thread::Builder::new()
+        let worker = thread::Builder::new()
             .name("nftables".into())
             .spawn(move || {
                 let socket = match mnl::Socket::new(mnl::Bus::Netfilter) {
@@ -54,6 +80,20 @@ impl NetlinkFirewall {
                         return;
                     }
                 };
+                // libmnl opens the socket without close-on-exec: a process the daemon
+                // starts (a token command of the emulator) would inherit it, could write
+                // to the owned tables as their owner, and would keep them owned after
+                // the daemon dies.
+                if let Err(e) = nix::fcntl::fcntl(
+                    unsafe_fd(&socket),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                ) {
+                    let _ = ready_tx.send(Err(FirewallError::from_io(
+                        "mark the netfilter socket close-on-exec",
+                        e.into(),
+                    )));
+                    return;
+                }
                 // A kernel that never answers must not hang the daemon: every receive
                 // gives up after a few seconds with an error instead.
                 let timeout = nix::sys::time::TimeVal::new(5, 0);
@@ -68,29 +108,44 @@ impl NetlinkFirewall {
                     )));
                     return;
                 }
-                let _ = ready_tx.send(Ok(socket.portid()));
+                let owned = match owner {
+                    TableOwner::Off => false,
+                    TableOwner::Auto => {
+                        match table::owner_supported(|b| send_and_process(&socket, b)) {
+                            Ok(owned) => owned,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(FirewallError::from_io(
+                                    "ask the kernel whether it has owned tables",
+                                    e,
+                                )));
+                                return;
+                            }
+                        }
+                    }
+                };
+                let _ = ready_tx.send(Ok((socket.portid(), owned)));
                 // Which families the daemon's last ruleset has a table in: the ip6
-                // table exists only where the kernel has IPv6.
-                let mut families = FAMILIES_WITHOUT_IP6;
+                // table exists only where the kernel has IPv6, the netdev table only
+                // with macvlan parents to guard.
+                let mut families = vec![ProtoFamily::Ipv4, ProtoFamily::Bridge];
                 for req in rx {
                     match req {
                         Request::Apply(rs, reply) => {
-                            let result = apply(&socket, &rs);
+                            let result = apply(&socket, &rs, owned);
                             if result.is_ok() {
-                                families = if rs.chains6.is_some() {
-                                    FAMILIES
-                                } else {
-                                    FAMILIES_WITHOUT_IP6
-                                };
+                                families = families_of(&rs);
                             }
                             let _ = reply.send(result);
+                        }
+                        Request::Adopt(reply) => {
+                            let _ = reply.send(adopt(&socket));
                         }
                         Request::Remove(reply) => {
                             let _ = reply.send(remove(&socket));
                         }
                         Request::Exists(reply) => {
-                            let _ =
-                                reply.send(table_names(&socket).map(|t| all_present(&t, families)));
+                            let _ = reply
+                                .send(table_names(&socket).map(|t| all_present(&t, &families)));
                         }
                     }
                 }
@@ -99,11 +154,27 @@ impl NetlinkFirewall {
                 action: "start the nftables thread",
                 source: e,
             })?;
-        let portid = ready_rx.recv().map_err(|_| FirewallError::WorkerGone)??;
+        let (portid, owned) = ready_rx.recv().map_err(|_| FirewallError::WorkerGone)??;
         Ok(Self {
             requests: tx,
             portid,
+            owned,
+            worker: Some(worker),
         })
+    }
+
+    /// Whether the tables are owned by this writer and persist after it: then no other
+    /// process can change or delete them while the daemon runs, and they stay, refusing,
+    /// after it dies. Otherwise they are plain tables, restored on drift.
+    pub fn owned(&self) -> bool {
+        self.owned
+    }
+
+    /// Makes this writer the owner of tables a previous run left behind (orphaned: it
+    /// ended, they stayed), keeping their contents until the next apply replaces them.
+    /// Returns the families adopted.
+    pub fn adopt(&self) -> Result<Vec<&'static str>, FirewallError> {
+        self.call(Request::Adopt)
     }
 
     fn call<T>(
@@ -207,6 +278,7 @@ enum Family {
     Ip,
     Ip6,
     Bridge,
+    Netdev,
 }
 
 impl Family {
@@ -215,13 +287,37 @@ impl Family {
             Family::Ip => ProtoFamily::Ipv4,
             Family::Ip6 => ProtoFamily::Ipv6,
             Family::Bridge => ProtoFamily::Bridge,
+            Family::Netdev => ProtoFamily::NetDev,
         }
     }
 }
 
-/// Every family the daemon has a table in, and the same without `ip6`.
-const FAMILIES: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Ipv6, ProtoFamily::Bridge];
-const FAMILIES_WITHOUT_IP6: &[ProtoFamily] = &[ProtoFamily::Ipv4, ProtoFamily::Bridge];
+/// Every family the daemon may have a table in, with its name in nft.
+const FAMILIES: &[(ProtoFamily, &str)] = &[
+    (ProtoFamily::Ipv4, "ip"),
+    (ProtoFamily::Ipv6, "ip6"),
+    (ProtoFamily::Bridge, "bridge"),
+    (ProtoFamily::NetDev, "netdev"),
+];
+
+/// The families `rs` has a table in: `ip6` only where the kernel has IPv6, `netdev`
+/// only with macvlan parents to guard.
+fn families_of(rs: &Ruleset) -> Vec<ProtoFamily> {
+    let mut f = vec![ProtoFamily::Ipv4, ProtoFamily::Bridge];
+    if rs.chains6.is_some() {
+        f.push(ProtoFamily::Ipv6);
+    }
+    if !rs.egress.is_empty() {
+        f.push(ProtoFamily::NetDev);
+    }
+    f
+}
+
+/// nftnl names hook numbers after the `inet` hooks: number 1 (`In`) is
+/// `NF_NETDEV_EGRESS` in the netdev family.
+const NETDEV_EGRESS: nftnl::Hook = nftnl::Hook::In;
+/// `ARPHRD_ETHER`: the `meta iiftype` nft checks before reading an Ethernet header.
+const ARPHRD_ETHER: u16 = 1;
 
 impl Expression for Reject {
     fn to_expr(&self, _rule: &nftnl::Rule) -> std::ptr::NonNull<sys::nftnl_expr> {
@@ -254,14 +350,27 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, famil
             rule.add_expr(&nft_expr!(meta iifname));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, &IfName::new(name).0[..]));
         }
+        Match::IifnameNot(name) => {
+            rule.add_expr(&nft_expr!(meta iifname));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &IfName::new(name).0[..]));
+        }
         Match::Iifname(plan::BridgePattern::Prefix(prefix)) => {
             rule.add_expr(&nft_expr!(meta iifname));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, prefix.as_bytes()));
         }
+        Match::EtherSaddrNot(mac) => {
+            rule.add_expr(&nft_expr!(meta iiftype));
+            rule.add_expr(&expr::Cmp::new(
+                expr::CmpOp::Eq,
+                &ARPHRD_ETHER.to_ne_bytes()[..],
+            ));
+            rule.add_expr(&nft_expr!(payload ethernet saddr));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, &mac[..]));
+        }
         Match::Daddr(addr) => {
-            if family == Family::Bridge {
-                // In the bridge family the network header is IPv4 (or IPv6) only if
-                // the ethertype says so: the dependency nft itself adds.
+            if matches!(family, Family::Bridge | Family::Netdev) {
+                // In the bridge and netdev families the network header is IPv4 (or
+                // IPv6) only if the ethertype says so: the dependency nft itself adds.
                 let ethertype = match addr {
                     IpAddr::V4(_) => nlibc::ETH_P_IP,
                     IpAddr::V6(_) => nlibc::ETH_P_IPV6,
@@ -351,6 +460,7 @@ fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action, family: Family) {
             add_dnat(rule, *to);
         }
         Action::Accept => rule.add_expr(&expr::Verdict::Accept),
+        Action::Drop => rule.add_expr(&expr::Verdict::Drop),
         Action::RejectTcpReset => {
             add_l4proto_tcp(rule);
             rule.add_expr(&Reject {
@@ -408,46 +518,78 @@ fn add_dnat(rule: &mut nftnl::Rule<'_>, to: SocketAddr) {
     });
 }
 
-fn build_batch(rs: &Ruleset) -> nftnl::FinalizedBatch {
+/// add + delete + add: the delete cannot fail for a missing table, and the whole
+/// replacement is one transaction. The first add carries no flags, so it neither
+/// changes an existing table nor trips over one a previous run left owned or
+/// persistent; the last creates the table afresh, owned by this socket if `owned`.
+fn replace_table(batch: &mut Batch, rs: &Ruleset, family: ProtoFamily, owned: bool) -> Table {
+    let name = CString::new(rs.table).expect("table name has no NUL");
+    batch.add(&TableMsg::new(&name, family, None), MsgType::Add);
+    batch.add(&TableMsg::new(&name, family, None), MsgType::Del);
+    let flags = if owned { F_OWNER | F_PERSIST } else { 0 };
+    batch.add(&TableMsg::new(&name, family, Some(flags)), MsgType::Add);
+    // Chains and sets name their table by this handle's name and family only.
+    Table::new(name, family)
+}
+
+fn build_batch(rs: &Ruleset, owned: bool, stale_netdev: bool) -> nftnl::FinalizedBatch {
     let mut batch = Batch::new();
-    add_family_table(&mut batch, rs, Family::Ip, &rs.chains);
+    add_family_table(&mut batch, rs, Family::Ip, &rs.chains, owned);
     if let Some(chains6) = &rs.chains6 {
-        add_family_table(&mut batch, rs, Family::Ip6, chains6);
+        add_family_table(&mut batch, rs, Family::Ip6, chains6, owned);
     }
 
     // The bridge family table, replaced in the same transaction.
-    let btable = Table::new(
-        CString::new(rs.table).expect("table name has no NUL"),
-        ProtoFamily::Bridge,
-    );
-    batch.add(&btable, MsgType::Add);
-    batch.add(&btable, MsgType::Del);
-    batch.add(&btable, MsgType::Add);
+    let btable = replace_table(&mut batch, rs, ProtoFamily::Bridge, owned);
     // The bridge chain uses no set (it is never added); it only satisfies the rule builder.
     let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
     let set: Set<'_, IfName> = Set::new_named(&set_name, 3, &btable, ProtoFamily::Bridge);
-    let c = &rs.port_chain;
-    let name = CString::new(c.name).expect("chain name has no NUL");
-    let mut chain = Chain::new(&name, &btable);
-    chain.set_hook(nftnl::Hook::PreRouting, c.priority);
-    chain.set_type(nftnl::ChainType::Filter);
-    chain.set_policy(nftnl::Policy::Accept);
-    batch.add(&chain, MsgType::Add);
-    add_rules(&mut batch, &chain, &c.rules, &set, Family::Bridge);
+    for c in [&rs.port_chain, &rs.bridge_forward] {
+        add_chain(&mut batch, &btable, c, &set, Family::Bridge);
+    }
+    if !rs.egress.is_empty() {
+        add_egress_table(&mut batch, rs, owned);
+    } else if stale_netdev {
+        let name = table_cname();
+        batch.add(
+            &TableMsg::new(&name, ProtoFamily::NetDev, None),
+            MsgType::Add,
+        );
+        batch.add(
+            &TableMsg::new(&name, ProtoFamily::NetDev, None),
+            MsgType::Del,
+        );
+    }
     batch.finalize()
 }
 
+/// Replaces the `netdev` table: one egress chain per guarded macvlan parent.
+fn add_egress_table(batch: &mut Batch, rs: &Ruleset, owned: bool) {
+    let table = replace_table(batch, rs, ProtoFamily::NetDev, owned);
+    // These chains use no set either; it only satisfies the rule builder.
+    let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
+    let set: Set<'_, IfName> = Set::new_named(&set_name, 4, &table, ProtoFamily::NetDev);
+    for c in &rs.egress {
+        let name = CString::new(c.name.as_str()).expect("chain name has no NUL");
+        let mut chain = Chain::new(&name, &table);
+        chain.set_hook(NETDEV_EGRESS, c.priority);
+        chain.set_device(CString::new(c.device.as_str()).expect("device name has no NUL"));
+        chain.set_type(nftnl::ChainType::Filter);
+        chain.set_policy(nftnl::Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        add_rules(batch, &chain, &c.rules, &set, Family::Netdev);
+    }
+}
+
 /// Replaces the `ip` or `ip6` table: set, elements, chains and rules.
-fn add_family_table(batch: &mut Batch, rs: &Ruleset, family: Family, chains: &[plan::Chain]) {
-    let table = Table::new(
-        CString::new(rs.table).expect("table name has no NUL"),
-        family.proto(),
-    );
-    // add + delete + add: the delete cannot fail for a missing table, and the whole
-    // replacement is one transaction.
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
-    batch.add(&table, MsgType::Add);
+fn add_family_table(
+    batch: &mut Batch,
+    rs: &Ruleset,
+    family: Family,
+    chains: &[plan::Chain],
+    owned: bool,
+) {
+    let table = replace_table(batch, rs, family.proto(), owned);
 
     let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
     // Rules find the set by its id within the batch: one id per table.
@@ -474,23 +616,34 @@ fn add_family_table(batch: &mut Batch, rs: &Ruleset, family: Family, chains: &[p
     }
 
     for c in chains {
-        let name = CString::new(c.name).expect("chain name has no NUL");
-        let mut chain = Chain::new(&name, &table);
-        let hook = match c.hook {
-            Hook::Prerouting => nftnl::Hook::PreRouting,
-            Hook::Input => nftnl::Hook::In,
-            Hook::Forward => nftnl::Hook::Forward,
-            Hook::Output => nftnl::Hook::Out,
-        };
-        chain.set_hook(hook, c.priority);
-        chain.set_type(match c.kind {
-            ChainKind::Nat => nftnl::ChainType::Nat,
-            ChainKind::Filter | ChainKind::BridgeFilter => nftnl::ChainType::Filter,
-        });
-        chain.set_policy(nftnl::Policy::Accept);
-        batch.add(&chain, MsgType::Add);
-        add_rules(batch, &chain, &c.rules, &set, family);
+        add_chain(batch, &table, c, &set, family);
     }
+}
+
+/// Adds one base chain (accept policy) and its rules.
+fn add_chain(
+    batch: &mut Batch,
+    table: &Table,
+    c: &plan::Chain,
+    set: &Set<'_, IfName>,
+    family: Family,
+) {
+    let name = CString::new(c.name).expect("chain name has no NUL");
+    let mut chain = Chain::new(&name, table);
+    let hook = match c.hook {
+        Hook::Prerouting => nftnl::Hook::PreRouting,
+        Hook::Input => nftnl::Hook::In,
+        Hook::Forward => nftnl::Hook::Forward,
+        Hook::Output => nftnl::Hook::Out,
+    };
+    chain.set_hook(hook, c.priority);
+    chain.set_type(match c.kind {
+        ChainKind::Nat => nftnl::ChainType::Nat,
+        ChainKind::Filter | ChainKind::BridgeFilter => nftnl::ChainType::Filter,
+    });
+    chain.set_policy(nftnl::Policy::Accept);
+    batch.add(&chain, MsgType::Add);
+    add_rules(batch, &chain, &c.rules, set, family);
 }
 
 fn add_rules(
@@ -510,26 +663,33 @@ fn add_rules(
     }
 }
 
-fn apply(socket: &mnl::Socket, rs: &Ruleset) -> Result<(), FirewallError> {
-    let batch = build_batch(rs);
+fn apply(socket: &mnl::Socket, rs: &Ruleset, owned: bool) -> Result<(), FirewallError> {
+    // A netdev table that an earlier ruleset (or run) had and this one has not (its
+    // macvlan parent went) is deleted in the same batch.
+    let stale_netdev = rs.egress.is_empty()
+        && table_names(socket)?.contains_key(&(nlibc::NFPROTO_NETDEV as u32, table_cname()));
+    let batch = build_batch(rs, owned, stale_netdev);
     send_and_process(socket, &batch)
         .map_err(|e| FirewallError::from_io("replace the nftables table", e))
 }
 
 fn remove(socket: &mnl::Socket) -> Result<bool, FirewallError> {
     let tables = table_names(socket)?;
-    let existed = tables.iter().any(|(_, name)| *name == table_cname());
+    let existed = tables.keys().any(|(_, name)| *name == table_cname());
     // The ip6 table is deleted only if it is there: a kernel without IPv6 has no ip6
     // family, and adding a table to delete it would fail the whole batch.
-    let ip6 = tables.contains(&(nlibc::NFPROTO_IPV6 as u32, table_cname()));
     let mut batch = Batch::new();
-    for family in FAMILIES {
-        if *family == ProtoFamily::Ipv6 && !ip6 {
+    for (family, _) in FAMILIES {
+        // ip6 and netdev tables are deleted only if they are there: a kernel without
+        // IPv6 has no ip6 family, and adding a table to delete it would fail the batch.
+        let optional = matches!(family, ProtoFamily::Ipv6 | ProtoFamily::NetDev);
+        if optional && !tables.contains_key(&(*family as u32, table_cname())) {
             continue;
         }
-        let table = Table::new(table_cname(), *family);
-        batch.add(&table, MsgType::Add);
-        batch.add(&table, MsgType::Del);
+        // No flags: an orphaned table (a previous run's, owner gone) is anyone's to
+        // delete, and one this writer owns is its own.
+        batch.add(&TableMsg::new(&table_cname(), *family, None), MsgType::Add);
+        batch.add(&TableMsg::new(&table_cname(), *family, None), MsgType::Del);
     }
     let batch = batch.finalize();
     send_and_process(socket, &batch)
@@ -587,61 +747,48 @@ fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
 }
 
 /// Every one of the daemon's tables in `families` exists.
-fn all_present(tables: &HashSet<(u32, CString)>, families: &[ProtoFamily]) -> bool {
+fn all_present(tables: &Tables, families: &[ProtoFamily]) -> bool {
     let name = table_cname();
     families
         .iter()
-        .all(|f| tables.contains(&(*f as u32, name.clone())))
+        .all(|f| tables.contains_key(&(*f as u32, name.clone())))
 }
 
-fn table_names(socket: &mnl::Socket) -> Result<HashSet<(u32, CString)>, FirewallError> {
+/// Sets `owner` on each of the daemon's tables that is orphaned; one batch.
+fn adopt(socket: &mnl::Socket) -> Result<Vec<&'static str>, FirewallError> {
+    let tables = table_names(socket)?;
+    let mut adopted = Vec::new();
+    let mut batch = Batch::new();
+    for &(family, label) in FAMILIES {
+        match tables.get(&(family as u32, table_cname())) {
+            Some(flags) if table::is_orphan(*flags) => {
+                let msg = TableMsg::new(&table_cname(), family, Some(F_OWNER | F_PERSIST));
+                batch.add(&msg, MsgType::Add);
+                adopted.push(label);
+            }
+            _ => {}
+        }
+    }
+    if !adopted.is_empty() {
+        send_and_process(socket, &batch.finalize())
+            .map_err(|e| FirewallError::from_io("adopt the tables a previous run left", e))?;
+    }
+    Ok(adopted)
+}
+
+fn table_names(socket: &mnl::Socket) -> Result<Tables, FirewallError> {
     let seq = 0;
     let get = nftnl::table::get_tables_nlmsg(seq);
     let err = |e| FirewallError::from_io("list nftables tables", e);
     socket.send(&get).map_err(err)?;
     let portid = socket.portid();
     let mut buffer = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    let mut tables = HashSet::new();
+    let mut tables = Tables::new();
     loop {
         let n = socket.recv_raw(&mut buffer).map_err(err)?;
-        match mnl::cb_run2(&buffer[..n], seq, portid, table_cb, &mut tables).map_err(err)? {
+        match mnl::cb_run2(&buffer[..n], seq, portid, table::table_cb, &mut tables).map_err(err)? {
             mnl::CbResult::Stop => return Ok(tables),
             mnl::CbResult::Ok => continue,
         }
     }
-}
-
-/// Collects the family and name of each `ip`, `ip6` and `bridge` family table in a
-/// table dump (a table of another family with the same name is someone else's).
-fn table_cb(header: &nlibc::nlmsghdr, tables: &mut HashSet<(u32, CString)>) -> nlibc::c_int {
-    // SAFETY: `header` is a complete netlink message handed over by mnl_cb_run; the
-    // table object is allocated, filled by libnftnl from that message, read, and freed
-    // here; the name is copied before the free.
-    unsafe {
-        let t = sys::nftnl_table_alloc();
-        if t.is_null() {
-            return -1;
-        }
-        let parsed = sys::nftnl_table_nlmsg_parse(header, t);
-        let family = sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16);
-        if parsed >= 0
-            && [
-                nlibc::NFPROTO_IPV4,
-                nlibc::NFPROTO_IPV6,
-                nlibc::NFPROTO_BRIDGE,
-            ]
-            .iter()
-            .any(|f| family == *f as u32)
-        {
-            let name = sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16);
-            if !name.is_null() {
-                tables.insert((family, std::ffi::CStr::from_ptr(name).to_owned()));
-            }
-        }
-        sys::nftnl_table_free(t);
-        if parsed < 0 {
-            return parsed;
-        }
-    }
-    1 // MNL_CB_OK
 }

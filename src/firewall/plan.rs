@@ -122,9 +122,15 @@ pub enum V6 {
 pub struct Snapshot {
     /// Container bridges present on the host now (fills the named set).
     pub bridges: BTreeSet<String>,
-    /// Bridge patterns from the config; the fail-closed rules match these directly, so a
-    /// bridge the daemon has not seen yet is refused rather than let through.
+    /// Bridge patterns from the config: which links belong in `bridges`. The refusals
+    /// do not depend on them: they hold for every interface.
     pub patterns: Vec<BridgePattern>,
+    /// Interfaces whose packets to the metadata addresses are let through on purpose
+    /// (`direct_interfaces`); every other forwarded or bridged packet is refused.
+    pub direct: Vec<String>,
+    /// Parents of macvlan links (`macvlan_parents`) present now: their children send
+    /// straight out of the parent, past every IP hook of the host.
+    pub egress_guards: Vec<EgressGuard>,
     /// Where the proxy listens.
     pub listen: SocketAddrV4,
     /// Where the proxy listens for IPv6 callers, if anywhere.
@@ -160,12 +166,25 @@ impl Snapshot {
                 BridgePattern::Exact("docker0".into()),
                 BridgePattern::Prefix("br-".into()),
             ],
+            direct: vec![],
+            egress_guards: vec![],
             listen: "169.254.93.254:80".parse().expect("valid address"),
             v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
             gce_dns: true,
             mode,
         }
     }
+}
+
+/// An interface whose macvlan children must not reach the metadata service: what
+/// leaves it with a source MAC other than its own came from a child (the host's own
+/// packets, and what it routes, leave with the parent's MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressGuard {
+    /// The parent interface.
+    pub device: String,
+    /// Its own MAC address.
+    pub mac: [u8; 6],
 }
 
 /// Netfilter hook a base chain is attached to.
@@ -193,6 +212,8 @@ pub enum Match {
     IifnameInSet(&'static str),
     /// `iifname "docker0"` or `iifname "br-*"`
     Iifname(BridgePattern),
+    /// `iifname != "lo"`
+    IifnameNot(&'static str),
     /// `ip daddr A` or `ip6 daddr A`
     Daddr(IpAddr),
     /// `ip saddr A` or `ip6 saddr A`
@@ -210,6 +231,8 @@ pub enum Match {
     CtStatusDnat,
     /// `meta mark != 0`: the bridge table stamped the packet with its port.
     MarkSet,
+    /// `ether saddr != M` (netdev family).
+    EtherSaddrNot([u8; 6]),
 }
 
 /// What a rule does when every condition holds.
@@ -221,6 +244,8 @@ pub enum Action {
     RejectTcpReset,
     /// `reject` (ICMP or ICMPv6 port unreachable).
     Reject,
+    /// `drop`: where the kernel cannot reject (the bridge family has no `reject` here).
+    Drop,
     /// `meta mark set iif` (bridge family): stamps the packet with the index of the
     /// bridge port it entered by, the container's own veth.
     MarkPort,
@@ -263,8 +288,26 @@ pub struct Ruleset {
     pub chains: Vec<Chain>,
     /// The chains of the `ip6` table; `None` where the kernel has no IPv6.
     pub chains6: Option<Vec<Chain>>,
-    /// The one chain of the `bridge` family table.
+    /// The `bridge` family table's port stamp (prerouting).
     pub port_chain: Chain,
+    /// The `bridge` family table's refusal of metadata frames bridged port to port.
+    pub bridge_forward: Chain,
+    /// The `netdev` family table's egress chains, one per guarded macvlan parent; no
+    /// table when empty.
+    pub egress: Vec<EgressChain>,
+}
+
+/// A `netdev` family chain on one device's egress hook: the only hook that sees what a
+/// macvlan child sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressChain {
+    /// `egress_<device>`: one chain per device.
+    pub name: String,
+    /// The macvlan parent it hooks.
+    pub device: String,
+    /// Absolute priority (printed relative to `filter`).
+    pub priority: i32,
+    pub rules: Vec<Rule>,
 }
 
 /// `dstnat` is -100; ten ahead of it so our binding wins over Docker's own NAT.
@@ -278,6 +321,8 @@ pub const PRIO_FILTER_AHEAD: i32 = -10;
 /// Bridge family `dstnat`, the earliest standard bridge priority; it must be below 0,
 /// where the kernel's own br_netfilter hook hands frames to the IP stack.
 pub const PRIO_BRIDGE_FIRST: i32 = -300;
+/// Bridge family `filter` is -200; ten ahead of other bridge filter chains.
+pub const PRIO_BRIDGE_FILTER_AHEAD: i32 = -210;
 
 /// Computes the ruleset for a snapshot. Pure: same snapshot, same ruleset.
 pub fn plan(s: &Snapshot) -> Ruleset {
@@ -314,7 +359,64 @@ pub fn plan(s: &Snapshot) -> Ruleset {
         chains: family_chains(s, IMDS_V4.into(), Some(s.listen.into())),
         chains6,
         port_chain,
+        bridge_forward: bridge_forward(s),
+        egress: s.egress_guards.iter().map(egress_chain).collect(),
     }
+}
+
+/// Drops packets to either metadata address that leave a macvlan parent with a source
+/// MAC other than the parent's own: a child's, whose packets never cross the host's IP
+/// hooks. The netdev family cannot reject, so they are dropped.
+fn egress_chain(g: &EgressGuard) -> EgressChain {
+    EgressChain {
+        name: format!("egress_{}", g.device),
+        device: g.device.clone(),
+        priority: PRIO_FILTER_AHEAD,
+        rules: [IpAddr::V4(IMDS_V4), IpAddr::V6(IMDS_V6)]
+            .into_iter()
+            .map(|a| Rule {
+                matches: vec![Match::EtherSaddrNot(g.mac), Match::Daddr(a)],
+                action: Action::Drop,
+            })
+            .collect(),
+    }
+}
+
+/// Frames to either metadata address that a bridge passes from one of its ports to
+/// another (a bridge with the uplink enslaved, say) never reach the IP hooks of the
+/// host: the `bridge` family forward hook is where they are refused. The kernel has no
+/// `reject` for that hook, so they are dropped.
+fn bridge_forward(s: &Snapshot) -> Chain {
+    let imds = [IpAddr::V4(IMDS_V4), IpAddr::V6(IMDS_V6)];
+    let mut rules: Vec<Rule> = direct_accepts(s, &imds);
+    rules.extend(imds.iter().map(|a| Rule {
+        matches: vec![Match::Daddr(*a)],
+        action: Action::Drop,
+    }));
+    Chain {
+        name: "forward",
+        kind: ChainKind::BridgeFilter,
+        hook: Hook::Forward,
+        priority: PRIO_BRIDGE_FILTER_AHEAD,
+        rules,
+    }
+}
+
+/// `iifname "X" <daddr> accept` for each direct interface and each address: these
+/// packets end this table's chain before the refusals (other tables still see them).
+fn direct_accepts(s: &Snapshot, addrs: &[IpAddr]) -> Vec<Rule> {
+    s.direct
+        .iter()
+        .flat_map(|name| {
+            addrs.iter().map(move |a| Rule {
+                matches: vec![
+                    Match::Iifname(BridgePattern::Exact(name.clone())),
+                    Match::Daddr(*a),
+                ],
+                action: Action::Accept,
+            })
+        })
+        .collect()
 }
 
 /// The chains of one address family's table: `imds` is that family's metadata address,
@@ -361,22 +463,21 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
         });
     }
 
-    // Fail closed: whatever was not DNATed above and still goes to the metadata address
-    // from a container bridge is refused, promptly, both when the host routes it on
-    // (forward) and when the host itself holds the address (input).
-    let refuse_imds: Vec<Rule> = s
-        .patterns
-        .iter()
-        .flat_map(|p| {
-            [Action::RejectTcpReset, Action::Reject].map(|action| Rule {
-                matches: vec![Match::Iifname(p.clone()), Match::Daddr(imds)],
-                action,
-            })
+    // Fail closed, for the whole host: whatever was not DNATed above and still goes to
+    // the metadata address is refused promptly, whatever interface it came in by: when
+    // the host routes it on (forward) and, from anywhere but loopback (the host's own
+    // processes), when the host itself holds the address (input, emulator mode). The
+    // host's own packets leave by `output`, which the table leaves alone.
+    let refuse = |extra: Vec<Match>| {
+        [Action::RejectTcpReset, Action::Reject].map(|action| Rule {
+            matches: extra.iter().cloned().chain([Match::Daddr(imds)]).collect(),
+            action,
         })
-        .collect();
-
-    let mut input = refuse_imds.clone();
-    let mut forward = refuse_imds;
+    };
+    let mut input = direct_accepts(s, &[imds]);
+    input.extend(refuse(vec![Match::IifnameNot(LOOPBACK_IF)]));
+    let mut forward = direct_accepts(s, &[imds]);
+    forward.extend(refuse(vec![]));
     if let Some(listen) = listen {
         let listen_ip = listen.ip();
         // The proxy's address answers only the host itself and container bridges.
@@ -571,6 +672,7 @@ impl fmt::Display for Match {
         match self {
             Match::IifnameInSet(set) => write!(f, "iifname @{set}"),
             Match::Iifname(p) => write!(f, "iifname \"{p}\""),
+            Match::IifnameNot(n) => write!(f, "iifname != \"{n}\""),
             Match::Daddr(IpAddr::V4(a)) => write!(f, "ip daddr {a}"),
             Match::Daddr(IpAddr::V6(a)) => write!(f, "ip6 daddr {a}"),
             Match::Saddr(IpAddr::V4(a)) => write!(f, "ip saddr {a}"),
@@ -587,6 +689,11 @@ impl fmt::Display for Match {
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::MarkSet => f.write_str("meta mark != 0x00000000"),
+            Match::EtherSaddrNot(m) => write!(
+                f,
+                "ether saddr != {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
         }
     }
 }
@@ -597,6 +704,7 @@ impl fmt::Display for Action {
             Action::Accept => f.write_str("accept"),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::Reject => f.write_str("reject"),
+            Action::Drop => f.write_str("drop"),
             Action::MarkPort => f.write_str("meta mark set iif"),
             Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
             Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
@@ -712,7 +820,37 @@ impl fmt::Display for Ruleset {
         }
         writeln!(f, "table bridge {} {{", self.table)?;
         write!(f, "{}", self.port_chain)?;
-        writeln!(f, "}}")
+        writeln!(f)?;
+        write!(f, "{}", self.bridge_forward)?;
+        writeln!(f, "}}")?;
+        if !self.egress.is_empty() {
+            writeln!(f, "table netdev {} {{", self.table)?;
+            for (i, c) in self.egress.iter().enumerate() {
+                if i > 0 {
+                    writeln!(f)?;
+                }
+                write!(f, "{c}")?;
+            }
+            writeln!(f, "}}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for EgressChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Named as in any filter chain (`filter - 10`); the hook plays no part in it.
+        let prio = priority_name(ChainKind::Filter, Hook::Forward, self.priority);
+        writeln!(f, "\tchain {} {{", self.name)?;
+        writeln!(
+            f,
+            "\t\ttype filter hook egress device \"{}\" priority {prio}; policy accept;",
+            self.device
+        )?;
+        for r in &self.rules {
+            writeln!(f, "\t\t{r}")?;
+        }
+        writeln!(f, "\t}}")
     }
 }
 

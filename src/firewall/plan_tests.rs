@@ -29,37 +29,124 @@ fn closed_table_has_no_dnat_but_keeps_every_refusal() {
     assert_eq!(refusals(&open), refusals(&closed));
     assert_eq!(
         refusals(&open).len(),
-        2 * (2 * 2 * 2 + 3),
-        "per family: two patterns x tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
+        2 * (2 * 2 + 3),
+        "per family: tcp/other x input/forward, plus the proxy address in input (2) and forward (1)"
     );
 }
 
+/// The rules of a chain as text.
+fn rules_of(c: &Chain) -> Vec<String> {
+    c.rules.iter().map(ToString::to_string).collect()
+}
+
 #[test]
-fn fail_closed_rules_match_patterns_not_the_set_so_unseen_bridges_are_refused() {
+fn every_forwarded_packet_to_the_metadata_address_is_refused_whatever_its_interface() {
     let rs = plan(&snapshot(&[], Mode::Open));
-    let forward = rs.chains.iter().find(|c| c.hook == Hook::Forward).unwrap();
-    let imds: Vec<&Rule> = forward
-        .rules
+    let chain = |name: &str| rs.chains.iter().find(|c| c.name == name).unwrap();
+    // No interface, no pattern, no set: a bridge of any name, a routed veth, Swarm's
+    // docker_gwbridge are all refused; the host's own output is not in this table.
+    assert_eq!(
+        rules_of(chain("forward")),
+        [
+            "ip daddr 169.254.169.254 reject with tcp reset",
+            "ip daddr 169.254.169.254 reject",
+            "ip daddr 169.254.93.254 reject",
+        ]
+    );
+    // Where the host holds the address itself (emulator mode), from anywhere but
+    // loopback, the host's own processes' path.
+    assert_eq!(
+        rules_of(chain("input"))[..2],
+        [
+            "iifname != \"lo\" ip daddr 169.254.169.254 reject with tcp reset",
+            "iifname != \"lo\" ip daddr 169.254.169.254 reject",
+        ]
+    );
+    assert!(rs
+        .chains
         .iter()
-        .filter(|r| r.matches.contains(&Match::Daddr(IMDS_V4.into())))
-        .collect();
-    assert_eq!(imds.len(), 4);
-    for r in imds {
-        assert!(matches!(r.matches[0], Match::Iifname(_)), "{r}");
-        assert!(
-            !r.matches
-                .iter()
-                .any(|m| matches!(m, Match::IifnameInSet(_))),
-            "{r}"
-        );
-    }
-    // Nothing in forward accepts: every rule there refuses.
-    assert!(forward
-        .rules
-        .iter()
-        .all(|r| matches!(r.action, Action::Reject | Action::RejectTcpReset)));
+        .all(|c| c.hook != Hook::Output || c.name == "dnsreply"));
+    // Frames bridged port to port are dropped (the bridge family cannot reject there).
+    assert_eq!(rs.bridge_forward.hook, Hook::Forward);
+    assert_eq!(
+        rules_of(&rs.bridge_forward),
+        [
+            "ip daddr 169.254.169.254 drop",
+            "ip6 daddr fd00:ec2::254 drop"
+        ]
+    );
+    // Neither the bridge patterns nor the bridges present change a refusal.
+    let mut other = snapshot(&["docker0", "br-1"], Mode::Open);
+    other.patterns = vec![BridgePattern::Exact("cni0".into())];
+    let other = plan(&other);
+    let refusals = |rs: &Ruleset| {
+        rs.to_string()
+            .lines()
+            .filter(|l| l.contains("reject") || l.contains("drop"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(refusals(&rs), refusals(&other));
     // An empty set prints no elements line, as nft does.
     assert!(!rs.to_string().contains("elements"));
+}
+
+#[test]
+fn direct_interfaces_are_let_through_ahead_of_the_refusals_and_nothing_else_is() {
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.direct = vec!["virbr0".into(), "eth1".into()];
+    let rs = plan(&s);
+    let text = rs.to_string();
+    let chain =
+        |chains: &[Chain], name: &str| rules_of(chains.iter().find(|c| c.name == name).unwrap());
+    for name in ["input", "forward"] {
+        let rules = chain(&rs.chains, name);
+        assert_eq!(
+            rules[..3],
+            [
+                "iifname \"virbr0\" ip daddr 169.254.169.254 accept",
+                "iifname \"eth1\" ip daddr 169.254.169.254 accept",
+                if name == "input" {
+                    "iifname != \"lo\" ip daddr 169.254.169.254 reject with tcp reset"
+                } else {
+                    "ip daddr 169.254.169.254 reject with tcp reset"
+                },
+            ],
+            "{text}"
+        );
+        let rules6 = chain(rs.chains6.as_deref().unwrap(), name);
+        assert_eq!(rules6[1], "iifname \"eth1\" ip6 daddr fd00:ec2::254 accept");
+    }
+    assert_eq!(
+        rules_of(&rs.bridge_forward),
+        [
+            "iifname \"virbr0\" ip daddr 169.254.169.254 accept",
+            "iifname \"virbr0\" ip6 daddr fd00:ec2::254 accept",
+            "iifname \"eth1\" ip daddr 169.254.169.254 accept",
+            "iifname \"eth1\" ip6 daddr fd00:ec2::254 accept",
+            "ip daddr 169.254.169.254 drop",
+            "ip6 daddr fd00:ec2::254 drop",
+        ]
+    );
+    // The accepts name only the metadata addresses: nothing else of those interfaces
+    // is touched, and interception is unchanged.
+    // Two interfaces x (ip input, ip forward, ip6 input, ip6 forward, bridge ip, bridge ip6).
+    assert_eq!(
+        text.matches(" accept\n").count(),
+        2 * 6 + rs_accepts_without_direct()
+    );
+    assert_eq!(
+        rs.chains[0],
+        plan(&snapshot(&["docker0"], Mode::Open)).chains[0]
+    );
+}
+
+/// How many accept rules the default snapshot has (the proxy's own address).
+fn rs_accepts_without_direct() -> usize {
+    plan(&snapshot(&["docker0"], Mode::Open))
+        .to_string()
+        .matches(" accept\n")
+        .count()
 }
 
 #[test]
@@ -169,8 +256,8 @@ fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
     let ip6 = &text[text.find("table ip6 imds_proxy {").expect("an ip6 table")..];
     for line in [
         "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark dnat to [fdf3:6f62:ab7c::254]:80",
-        "iifname \"docker0\" ip6 daddr fd00:ec2::254 reject with tcp reset",
-        "iifname \"br-*\" ip6 daddr fd00:ec2::254 reject",
+        "ip6 daddr fd00:ec2::254 reject with tcp reset",
+        "iifname != \"lo\" ip6 daddr fd00:ec2::254 reject",
         "ip6 daddr fdf3:6f62:ab7c::254 iifname \"lo\" accept",
         "ip6 daddr fdf3:6f62:ab7c::254 iifname @bridges tcp dport 80 ct status dnat accept",
         "ip6 daddr fdf3:6f62:ab7c::254 reject",
@@ -180,7 +267,7 @@ fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
     }
     // The bridge table stamps IPv6 metadata packets with their port too.
     assert!(
-        text.ends_with("\t\tip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif\n\t}\n}\n"),
+        text.contains("\t\tip6 daddr fd00:ec2::254 tcp dport 80 meta mark set iif\n\t}\n"),
         "{text}"
     );
     // The ip6 table has the same chains, at the same priorities, as the ip table.
@@ -204,7 +291,7 @@ fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_n
         .iter()
         .flat_map(|c| c.rules.iter().map(ToString::to_string))
         .collect();
-    assert_eq!(rules6.len(), 2 * 2 * 2, "{rules6:#?}");
+    assert_eq!(rules6.len(), 2 * 2, "{rules6:#?}");
     assert!(rules6.iter().all(|r| r.contains("reject")), "{rules6:#?}");
     assert!(!rs.port_chain.to_string().contains("ip6"));
     // The ip table is untouched by the state of IPv6.
@@ -213,7 +300,15 @@ fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_n
     s.v6 = V6::Absent;
     let rs = plan(&s);
     assert!(rs.chains6.is_none());
-    assert!(!rs.to_string().contains("ip6"), "{rs}");
+    // Only the bridge table names IPv6: a bridge passes IPv6 frames whether or not the
+    // host has IPv6, so bridged ones are still dropped.
+    let text = rs.to_string();
+    let ip6: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ip6"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(ip6, ["ip6 daddr fd00:ec2::254 drop"], "{rs}");
 }
 
 #[test]
@@ -329,4 +424,43 @@ fn raw_payload_matches_render_as_nft_prints_them() {
             .iter()
             .all(|m| matches!(m, Match::ThBytes { bytes, .. } if bytes.len() <= 16)));
     }
+}
+
+#[test]
+fn macvlan_parents_get_an_egress_chain_that_drops_what_their_children_send() {
+    let mut s = snapshot(&["docker0"], Mode::Closed);
+    assert!(plan(&s).egress.is_empty());
+    assert!(
+        !plan(&s).to_string().contains("netdev"),
+        "no table without parents"
+    );
+    s.egress_guards = vec![EgressGuard {
+        device: "eth0".into(),
+        mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x0a],
+    }];
+    let text = plan(&s).to_string();
+    assert!(
+        text.ends_with(
+            "table netdev imds_proxy {
+\tchain egress_eth0 {
+\t\ttype filter hook egress device \"eth0\" priority filter - 10; policy accept;
+\t\tether saddr != 02:42:ac:11:00:0a ip daddr 169.254.169.254 drop
+\t\tether saddr != 02:42:ac:11:00:0a ip6 daddr fd00:ec2::254 drop
+\t}
+}
+"
+        ),
+        "{text}"
+    );
+    // The same in both modes: the children never reach the proxy anyway.
+    s.mode = Mode::Open;
+    assert_eq!(
+        plan(&s).egress,
+        plan(&{
+            let mut c = s.clone();
+            c.mode = Mode::Closed;
+            c
+        })
+        .egress
+    );
 }

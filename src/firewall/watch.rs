@@ -15,6 +15,7 @@ use super::plan::TABLE;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_NETDEV: u8 = 5;
 const NFPROTO_BRIDGE: u8 = 7;
 const NFPROTO_IPV6: u8 = 10;
 /// Attribute 1 is the table name in table, chain, rule, set and element messages.
@@ -57,7 +58,7 @@ pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignCha
         || msg.pid == own_portid
         || !matches!(
             msg.family(),
-            Some(NFPROTO_IPV4 | NFPROTO_IPV6 | NFPROTO_BRIDGE)
+            Some(NFPROTO_IPV4 | NFPROTO_IPV6 | NFPROTO_BRIDGE | NFPROTO_NETDEV)
         )
     {
         return None;

@@ -160,7 +160,9 @@ impl Netns {
     }
 
     /// The daemon's tables (`ip`, `ip6`, then `bridge`) as `nft` lists them, or None if
-    /// the `ip` table is missing.
+    /// the `ip` table is missing; without the table flags (`flags owner`, and the
+    /// `# progname` comment nft adds to owned tables), which the writer sets and the
+    /// plan does not render.
     pub fn nft_table(&self) -> Option<String> {
         let (ok, ip, _) = self.try_exec(&["nft", "list", "table", "ip", "imds_proxy"]);
         if !ok {
@@ -168,7 +170,7 @@ impl Netns {
         }
         let (_, ip6, _) = self.try_exec(&["nft", "list", "table", "ip6", "imds_proxy"]);
         let (_, bridge, _) = self.try_exec(&["nft", "list", "table", "bridge", "imds_proxy"]);
-        Some(ip + &ip6 + &bridge)
+        Some(without_table_flags(&(ip + &ip6 + &bridge)))
     }
 
     pub fn nft_table_count(&self) -> usize {
@@ -177,6 +179,28 @@ impl Netns {
             .filter(|l| l.trim() == "table ip imds_proxy")
             .count()
     }
+}
+
+/// A listing without the table flags line (and the blank line after it) and the
+/// `# progname` comment.
+pub fn without_table_flags(listing: &str) -> String {
+    let mut out = String::new();
+    let mut lines = listing.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("\tflags") {
+            if lines.peek() == Some(&"") {
+                lines.next();
+            }
+            continue;
+        }
+        let line = match line.find(" { # progname ") {
+            Some(i) => &line[..i + 2],
+            None => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 impl Drop for Netns {
