@@ -3,7 +3,8 @@
 # those missing.
 #   install-deps.sh build   C libraries the nftables bindings link against
 #   install-deps.sh test    build + what the test suite drives (nft, Docker, busybox,
-#                           conntrack); also requires rustfmt and clippy
+#                           conntrack, cloud-init, openssl, node); also requires
+#                           rustfmt and clippy
 set -euo pipefail
 mode=${1:-build}
 case $mode in
@@ -36,9 +37,17 @@ if [ "$mode" = test ]; then
 fi
 
 build=(pkg-config gcc libc6-dev libnftnl-dev libmnl-dev)
-test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps)
+# cloud-init, openssl, node and npm: the judges of tests/agents.rs (cloud-init's
+# datasources, the Node.js SDKs, the signed documents' checks).
+test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps cloud-init openssl)
 want=("${build[@]}")
 [ "$mode" = test ] && want+=("${test[@]}")
+# Node.js may come from elsewhere than Debian (NodeSource): only a missing one is
+# installed from Debian.
+if [ "$mode" = test ]; then
+  command -v node >/dev/null || want+=(nodejs)
+  command -v npm >/dev/null || want+=(npm)
+fi
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

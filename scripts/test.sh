@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # in a `cargo test` log (between its `Running` line and the next one) must say ok., at
 # least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
 check_tiers() {
-  awk -v tiers="lib netns wholehost docker identity swarm proxy cache cli nft sdk" '
+  awk -v tiers="lib netns wholehost docker identity networks proxy cache cli nft sdk agents" '
     BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
     { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
     /^ *Running / {                                  # a new test binary starts
@@ -71,9 +71,29 @@ sdk_venv() {
   export IMDS_PROXY_SDK_VENV=$venv
 }
 
+# node_sdks: the Node.js SDKs of tests/agents/package.json (tests/agents.rs runs them on
+# the host and in containers, through read-only mounts). Installed once per package file
+# and node version, kept under /var/cache; exported as IMDS_PROXY_NODE_MODULES.
+node_sdks() {
+  local key dir
+  key=$({ cat tests/agents/package.json; node --version; } | sha256sum | cut -c1-16)
+  dir=/var/cache/imds-proxy-test/node-sdks-$key
+  if [ ! -f "$dir/.complete" ]; then
+    echo "installing the Node.js SDKs into $dir" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp tests/agents/package.json "$dir/"
+    (cd "$dir" && npm install --no-audit --no-fund --omit=dev --loglevel=error >/dev/null)
+    NODE_PATH="$dir/node_modules" node -e 'for (const m of ["@aws-sdk/credential-providers", "@azure/identity", "google-auth-library", "gcp-metadata"]) require(m)'
+    touch "$dir/.complete"
+  fi
+  export IMDS_PROXY_NODE_MODULES=$dir/node_modules
+}
+
 [ "$(id -u)" = 0 ] || { echo "the suite needs root (namespaces, nftables, Docker)" >&2; exit 1; }
 scripts/install-deps.sh test
 sdk_venv
+node_sdks
 
 work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)
 export IMDS_PROXY_REQUIRE_ROOT_TESTS=1          # root and Docker tests fail, never skip

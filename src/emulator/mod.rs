@@ -9,6 +9,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gce;
+pub mod signing;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct EmulatorConfig {
     pub gce: Option<gce::GceConfig>,
     pub azure: Option<azure::AzureConfig>,
     pub aws: Option<aws::AwsConfig>,
+    /// The key EC2's and Azure's signed documents and Azure's tokens are signed with.
+    pub signing: signing::SigningConfig,
     /// The file it came from (`None`: the built-in example).
     pub file: Option<PathBuf>,
 }
@@ -46,6 +49,7 @@ struct TopLevel {
     gce: Option<toml::Value>,
     azure: Option<toml::Value>,
     aws: Option<toml::Value>,
+    signing: Option<toml::Value>,
 }
 
 /// Why an emulator file was refused: every problem, each naming its key.
@@ -106,6 +110,16 @@ impl EmulatorConfig {
         let aws = top
             .aws
             .and_then(|v| section(&mut problems, "aws", aws::AwsConfig::from_value(v, env)));
+        let signing = top
+            .signing
+            .and_then(|v| {
+                section(
+                    &mut problems,
+                    "signing",
+                    signing::SigningConfig::from_value(v),
+                )
+            })
+            .unwrap_or_default();
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -113,6 +127,7 @@ impl EmulatorConfig {
             gce,
             azure,
             aws,
+            signing,
             file: None,
         })
     }
@@ -144,6 +159,8 @@ pub struct Ctx {
     pub changes: tokio::sync::watch::Receiver<Arc<EmulatorConfig>>,
     pub now: SystemTime,
     pub env: fn(&str) -> Option<String>,
+    /// The instance's signing key.
+    pub keys: signing::Keys,
 }
 
 /// The emulator: the config in force and the state of each provider.
@@ -152,6 +169,7 @@ pub struct Emulator {
     gce: gce::Gce,
     azure: azure::Azure,
     aws: aws::Aws,
+    keys: signing::Keys,
 }
 
 impl Emulator {
@@ -163,10 +181,18 @@ impl Emulator {
         if config.borrow().gce.is_some() {
             gce.prepare_identity_key();
         }
+        let keys = signing::Keys::default();
+        {
+            let cfg = config.borrow();
+            if cfg.signing.key.is_none() && (cfg.aws.is_some() || cfg.azure.is_some()) {
+                keys.prepare();
+            }
+        }
         Self {
             gce,
             azure: azure::Azure::new(tokens.clone()),
             aws: aws::Aws::new(),
+            keys,
             config,
         }
     }
@@ -187,7 +213,11 @@ impl Emulator {
             changes: self.config.clone(),
             now: SystemTime::now(),
             env: process_env,
+            keys: self.keys.clone(),
         };
+        if let Some(r) = self.published(&ctx, req).await {
+            return r;
+        }
         match Provider::of(req.path) {
             Provider::Gce => self.gce.answer(&ctx, req).await,
             Provider::Azure => self.azure.answer(&ctx, req).await,
@@ -215,6 +245,39 @@ impl Emulator {
                 }
             }
         }
+    }
+}
+
+impl Emulator {
+    /// The certificate and key set the signed answers verify against (GET only).
+    async fn published(&self, ctx: &Ctx, req: &EmuRequest<'_>) -> Option<Response<Full<Bytes>>> {
+        let path = req.path.to_string();
+        if path != signing::CERTIFICATE_PATH && path != signing::KEYS_PATH {
+            return None;
+        }
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Some(not_found());
+        }
+        let (status, content_type, body) = match self.keys.get(&ctx.config.signing).await {
+            Ok(k) if path == signing::CERTIFICATE_PATH => (
+                StatusCode::OK,
+                "application/x-pem-file",
+                k.certificate_pem().to_owned(),
+            ),
+            Ok(k) => (StatusCode::OK, "application/json", k.key_set().to_string()),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{}\n", crate::proxy::error_chain(&e)),
+            ),
+        };
+        Some(
+            Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response parts are valid"),
+        )
     }
 }
 

@@ -36,6 +36,16 @@ pub struct AwsConfig {
     /// `/latest/dynamic/instance-identity/document`; absent: `dynamic/` is 404.
     pub identity_document: Option<Map<String, Json>>,
     pub roles: Vec<Role>,
+    /// `meta-data/public-keys/`: listed as `<index>=<name>`, each key under
+    /// `<index>/openssh-key`, as EC2 serves the instance's key pair.
+    pub public_keys: Vec<PublicKey>,
+}
+
+/// One `[[aws.public_keys]]` entry: the key pair the instance was launched with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pub name: String,
+    pub openssh_key: String,
 }
 
 /// `http_tokens`: whether IMDSv1 (no session token) is allowed.
@@ -124,6 +134,7 @@ impl AwsConfig {
                 "meta_data",
                 "identity_document",
                 "roles",
+                "public_keys",
             ],
         );
         let http_tokens = match top.get("http_tokens").map(Value::as_str) {
@@ -150,6 +161,12 @@ impl AwsConfig {
                         "is generated from [[aws.roles]]; remove it",
                     );
                 }
+                if t.contains_key("public-keys") {
+                    p.at(
+                        "meta_data.public-keys",
+                        "is generated from [[aws.public_keys]]; remove it",
+                    );
+                }
                 tree(t, "meta_data", &mut p)
             }
             Some(_) => {
@@ -173,12 +190,14 @@ impl AwsConfig {
             }
         };
         let roles = roles(top.get("roles"), &mut p);
+        let public_keys = public_keys(top.get("public_keys"), &mut p);
         p.finish(Self {
             http_tokens,
             user_data,
             meta_data,
             identity_document,
             roles,
+            public_keys,
         })
     }
 
@@ -243,6 +262,47 @@ fn typed_json(v: &Value) -> Json {
             Json::Object(t.iter().map(|(k, v)| (k.clone(), typed_json(v))).collect())
         }
     }
+}
+
+fn public_keys(v: Option<&Value>, p: &mut Problems) -> Vec<PublicKey> {
+    let Some(v) = v else { return Vec::new() };
+    let Some(list) = v.as_array() else {
+        p.at(
+            "public_keys",
+            "must be a list of tables ([[aws.public_keys]])",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let key = format!("public_keys[{i}]");
+        let Some(t) = v.as_table() else {
+            p.at(&key, "must be a table");
+            continue;
+        };
+        p.unknown(t, &key, &["name", "openssh_key"]);
+        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+        // The listing line is `<index>=<name>`: a name is one line of printable text.
+        if name.is_empty() || name.contains('\n') || name.chars().any(char::is_control) {
+            p.at(
+                &format!("{key}.name"),
+                "is required: the key pair's name, one line",
+            );
+        }
+        let openssh_key = t.get("openssh_key").and_then(Value::as_str).unwrap_or("");
+        let fields: Vec<&str> = openssh_key.split_whitespace().collect();
+        if fields.len() < 2 || openssh_key.contains('\n') || !fields[0].contains('-') {
+            p.at(
+                &format!("{key}.openssh_key"),
+                "is required: one line as in authorized_keys (\"ssh-ed25519 AAAA... comment\")",
+            );
+        }
+        out.push(PublicKey {
+            name: name.to_owned(),
+            openssh_key: openssh_key.to_owned(),
+        });
+    }
+    out
 }
 
 fn roles(v: Option<&Value>, p: &mut Problems) -> Vec<Role> {

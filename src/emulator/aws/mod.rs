@@ -5,14 +5,16 @@
 //! (see [`AwsConfig::tokens_required`]). Paths are case-sensitive, as on EC2. Every
 //! answer is `text/plain`, the JSON documents too, and without a trailing newline
 //! (botocore takes the role listing's body as the role name). A missing item is 404
-//! with EC2's small XHTML page. Dated versions (`/2021-07-15/...`) answer as
-//! `/latest/`. Only GET and HEAD are served; PUT on a dated version is 403 (EC2
+//! with EC2's small XHTML page. `GET /` lists EC2's dated versions; a dated path
+//! (`/2016-09-02/...`) answers with what that version had ([`versions`]), an unknown
+//! version is 404. Only GET and HEAD are served; PUT on a dated version is 403 (EC2
 //! takes tokens only at `/latest/api/token`), other methods 405.
 
 mod config;
 mod creds;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -20,7 +22,9 @@ use http_body_util::Full;
 
 use super::{Ctx, EmuRequest};
 use crate::providers::identity::Identity;
-pub use config::{AwsConfig, KeySource, Node, Role, StaticKeys, DEFAULT_CREDENTIALS_LIFETIME_SECS};
+pub use config::{
+    AwsConfig, KeySource, Node, PublicKey, Role, StaticKeys, DEFAULT_CREDENTIALS_LIFETIME_SECS,
+};
 
 const TEXT: &str = "text/plain";
 const HTML: &str = "text/html";
@@ -40,6 +44,17 @@ enum Target<'a> {
     NotFound,
     /// `/latest/api/token` is for PUT (answered by the proxy).
     TokenPath,
+    /// The identity document signed: its text and the form asked for.
+    Signed(String, Signed),
+}
+
+/// The signed forms of the identity document under `dynamic/instance-identity/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signed {
+    /// PKCS#7 signedData (detached), base64 in lines: `pkcs7` and `rsa2048`.
+    Pkcs7,
+    /// RSA-SHA256 over the document, base64: `signature`.
+    Signature,
 }
 
 impl Aws {
@@ -64,6 +79,36 @@ impl Aws {
             Target::Text(body) => text(StatusCode::OK, body),
             Target::NotFound => page(StatusCode::NOT_FOUND, "404 - Not Found"),
             Target::TokenPath => method_not_allowed("PUT"),
+            Target::Signed(doc, form) => {
+                let key = match ctx.keys.get(&ctx.config.signing).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        return page(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "500 - Internal Server Error",
+                        );
+                    }
+                };
+                let body = match form {
+                    Signed::Signature => {
+                        Ok(super::signing::base64_lines(&key.sign_raw(doc.as_bytes())))
+                    }
+                    Signed::Pkcs7 => key
+                        .pkcs7(doc.as_bytes(), false)
+                        .map(|d| super::signing::base64_lines(&d)),
+                };
+                match body {
+                    Ok(b) => text(StatusCode::OK, b),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        page(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "500 - Internal Server Error",
+                        )
+                    }
+                }
+            }
             Target::Info(role) => {
                 let since = self
                     .credentials
@@ -107,12 +152,17 @@ fn is_dated(s: &str) -> bool {
 fn target<'a>(cfg: &'a AwsConfig, role: Option<&'a Role>, segs: &[String]) -> Target<'a> {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let Some((version, rest)) = segs.split_first() else {
-        return Target::Text("latest".into());
+        let mut all: Vec<&str> = versions::VERSIONS.to_vec();
+        all.push("latest");
+        return Target::Text(all.join("\n"));
     };
-    if *version != "latest" && !is_dated(version) {
+    if !versions::known(version) {
         return Target::NotFound;
     }
-    let doc = cfg.identity_document.as_ref();
+    let doc = cfg
+        .identity_document
+        .as_ref()
+        .filter(|_| versions::has(version, &["dynamic"]));
     match rest {
         [] => {
             let mut names = Vec::new();
@@ -125,16 +175,37 @@ fn target<'a>(cfg: &'a AwsConfig, role: Option<&'a Role>, segs: &[String]) -> Ta
             }
             Target::Text(names.join("\n"))
         }
+        ["meta-data", path @ ..] if !versions::has(version, path) => Target::NotFound,
         ["meta-data", "iam", iam @ ..] => match role {
             Some(role) => iam_target(role, iam),
             None => Target::NotFound,
         },
-        ["meta-data", path @ ..] => meta_data(&cfg.meta_data, role.is_some(), path),
+        ["meta-data", "public-keys", keys @ ..] if !cfg.public_keys.is_empty() => {
+            public_keys(&cfg.public_keys, keys)
+        }
+        ["meta-data", path @ ..] => {
+            let extra = [
+                ("iam/", role.is_some()),
+                ("public-keys/", !cfg.public_keys.is_empty()),
+            ];
+            meta_data(&cfg.meta_data, version, &extra, path)
+        }
         ["user-data"] => cfg.user_data.clone().map_or(Target::NotFound, Target::Text),
         ["dynamic"] if doc.is_some() => Target::Text("instance-identity/".into()),
-        ["dynamic", "instance-identity"] if doc.is_some() => Target::Text("document".into()),
-        ["dynamic", "instance-identity", "document"] => {
-            doc.map_or(Target::NotFound, |d| Target::Text(creds::pretty(d)))
+        ["dynamic", "instance-identity"] if doc.is_some() => {
+            Target::Text("document\npkcs7\nrsa2048\nsignature".into())
+        }
+        ["dynamic", "instance-identity", leaf] => {
+            let Some(d) = doc else {
+                return Target::NotFound;
+            };
+            let d = creds::pretty(d);
+            match *leaf {
+                "document" => Target::Text(d),
+                "pkcs7" | "rsa2048" => Target::Signed(d, Signed::Pkcs7),
+                "signature" => Target::Signed(d, Signed::Signature),
+                _ => Target::NotFound,
+            }
         }
         ["api", "token"] if *version == "latest" => Target::TokenPath,
         _ => Target::NotFound,
@@ -151,11 +222,39 @@ fn iam_target<'a>(role: &'a Role, rest: &[&str]) -> Target<'a> {
     }
 }
 
-/// A leaf's value, or a directory's listing (sub-directories suffixed `/`; `iam/`
-/// at the top when the caller sees a role).
+/// `public-keys/` as EC2 serves it: `0=name` a line; `0/` lists the formats held
+/// (`openssh-key`), `0/openssh-key` is the key.
+fn public_keys<'a>(keys: &[PublicKey], rest: &[&str]) -> Target<'a> {
+    let at = |i: &str| {
+        let ok = !i.is_empty()
+            && i.bytes().all(|b| b.is_ascii_digit())
+            && (i == "0" || !i.starts_with('0'));
+        ok.then(|| i.parse::<usize>().ok().and_then(|n| keys.get(n)))
+            .flatten()
+    };
+    match rest {
+        [] => Target::Text(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| format!("{i}={}", k.name))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        [i] => at(i).map_or(Target::NotFound, |_| Target::Text("openssh-key".into())),
+        [i, "openssh-key"] => {
+            at(i).map_or(Target::NotFound, |k| Target::Text(k.openssh_key.clone()))
+        }
+        _ => Target::NotFound,
+    }
+}
+
+/// A leaf's value, or a directory's listing (sub-directories suffixed `/`; at the top,
+/// the generated directories in `extra` that the caller sees), showing only what
+/// `version` had.
 fn meta_data<'a>(
     root: &std::collections::BTreeMap<String, Node>,
-    with_iam: bool,
+    version: &str,
+    extra: &[(&str, bool)],
     path: &[&str],
 ) -> Target<'a> {
     let mut dir = root;
@@ -168,13 +267,22 @@ fn meta_data<'a>(
     }
     let mut names: Vec<String> = dir
         .iter()
+        .filter(|(k, _)| {
+            let mut child: Vec<&str> = path.to_vec();
+            child.push(k);
+            versions::has(version, &child)
+        })
         .map(|(k, n)| match n {
             Node::Dir(_) => format!("{k}/"),
             Node::Leaf(_) => k.clone(),
         })
         .collect();
-    if path.is_empty() && with_iam {
-        names.push("iam/".into());
+    if path.is_empty() {
+        for (name, shown) in extra {
+            if *shown && versions::has(version, &[name.trim_end_matches('/')]) {
+                names.push((*name).to_owned());
+            }
+        }
         names.sort();
     }
     Target::Text(names.join("\n"))

@@ -12,6 +12,8 @@ use serde_json::Value as Json;
 use super::*;
 use crate::emulator::{EmulatorConfig, EXAMPLE};
 use crate::policy::canonical::CanonicalPath;
+use rsa::pkcs8::DecodePublicKey;
+use x509_cert::der::{DecodePem, Encode};
 
 const LIFE: u64 = 21_600;
 
@@ -62,6 +64,7 @@ async fn call(
         changes,
         now,
         env,
+        keys: crate::emulator::signing::test_keys(),
     };
     let req = EmuRequest {
         method: &method,
@@ -100,17 +103,21 @@ fn as_role(name: &str) -> Identity {
 async fn listings_and_leaves_are_plain_text_without_a_trailing_newline() {
     let (aws, cfg) = (Aws::new(), config(EXAMPLE));
     for (path, body) in [
-        ("/", "latest"),
         ("/latest/", "dynamic\nmeta-data\nuser-data"),
         ("/latest", "dynamic\nmeta-data\nuser-data"),
         ("/2021-07-15/", "dynamic\nmeta-data\nuser-data"),
         (
-            "/latest/meta-data/",
-            "ami-id\nhostname\niam/\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nplacement/\npublic-ipv4",
+            "/latest/meta-data/placement/",
+            "availability-zone\navailability-zone-id\nregion",
         ),
-        ("/latest/meta-data/placement/", "availability-zone\nregion"),
-        ("/latest/meta-data/placement", "availability-zone\nregion"),
-        ("/latest/meta-data/placement/availability-zone", "us-east-1a"),
+        (
+            "/latest/meta-data/placement",
+            "availability-zone\navailability-zone-id\nregion",
+        ),
+        (
+            "/latest/meta-data/placement/availability-zone",
+            "us-east-1a",
+        ),
         ("/latest/meta-data/placement/region", "us-east-1"),
         ("/2021-07-15/meta-data/instance-id", "i-0123456789abcdef0"),
         ("/latest/meta-data/iam/", "info\nsecurity-credentials/"),
@@ -118,13 +125,274 @@ async fn listings_and_leaves_are_plain_text_without_a_trailing_newline() {
         ("/latest/meta-data/iam/security-credentials", "demo-role"),
         ("/latest/user-data", "#!/bin/bash\necho hello\n"),
         ("/latest/dynamic/", "instance-identity/"),
-        ("/latest/dynamic/instance-identity/", "document"),
+        (
+            "/latest/dynamic/instance-identity/",
+            "document\npkcs7\nrsa2048\nsignature",
+        ),
     ] {
         let g = get(&aws, &cfg, t0(), path).await;
         assert_eq!(g.status, StatusCode::OK, "{path}");
         assert_eq!(g.content_type, "text/plain", "{path}");
         assert_eq!(g.body, body, "{path}");
     }
+}
+
+#[tokio::test]
+async fn the_example_is_a_whole_instance() {
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let top = get(&aws, &cfg, t0(), "/latest/meta-data/").await.body;
+    let top: Vec<&str> = top.lines().collect();
+    for want in [
+        "ami-id",
+        "ami-launch-index",
+        "block-device-mapping/",
+        "events/",
+        "hostname",
+        "iam/",
+        "instance-id",
+        "instance-type",
+        "local-ipv4",
+        "mac",
+        "network/",
+        "placement/",
+        "public-keys/",
+        "reservation-id",
+        "security-groups",
+        "services/",
+        "tags/",
+    ] {
+        assert!(top.contains(&want), "meta-data/ lacks {want}: {top:?}");
+    }
+    let mac = get(&aws, &cfg, t0(), "/latest/meta-data/mac").await.body;
+    let nic = format!("/latest/meta-data/network/interfaces/macs/{mac}/");
+    let listing = get(&aws, &cfg, t0(), &nic).await.body;
+    for want in [
+        "device-number",
+        "local-ipv4s",
+        "subnet-id",
+        "vpc-id",
+        "ipv6s",
+    ] {
+        assert!(listing.lines().any(|l| l == want), "{nic} lacks {want}");
+    }
+    assert_eq!(
+        get(&aws, &cfg, t0(), "/latest/meta-data/services/partition")
+            .await
+            .body,
+        "aws"
+    );
+    assert_eq!(
+        get(&aws, &cfg, t0(), "/latest/meta-data/tags/instance/Name")
+            .await
+            .body,
+        "demo-vm"
+    );
+}
+
+#[tokio::test]
+async fn an_interruption_is_triggered_by_editing_the_file() {
+    let aws = Aws::new();
+    let spot = "/latest/meta-data/spot/instance-action";
+    let rebalance = "/latest/meta-data/events/recommendations/rebalance";
+    let calm = config(EXAMPLE);
+    assert_eq!(
+        get(&aws, &calm, t0(), spot).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&aws, &calm, t0(), rebalance).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let notice = r#"{"action": "terminate", "time": "2026-01-01T00:02:00Z"}"#;
+    let edited = config(&EXAMPLE.replace(
+        "[aws.meta_data]\n",
+        &format!(
+            "[aws.meta_data]\nspot = {{ instance-action = '{notice}' }}\nevents.recommendations = {{ rebalance = '{{\"noticeTime\": \"2026-01-01T00:00:00Z\"}}' }}\n"
+        ),
+    ));
+    let g = get(&aws, &edited, t0(), spot).await;
+    assert_eq!(g.status, StatusCode::OK);
+    let action: Json = serde_json::from_str(&g.body).unwrap();
+    assert_eq!(action["action"], "terminate");
+    assert!(get(&aws, &edited, t0(), rebalance)
+        .await
+        .body
+        .contains("noticeTime"));
+    let events = get(&aws, &edited, t0(), "/latest/meta-data/events/")
+        .await
+        .body;
+    assert_eq!(events, "maintenance/\nrecommendations/");
+}
+
+#[tokio::test]
+async fn public_keys_are_listed_as_ec2_lists_them() {
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let key = cfg.aws.as_ref().unwrap().public_keys[0].openssh_key.clone();
+    assert!(key.starts_with("ssh-ed25519 "));
+    for (path, status, body) in [
+        ("/latest/meta-data/public-keys/", 200, "0=demo-key"),
+        ("/latest/meta-data/public-keys", 200, "0=demo-key"),
+        ("/latest/meta-data/public-keys/0/", 200, "openssh-key"),
+        ("/latest/meta-data/public-keys/0", 200, "openssh-key"),
+        (
+            "/latest/meta-data/public-keys/0/openssh-key",
+            200,
+            key.as_str(),
+        ),
+        (
+            "/2009-04-04/meta-data/public-keys/0/openssh-key",
+            200,
+            key.as_str(),
+        ),
+        ("/latest/meta-data/public-keys/1/", 404, ""),
+        ("/latest/meta-data/public-keys/00/openssh-key", 404, ""),
+        ("/latest/meta-data/public-keys/demo-key/", 404, ""),
+        ("/latest/meta-data/public-keys/0/ssh-rsa", 404, ""),
+    ] {
+        let g = get(&aws, &cfg, t0(), path).await;
+        assert_eq!(g.status.as_u16(), status, "{path}");
+        if status == 200 {
+            assert_eq!(g.body, body, "{path}");
+        }
+    }
+    let none = config("[aws]\n");
+    let g = get(&aws, &none, t0(), "/latest/meta-data/public-keys/").await;
+    assert_eq!(g.status, StatusCode::NOT_FOUND);
+    let e = EmulatorConfig::parse(
+        "[aws]\npublic_keys = [{ name = \"\", openssh_key = \"nope\" }]\nmeta_data = { public-keys = \"x\" }\n",
+        &|_| None,
+    )
+    .unwrap_err();
+    for key in [
+        "aws.public_keys[0].name",
+        "aws.public_keys[0].openssh_key",
+        "aws.meta_data.public-keys",
+    ] {
+        assert!(e.iter().any(|p| p.starts_with(key)), "{key}: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn dated_versions_are_listed_and_answer_with_what_they_had() {
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let root = get(&aws, &cfg, t0(), "/").await;
+    let versions: Vec<&str> = root.body.lines().collect();
+    assert_eq!(versions.first(), Some(&"1.0"));
+    assert_eq!(versions.last(), Some(&"latest"));
+    for v in ["2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23"] {
+        assert!(versions.contains(&v), "{v} (cloud-init asks for it)");
+        let g = get(&aws, &cfg, t0(), &format!("/{v}/meta-data/instance-id")).await;
+        assert_eq!(g.body, "i-0123456789abcdef0", "{v}");
+    }
+    let old = get(&aws, &cfg, t0(), "/2009-04-04/meta-data/").await.body;
+    assert!(
+        !old.lines()
+            .any(|l| l == "iam/" || l == "tags/" || l == "services/"),
+        "{old}"
+    );
+    assert!(old.lines().any(|l| l == "public-keys/"), "{old}");
+    for (path, status) in [
+        (
+            "/2009-04-04/meta-data/iam/security-credentials/demo-role",
+            404,
+        ),
+        (
+            "/2012-01-12/meta-data/iam/security-credentials/demo-role",
+            200,
+        ),
+        ("/2016-09-02/meta-data/placement/region", 404),
+        ("/2021-03-23/meta-data/placement/region", 200),
+        ("/2018-09-24/meta-data/tags/instance/Name", 404),
+        ("/2021-03-23/meta-data/tags/instance/Name", 200),
+        ("/2008-09-01/dynamic/instance-identity/document", 404),
+        ("/2009-04-04/dynamic/instance-identity/document", 200),
+        ("/2010-01-01/meta-data/instance-id", 404),
+    ] {
+        assert_eq!(
+            get(&aws, &cfg, t0(), path).await.status.as_u16(),
+            status,
+            "{path}"
+        );
+    }
+    let placement = get(&aws, &cfg, t0(), "/2016-09-02/meta-data/placement/").await;
+    assert_eq!(placement.body, "availability-zone");
+}
+
+#[tokio::test]
+async fn the_identity_document_is_signed_as_ec2_signs_it() {
+    use base64::Engine;
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let doc = get(
+        &aws,
+        &cfg,
+        t0(),
+        "/latest/dynamic/instance-identity/document",
+    )
+    .await
+    .body;
+    let key = crate::emulator::signing::test_keys()
+        .get(&Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("document"), &doc).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), key.certificate_pem()).unwrap();
+    for leaf in ["pkcs7", "rsa2048"] {
+        let g = get(
+            &aws,
+            &cfg,
+            t0(),
+            &format!("/latest/dynamic/instance-identity/{leaf}"),
+        )
+        .await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert!(
+            g.body.lines().all(|l| l.len() <= 64),
+            "{leaf}: base64 in lines"
+        );
+        // The check AWS documents: wrap in PEM, verify against the certificate.
+        let pem = format!("-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n", g.body);
+        std::fs::write(dir.path().join(leaf), pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "smime", "-verify", "-in", leaf, "-inform", "PEM", "-content", "document",
+            ])
+            .args(["-certfile", "cert.pem", "-noverify"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{leaf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), doc, "{leaf}");
+    }
+    let sig = get(
+        &aws,
+        &cfg,
+        t0(),
+        "/latest/dynamic/instance-identity/signature",
+    )
+    .await
+    .body;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig.replace('\n', ""))
+        .unwrap();
+    use rsa::signature::Verifier;
+    let cert = x509_cert::Certificate::from_pem(key.certificate_pem().as_bytes()).unwrap();
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    let public = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public)
+        .verify(
+            doc.as_bytes(),
+            &rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap(),
+        )
+        .unwrap();
 }
 
 #[tokio::test]
@@ -141,7 +409,7 @@ async fn missing_items_are_404_with_ec2s_page() {
         "/latest/meta-data/iam/security-credentials/demo-role-x",
         "/latest/meta-data/iam/security-credentials/DEMO-ROLE",
         "/latest/meta-data/iam/nope",
-        "/latest/dynamic/instance-identity/signature",
+        "/latest/dynamic/instance-identity/nope",
         "/2021-07-15/api/token",
         "/favicon.ico",
     ] {
@@ -361,8 +629,8 @@ async fn new_role_settings_mean_new_credentials_and_other_edits_do_not() {
     };
     let a = key(get(&aws, &config(EXAMPLE), t0(), url).await);
     let edited = config(&EXAMPLE.replace(
-        "ami-0abcdef1234567890\"\nhostname",
-        "ami-0ffffffffffffffff\"\nhostname",
+        "ami-id = \"ami-0abcdef1234567890\"",
+        "ami-id = \"ami-0ffffffffffffffff\"",
     ));
     assert_ne!(edited, config(EXAMPLE));
     assert_eq!(key(get(&aws, &edited, t0(), url).await), a);

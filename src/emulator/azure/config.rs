@@ -23,8 +23,12 @@ pub const RESOURCE_PLACEHOLDER: &str = "{resource}";
 /// The `[azure]` section: what the emulated Azure IMDS serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AzureConfig {
-    /// Accepted `api-version` values, oldest first (as `/metadata/versions` lists them).
+    /// Accepted `api-version` values, oldest first (as `/metadata/versions` lists them):
+    /// every documented one unless the file narrows them.
     pub api_versions: Vec<String>,
+    /// What `extended=true` adds to `/metadata/instance` (from 2021-03-01), every
+    /// primitive a string.
+    pub extended: Json,
     /// Served by `/metadata/identity/info`.
     pub tenant_id: String,
     /// `/metadata/instance`, every primitive already a string.
@@ -74,6 +78,7 @@ impl AzureConfig {
                 "api_versions",
                 "tenant_id",
                 "instance",
+                "extended",
                 "identity",
                 "scheduled_events",
             ],
@@ -96,10 +101,18 @@ impl AzureConfig {
                 None => Json::Null,
             },
         };
+        let extended = match top.get("extended") {
+            None => serde_json::json!({"compute": {"ppsType": "None"}}),
+            Some(v) => match p.table(v, "extended") {
+                Some(t) => instance::stringified(&Value::Table(t.clone())),
+                None => Json::Null,
+            },
+        };
         let (system, user_assigned) = identities(top.get("identity"), &mut p);
         let scheduled_events = scheduled_events(top.get("scheduled_events"), &mut p);
         p.finish(Self {
             api_versions,
+            extended,
             tenant_id,
             instance,
             system,
@@ -126,11 +139,10 @@ impl AzureConfig {
 
 fn api_versions(top: &Table, p: &mut Problems) -> Vec<String> {
     let Some(v) = top.get("api_versions") else {
-        p.at(
-            "api_versions",
-            "is required (the api-version values accepted)",
-        );
-        return Vec::new();
+        return super::versions::DOCUMENTED
+            .iter()
+            .map(|v| (*v).to_owned())
+            .collect();
     };
     let Some(list) = v.as_array() else {
         p.at("api_versions", "must be a list of strings");

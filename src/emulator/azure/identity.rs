@@ -150,6 +150,61 @@ pub fn token_body(id: &ManagedIdentity, req: &TokenRequest, t: &Issued, now: Sys
     body
 }
 
+/// The claims of a generated token, as Entra ID puts them in a managed identity's v1
+/// access token: who it is for (`aud`), who issued it (`iss`, `tid`), whose it is
+/// (`oid`, `sub`, `appid`, `xms_mirid`) and when it holds (`iat`, `nbf`, `exp`).
+/// `t.value` (random) is the token's unique id (`uti`).
+pub fn claims(cfg: &AzureConfig, id: &ManagedIdentity, resource: &str, t: &Issued) -> Json {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let issuer = format!("https://sts.windows.net/{}/", cfg.tenant_id);
+    let oid = id
+        .object_id
+        .clone()
+        .unwrap_or_else(|| derived_uuid(&id.client_id));
+    // A system identity's resource is the VM; a user-assigned one's is its own.
+    let mirid = id.msi_res_id.clone().unwrap_or_else(|| {
+        cfg.instance["compute"]["resourceId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    json!({
+        "aud": resource,
+        "iss": issuer,
+        "iat": secs(t.issued_at),
+        "nbf": secs(t.issued_at),
+        "exp": secs(t.expires_at),
+        "aio": "E2ZgYJg2WpTPnd/eOGJemMb5+PMXAQ==",
+        "appid": id.client_id,
+        "appidacr": "2",
+        "idp": issuer,
+        "idtyp": "app",
+        "oid": oid,
+        "rh": "0.AAAA",
+        "sub": oid,
+        "tid": cfg.tenant_id,
+        "uti": &t.value[..t.value.len().min(22)],
+        "ver": "1.0",
+        "xms_mirid": mirid,
+    })
+}
+
+/// A stable UUID-shaped id from a text (an identity's object id when the file names
+/// none).
+fn derived_uuid(from: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(from.to_ascii_lowercase().as_bytes());
+    let x: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
 /// The token source for one request: a command's `{resource}` arguments take the
 /// requested resource (so `az account get-access-token --resource {resource}` gives
 /// a real token for it). `None`: the resource cannot be passed to a command (it

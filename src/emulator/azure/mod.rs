@@ -15,10 +15,14 @@
 //!   those with children), which is how IMDS lets a caller drill down;
 //! - unknown paths → 404 `{"error":"Not found"}`; a known path with another method →
 //!   405 with `Allow`;
-//! - any configured `api-version` is accepted on every path;
-//! - `/metadata/attested/document` is not emulated (404): it needs a signing
-//!   certificate the caller would have to trust.
+//! - every documented `api-version` (or those the file names) is accepted on every
+//!   path; the instance document shows the `compute` fields of the version asked
+//!   for, and with `extended=true` (from 2021-03-01) the `extended` object;
+//! - `/metadata/attested/document` is signed by the emulator's instance key, whose
+//!   certificate is published at `/imds-proxy/certificate.pem` (the real one chains
+//!   to Microsoft's CA, which the emulator cannot sign for).
 
+mod attested;
 mod config;
 mod events;
 mod identity;
@@ -26,6 +30,7 @@ mod instance;
 mod query;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -59,6 +64,7 @@ enum Route {
     Token,
     Info,
     ScheduledEvents,
+    Attested,
 }
 
 impl Route {
@@ -97,6 +103,7 @@ impl Azure {
             ["metadata", "identity", "oauth2", "token"] => Route::Token,
             ["metadata", "identity", "info"] => Route::Info,
             ["metadata", "scheduledevents"] => Route::ScheduledEvents,
+            ["metadata", "attested", "document"] => Route::Attested,
             _ => return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"})),
         };
         if !route.methods().contains(req.method) {
@@ -151,6 +158,7 @@ impl Azure {
                 json_answer(StatusCode::OK, &self.events.document(&cfg.scheduled_events))
             }
             Route::Token => self.token_answer(ctx, cfg, req, &q).await,
+            Route::Attested => attested_answer(ctx, cfg, &q).await,
         }
     }
 
@@ -193,10 +201,31 @@ impl Azure {
             )
             .await
         {
-            Ok(t) => json_answer(
-                StatusCode::OK,
-                &identity::token_body(id, &treq, &t, ctx.now),
-            ),
+            Ok(mut t) => {
+                // A generated token is a JWT signed by the instance's key, with the
+                // claims applications read; a token from the file, a variable or a
+                // command is served as it came.
+                if id.token == super::tokens::TokenSource::Generated {
+                    match ctx.keys.get(&ctx.config.signing).await {
+                        Ok(key) => {
+                            t.value = key.jwt(&identity::claims(cfg, id, &treq.resource, &t));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign an emulated Azure token");
+                            return error(
+                                Route::Token,
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "unknown",
+                                "Failed to retrieve token from the Active directory",
+                            );
+                        }
+                    }
+                }
+                json_answer(
+                    StatusCode::OK,
+                    &identity::token_body(id, &treq, &t, ctx.now),
+                )
+            }
             Err(e) => {
                 tracing::warn!(client_id = %id.client_id, error = %e, "emulated Azure token unavailable");
                 error(
@@ -217,7 +246,24 @@ fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Fu
             &json!({"error": "Bad request. format must be json or text"}),
         );
     };
-    let Some(node) = instance::walk(&cfg.instance, path) else {
+    let version = q.get("api-version").unwrap_or_default();
+    let extended = match q.get("extended") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(_) => {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "Bad request. extended must be true or false"}),
+            )
+        }
+    };
+    let doc = versioned(
+        cfg,
+        version,
+        extended && version >= versions::EXTENDED_SINCE,
+    );
+    let Some(node) = instance::walk(&doc, path) else {
         return json_answer(StatusCode::NOT_FOUND, &json!({"error": "Not found"}));
     };
     match instance::render(node, format) {
@@ -228,6 +274,62 @@ fn instance_answer(cfg: &AzureConfig, path: &[String], q: &Query) -> Response<Fu
             &json!({"error": "Bad request. Leaf nodes can only be requested with format=text"}),
         ),
     }
+}
+
+/// `/metadata/attested/document`: the VM's identity signed as PKCS#7 (the content
+/// attached, the certificate in it), with the caller's `nonce` to show it is fresh.
+async fn attested_answer(ctx: &Ctx, cfg: &AzureConfig, q: &Query) -> Response<Full<Bytes>> {
+    let nonce = match q.get("nonce") {
+        None => None,
+        Some(n)
+            if !n.is_empty() && n.len() <= 32 && n.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Some(n.to_owned())
+        }
+        Some(_) => {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "Bad request. nonce must be at most 32 letters and digits"}),
+            )
+        }
+    };
+    let content = attested::content(cfg, nonce.as_deref(), ctx.now);
+    let signed = match ctx.keys.get(&ctx.config.signing).await {
+        Ok(key) => key.pkcs7(content.to_string().as_bytes(), true),
+        Err(e) => Err(e),
+    };
+    match signed {
+        Ok(der) => {
+            use base64::Engine;
+            let signature = base64::engine::general_purpose::STANDARD.encode(der);
+            json_answer(
+                StatusCode::OK,
+                &json!({"encoding": "pkcs7", "signature": signature}),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the Azure attested document");
+            json_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "Internal server error"}),
+            )
+        }
+    }
+}
+
+/// The instance document as `version` serves it: `compute` fields from the version
+/// that brought them, and the `extended` object when asked for.
+fn versioned(cfg: &AzureConfig, version: &str, extended: bool) -> Json {
+    let mut doc = cfg.instance.clone();
+    if let Some(Json::Object(c)) = doc.get_mut("compute") {
+        c.retain(|k, _| versions::compute_has(version, k));
+    }
+    if extended {
+        if let Json::Object(d) = &mut doc {
+            d.insert("extended".into(), cfg.extended.clone());
+        }
+    }
+    doc
 }
 
 /// An error in the endpoint's style: OAuth-style on identity paths, IMDS-style

@@ -74,6 +74,7 @@ async fn call_as(
         changes,
         now,
         env,
+        keys: crate::emulator::signing::test_keys(),
     };
     let req = EmuRequest {
         method: &method,
@@ -119,6 +120,10 @@ async fn versions_need_no_api_version_and_everything_else_does() {
     let versions = g.json()["apiVersions"].as_array().unwrap().clone();
     assert_eq!(versions.first().unwrap(), "2017-03-01");
     assert_eq!(versions.last().unwrap(), "2025-04-07");
+    assert!(
+        versions.iter().any(|v| v == "2021-08-01"),
+        "cloud-init asks for 2021-08-01 and falls back without it"
+    );
 
     let want = serde_json::json!({
         "error": "Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds",
@@ -187,6 +192,55 @@ fn all_primitives_are_strings(v: &Json) -> bool {
 }
 
 #[tokio::test]
+async fn the_document_has_the_fields_of_the_version_asked_and_extended_when_asked() {
+    let (az, cfg) = (azure(), config(EXAMPLE));
+    let doc = |q: &'static str| {
+        let (az, cfg) = (&az, &cfg);
+        async move { get(az, cfg, t0(), &format!("/metadata/instance?{q}")).await }
+    };
+    let old = doc("api-version=2019-06-01").await;
+    assert_eq!(old.status, StatusCode::OK);
+    let old = old.json();
+    assert!(old["compute"].get("userData").is_none(), "{old}");
+    assert!(old["compute"].get("tagsList").is_none(), "{old}");
+    assert_eq!(
+        old["compute"]["vmId"],
+        "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    let new = doc("api-version=2021-08-01&extended=true").await.json();
+    assert_eq!(new["compute"]["userData"], "ZWNobyBoZWxsbw==");
+    assert_eq!(new["compute"]["osProfile"]["adminUsername"], "azureuser");
+    assert!(new["compute"]["publicKeys"][0]["keyData"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+    assert_eq!(new["extended"]["compute"]["ppsType"], "None");
+    let plain = doc("api-version=2021-08-01").await.json();
+    assert!(plain.get("extended").is_none(), "only with extended=true");
+    let early = doc("api-version=2021-02-01&extended=true").await.json();
+    assert!(
+        early.get("extended").is_none(),
+        "extended came with 2021-03-01"
+    );
+    let bad = doc("api-version=2021-08-01&extended=maybe").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // A file that narrows the versions refuses the others.
+    let narrow = config("[azure]\ntenant_id = \"t\"\napi_versions = [\"2019-06-01\"]\n");
+    let g = get(
+        &az,
+        &narrow,
+        t0(),
+        "/metadata/instance?api-version=2021-08-01",
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        g.json()["newest-versions"],
+        serde_json::json!(["2019-06-01"])
+    );
+}
+
+#[tokio::test]
 async fn the_instance_document_and_its_sub_paths() {
     let (az, cfg) = (azure(), config(EXAMPLE));
     let g = get(&az, &cfg, t0(), "/metadata/instance?api-version=2021-02-01").await;
@@ -198,8 +252,17 @@ async fn the_instance_document_and_its_sub_paths() {
         doc["compute"]["vmId"],
         "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
     );
+    let bare = config("[azure]\ntenant_id = \"t\"\n");
+    let d = get(
+        &az,
+        &bare,
+        t0(),
+        "/metadata/instance?api-version=2021-02-01",
+    )
+    .await
+    .json();
     assert_eq!(
-        doc["compute"]["platformFaultDomain"], "",
+        d["compute"]["platformFaultDomain"], "",
         "missing values are \"\""
     );
     assert_eq!(doc["network"]["interface"][0]["macAddress"], "000D3AF806EC");
@@ -581,15 +644,185 @@ async fn scheduled_events_are_served_and_approved() {
     assert_eq!(g.status, StatusCode::BAD_REQUEST);
 }
 
+/// The signed content of a PKCS#7 signedData with the content attached, after checking
+/// its signature against the emulator's published certificate (RSA key of the one
+/// signer), as a relying party would.
+fn verified_attached(der: &[u8]) -> Vec<u8> {
+    use cms::content_info::ContentInfo;
+    use cms::signed_data::SignedData;
+    use rsa::signature::Verifier;
+    use x509_cert::der::{Decode, Encode};
+    let ci = ContentInfo::from_der(der).unwrap();
+    let sd: SignedData = ci.content.decode_as().unwrap();
+    let content = sd
+        .encap_content_info
+        .econtent
+        .as_ref()
+        .unwrap()
+        .value()
+        .to_vec();
+    let si = sd.signer_infos.0.get(0).unwrap();
+    let attrs = si.signed_attrs.as_ref().unwrap();
+    let digest = attrs
+        .iter()
+        .find(|a| a.oid == const_oid::db::rfc5911::ID_MESSAGE_DIGEST)
+        .unwrap()
+        .values
+        .get(0)
+        .unwrap()
+        .value()
+        .to_vec();
+    use sha2::Digest;
+    assert_eq!(digest, sha2::Sha256::digest(&content).to_vec());
+    let published = crate::emulator::signing::test_keys();
+    let cert_pem = futures::executor::block_on(published.get(&Default::default()))
+        .unwrap()
+        .certificate_pem()
+        .to_owned();
+    use x509_cert::der::DecodePem;
+    let cert = x509_cert::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    use rsa::pkcs8::DecodePublicKey;
+    let public = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+    let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public);
+    let sig = rsa::pkcs1v15::Signature::try_from(si.signature.as_bytes()).unwrap();
+    verifier.verify(&attrs.to_der().unwrap(), &sig).unwrap();
+    content
+}
+
+#[tokio::test]
+async fn the_attested_document_is_signed_with_the_nonce_and_the_vms_identity() {
+    use base64::Engine;
+    let (az, cfg) = (azure(), config(EXAMPLE));
+    let g = get(
+        &az,
+        &cfg,
+        t0(),
+        "/metadata/attested/document?api-version=2021-02-01&nonce=1234567890",
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK);
+    let body = g.json();
+    assert_eq!(body["encoding"], "pkcs7");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body["signature"].as_str().unwrap())
+        .unwrap();
+    let content: Json = serde_json::from_slice(&verified_attached(&der)).unwrap();
+    assert_eq!(content["nonce"], "1234567890");
+    assert_eq!(content["vmId"], "02aab8a4-74ef-476e-8182-f6d2ba4166a6");
+    assert_eq!(
+        content["subscriptionId"],
+        "8d10da13-0000-4000-8000-6e1c1e9f0001"
+    );
+    assert_eq!(content["sku"], "12");
+    assert!(content["timeStamp"]["expiresOn"]
+        .as_str()
+        .unwrap()
+        .ends_with(" -0000"));
+    let bad = get(
+        &az,
+        &cfg,
+        t0(),
+        "/metadata/attested/document?api-version=2021-02-01&nonce=a%20b",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn generated_tokens_are_jwts_with_the_claims_of_a_managed_identity() {
+    use base64::Engine;
+    let (az, cfg) = (azure(), config(EXAMPLE));
+    let claims = |token: &str| -> Json {
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let g = get(&az, &cfg, t0(), &token_url("")).await;
+    let body = g.json();
+    let token = body["access_token"].as_str().unwrap();
+    let c = claims(token);
+    let now = t0()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(c["aud"], MGMT);
+    assert_eq!(
+        c["iss"],
+        "https://sts.windows.net/72f988bf-0000-4000-8000-2d7cd011db47/"
+    );
+    assert_eq!(c["tid"], "72f988bf-0000-4000-8000-2d7cd011db47");
+    assert_eq!(c["appid"], "5e2e9d7e-0000-4000-8000-000000000001");
+    assert_eq!(c["oid"], "9a0e4c2b-0000-4000-8000-000000000001");
+    assert!(c["xms_mirid"]
+        .as_str()
+        .unwrap()
+        .ends_with("/virtualMachines/demo-vm"));
+    assert_eq!(c["nbf"], now);
+    assert_eq!(c["exp"].to_string(), body["expires_on"].as_str().unwrap());
+    let u = get(
+        &az,
+        &cfg,
+        t0(),
+        &token_url("&client_id=11111111-2222-3333-4444-555555555555"),
+    )
+    .await;
+    let c = claims(u.json()["access_token"].as_str().unwrap());
+    assert_eq!(c["appid"], "11111111-2222-3333-4444-555555555555");
+    assert!(c["xms_mirid"]
+        .as_str()
+        .unwrap()
+        .ends_with("/userAssignedIdentities/reader"));
+    // The signature verifies against the published key set.
+    let keys = crate::emulator::signing::test_keys();
+    let key = futures::executor::block_on(keys.get(&Default::default())).unwrap();
+    let set = key.key_set();
+    let header: Json = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], set["keys"][0]["kid"]);
+    let jwk = &set["keys"][0];
+    let b = |k: &str| {
+        rsa::BigUint::from_bytes_be(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk[k].as_str().unwrap())
+                .unwrap(),
+        )
+    };
+    use rsa::signature::Verifier;
+    let public = rsa::RsaPublicKey::new(b("n"), b("e")).unwrap();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public)
+        .verify(
+            input.as_bytes(),
+            &rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap(),
+        )
+        .unwrap();
+}
+
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let (az, cfg) = (azure(), config(EXAMPLE));
     for (method, target, status, allow) in [
         (
-            Method::GET,
+            Method::POST,
             "/metadata/attested/document?api-version=2021-02-01",
-            404,
-            None,
+            405,
+            Some("GET"),
         ),
         (
             Method::GET,
@@ -663,7 +896,7 @@ async fn unknown_paths_and_methods() {
 #[test]
 fn config_problems_name_their_keys() {
     for (section, key) in [
-        ("tenant_id = \"t\"", "azure.api_versions: is required"),
+        ("tenant_id = \"t\"\nextended = 1", "azure.extended: must be a table"),
         ("api_versions = []\ntenant_id = \"t\"", "azure.api_versions: must name at least one"),
         ("api_versions = [\"a\", \"a\"]\ntenant_id = \"t\"", "azure.api_versions[1]: "),
         ("api_versions = [\"a\", 1]\ntenant_id = \"t\"", "azure.api_versions[1]: "),
@@ -697,5 +930,5 @@ fn config_problems_name_their_keys() {
     }
     // Every problem at once.
     let problems = EmulatorConfig::parse("[azure]\ncolour = 1\n", &|_| None).unwrap_err();
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 2, "{problems:?}");
 }

@@ -55,6 +55,17 @@ pub struct Instance {
     pub creation_timestamp: Option<u64>,
     /// License ids: `instance/licenses/<n>/id` and the ID token's `license_id`.
     pub licenses: Vec<String>,
+    pub description: String,
+    /// `instance/maintenance-event`: `NONE`, or the event under way
+    /// (`MIGRATE_ON_HOST_MAINTENANCE`, `TERMINATE_ON_HOST_MAINTENANCE`); an edit wakes
+    /// a `wait_for_change` on it.
+    pub maintenance_event: String,
+    /// `instance/preempted`: `TRUE` once a preemptible VM is being stopped.
+    pub preempted: bool,
+    /// `instance/scheduling/`.
+    pub preemptible: bool,
+    pub on_host_maintenance: String,
+    pub automatic_restart: bool,
 }
 
 /// `[[gce.instance.network_interfaces]]`.
@@ -75,6 +86,8 @@ pub struct NetworkInterface {
 pub struct Disk {
     pub device_name: String,
     pub index: u32,
+    /// `SCSI` or `NVME`: how the guest sees the disk.
+    pub interface: String,
     pub mode: String,
     pub kind: String,
 }

@@ -25,6 +25,12 @@ pub(super) fn instance(f: &Fields, p: &mut Problems) -> Option<Instance> {
             "disks",
             "creation_timestamp",
             "licenses",
+            "description",
+            "maintenance_event",
+            "preempted",
+            "preemptible",
+            "on_host_maintenance",
+            "automatic_restart",
         ],
     );
     let id = f.number(p, "id");
@@ -118,7 +124,44 @@ pub(super) fn instance(f: &Fields, p: &mut Problems) -> Option<Instance> {
             ));
         }
     }
+    let choice = |key: &str, allowed: &[&str], default: &str, p: &mut Problems| {
+        let v = f.string(p, key).unwrap_or_else(|| default.to_owned());
+        if !allowed.contains(&v.as_str()) {
+            f.problem(
+                p,
+                key,
+                format!("{v:?} is not one of {}", allowed.join(", ")),
+            );
+        }
+        v
+    };
+    let maintenance_event = choice(
+        "maintenance_event",
+        &[
+            "NONE",
+            "MIGRATE_ON_HOST_MAINTENANCE",
+            "TERMINATE_ON_HOST_MAINTENANCE",
+        ],
+        "NONE",
+        p,
+    );
+    let on_host_maintenance = choice(
+        "on_host_maintenance",
+        &["MIGRATE", "TERMINATE"],
+        "MIGRATE",
+        p,
+    );
+    let description = f.string(p, "description").unwrap_or_default();
+    let preempted = f.boolean(p, "preempted").unwrap_or(false);
+    let preemptible = f.boolean(p, "preemptible").unwrap_or(false);
+    let automatic_restart = f.boolean(p, "automatic_restart").unwrap_or(!preemptible);
     Some(Instance {
+        description,
+        maintenance_event,
+        preempted,
+        preemptible,
+        on_host_maintenance,
+        automatic_restart,
         id: id?,
         name: name?,
         hostname: hostname?,
@@ -212,7 +255,7 @@ fn network_interface(f: &Fields, p: &mut Problems) -> Option<NetworkInterface> {
 }
 
 fn disk(f: &Fields, p: &mut Problems) -> Option<Disk> {
-    f.refuse_unknown(p, &["device_name", "index", "mode", "type"]);
+    f.refuse_unknown(p, &["device_name", "index", "mode", "type", "interface"]);
     let device_name = f.required_string(p, "device_name");
     if let Some(d) = &device_name {
         if d.is_empty() || !d.chars().all(|c| c.is_ascii_graphic() && c != '/') {
@@ -236,9 +279,18 @@ fn disk(f: &Fields, p: &mut Problems) -> Option<Disk> {
     };
     let mode = choice("mode", &["READ_WRITE", "READ_ONLY"], p);
     let kind = choice("type", &["PERSISTENT", "SCRATCH"], p);
+    let interface = f.string(p, "interface").unwrap_or_else(|| "SCSI".into());
+    if !["SCSI", "NVME"].contains(&interface.as_str()) {
+        f.problem(
+            p,
+            "interface",
+            format!("{interface:?} is not one of SCSI, NVME"),
+        );
+    }
     Some(Disk {
         device_name: device_name?,
         index: index?,
+        interface,
         mode: mode?,
         kind: kind?,
     })

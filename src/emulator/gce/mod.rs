@@ -9,10 +9,12 @@
 //!   relative to the directory asked for; a list prints a line per item.
 //! - `alt=json` of a leaf is its JSON value (a string, or a number for numeric leaves);
 //!   `alt=json` of a plain listing is a JSON array of the listed names.
-//! - Only GET and HEAD are served; other methods get `405` with `Allow: GET, HEAD`.
+//! - Only GET and HEAD are served (and PUT, DELETE on `instance/guest-attributes/`);
+//!   other methods get `405` with `Allow`.
 
 mod config;
 mod fields;
+mod guest;
 pub mod idtoken;
 mod instance;
 mod query;
@@ -44,6 +46,9 @@ use tree::{Dynamic, Node};
 /// Google's tree, so it is listed nowhere).
 pub const IDENTITY_KEYS_PATH: [&str; 4] = ["computeMetadata", "v1", "imds-proxy", "identity-keys"];
 
+/// Where guests write their attributes (`PUT`, `DELETE` as well as `GET`).
+const GUEST_ATTRIBUTES_PATH: [&str; 4] = ["computeMetadata", "v1", "instance", "guest-attributes"];
+
 /// How long before the request's deadline a waiting request answers, so that the
 /// answer is out before whoever set the deadline gives up.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
@@ -72,6 +77,7 @@ enum GceError {
 /// State of the emulated service: tokens handed out, and the generated signing key.
 pub struct Gce {
     tokens: Arc<TokenCache>,
+    guest: guest::GuestAttributes,
     /// Made on first use (or by `prepare_identity_key`), off the request threads.
     generated: Arc<tokio::sync::OnceCell<Arc<IdKey>>>,
 }
@@ -205,6 +211,7 @@ impl Gce {
     pub fn new(tokens: Arc<TokenCache>) -> Self {
         Self {
             tokens,
+            guest: guest::GuestAttributes::default(),
             generated: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
@@ -228,6 +235,12 @@ impl Gce {
         let Some(cfg) = ctx.config.gce.as_ref() else {
             return super::not_found();
         };
+        let segs = req.path.segments();
+        if segs.len() >= GUEST_ATTRIBUTES_PATH.len()
+            && segs.iter().zip(GUEST_ATTRIBUTES_PATH).all(|(a, b)| a == b)
+        {
+            return self.guest_attributes(cfg, req, &segs[GUEST_ATTRIBUTES_PATH.len()..]);
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return error_page(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -248,6 +261,40 @@ impl Gce {
             _ => first,
         };
         reply.into_response()
+    }
+
+    /// `instance/guest-attributes/...`: the one place a guest writes.
+    fn guest_attributes(
+        &self,
+        cfg: &GceConfig,
+        req: &EmuRequest<'_>,
+        rest: &[String],
+    ) -> Response<Full<Bytes>> {
+        let outcome = self.guest.handle(cfg, req.method, rest, req.body);
+        let status = guest::status(&outcome);
+        let reply = match outcome {
+            guest::Outcome::Text(t) => Reply::text(t),
+            guest::Outcome::Done => Reply::new(StatusCode::OK, TEXT, ""),
+            guest::Outcome::NotFound => not_found(req),
+            guest::Outcome::Disabled => error_page(
+                status,
+                "Guest attributes endpoint access is disabled for this instance.",
+            ),
+            guest::Outcome::Bad(why) => error_page(status, &html_escape(&why)),
+            guest::Outcome::MethodNotAllowed => error_page(
+                status,
+                &format!(
+                    "The method {} is not allowed here.",
+                    html_escape(req.method.as_str())
+                ),
+            ),
+        };
+        let mut r = reply.into_response();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            r.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static(guest::ALLOW));
+        }
+        r
     }
 
     /// The answer `cfg` gives to `req` at `now`.
@@ -288,6 +335,8 @@ impl Gce {
             Node::Dynamic(Dynamic::Token(i)) => {
                 self.token(&cfg.service_accounts[*i], q, now, env).await
             }
+            // Answered before the tree is built (`guest_attributes`).
+            Node::Dynamic(Dynamic::GuestAttributes) => not_found(req),
             Node::Dynamic(Dynamic::Identity(i)) => {
                 let r = match q.id_request() {
                     Ok(r) => r,
@@ -335,7 +384,12 @@ impl Gce {
             .await
         {
             Ok(t) => Reply::json(&json!({
-                "access_token": t.value,
+                // Generated tokens look like Google's (`ya29.` and a long opaque
+                // tail), so code that checks the shape accepts them.
+                "access_token": match account.token {
+                    super::tokens::TokenSource::Generated => format!("ya29.c.{}", t.value),
+                    _ => t.value.clone(),
+                },
                 "expires_in": t.expires_in(now),
                 "token_type": "Bearer",
             })),

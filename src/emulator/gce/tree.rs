@@ -37,6 +37,8 @@ pub enum Leaf {
 pub enum Dynamic {
     Token(usize),
     Identity(usize),
+    /// `instance/guest-attributes/`: written by the guest, held by the service.
+    GuestAttributes,
 }
 
 /// A directory: named entries in listing order; `array` ones render as JSON arrays.
@@ -216,9 +218,18 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
                 .with("type", s("ONE_TO_ONE_NAT"))
                 .node()
         }));
+        // GCE's resolver is the metadata server; the alias and forwarding lists are
+        // empty on an instance that has none.
         Dir::object()
             .with("access-configs", Node::Dir(access))
+            .with(
+                "dns-servers",
+                Node::Leaf(Leaf::Lines(vec!["169.254.169.254".into()])),
+            )
+            .with("forwarded-ips", Node::Dir(Dir::array([])))
             .with_opt("gateway", nic.gateway.map(|g| s(g.to_string())))
+            .with("ip-aliases", Node::Dir(Dir::array([])))
+            .with("target-instance-ips", Node::Dir(Dir::array([])))
             .with("ip", s(nic.ip.to_string()))
             .with("mac", s(&nic.mac))
             .with_opt("mtu", nic.mtu.map(|m| n(m.into())))
@@ -230,6 +241,7 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
         Dir::object()
             .with("device-name", s(&d.device_name))
             .with("index", n(d.index.into()))
+            .with("interface", s(&d.interface))
             .with("mode", s(&d.mode))
             .with("type", s(&d.kind))
             .node()
@@ -239,8 +251,22 @@ pub fn root(cfg: &GceConfig, who: &Identity) -> Node {
         .fold(Dir::object(), |d, (name, i)| {
             d.keyed(&name, account_dir(cfg, who, i, &cfg.service_accounts[i]))
         });
+    let upper = |b: bool| s(if b { "TRUE" } else { "FALSE" });
+    let scheduling = Dir::object()
+        .with("automatic-restart", upper(inst.automatic_restart))
+        .with("on-host-maintenance", s(&inst.on_host_maintenance))
+        .with("preemptible", upper(inst.preemptible));
     let mut instance = Dir::object()
         .with("attributes", attrs(&inst.attributes))
+        .with("description", s(&inst.description))
+        .with("guest-attributes", Node::Dynamic(Dynamic::GuestAttributes))
+        .with("maintenance-event", s(&inst.maintenance_event))
+        .with("preempted", upper(inst.preempted))
+        .with("scheduling", scheduling.node())
+        .with(
+            "virtual-clock",
+            Dir::object().with("drift-token", s("0")).node(),
+        )
         .with_opt("cpu-platform", inst.cpu_platform.as_ref().map(s))
         .with("disks", Node::Dir(disks))
         .with("hostname", s(&inst.hostname))
@@ -326,7 +352,7 @@ pub fn listing(dir: &Dir) -> String {
     dir.entries
         .iter()
         .map(|e| match e.node {
-            Node::Dir(_) => format!("{}/\n", e.name),
+            Node::Dir(_) | Node::Dynamic(Dynamic::GuestAttributes) => format!("{}/\n", e.name),
             _ => format!("{}\n", e.name),
         })
         .collect()

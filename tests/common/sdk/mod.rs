@@ -258,16 +258,18 @@ pub fn run_all(runs: Vec<JudgeRun>) -> Vec<Verdict> {
 /// 169.254.169.254:80 in the scene's cloud namespace, which the root namespace reaches
 /// by a /32 route over the cloud's veth (gone with it). Returns the emulating process.
 pub fn start_emulated_cloud(scene: &mut Scene) -> Daemon {
+    start_emulated_cloud_serving(scene, EMULATOR_FILE)
+}
+
+/// [`start_emulated_cloud`] serving `file`.
+pub fn start_emulated_cloud_serving(scene: &mut Scene, file: &str) -> Daemon {
     let (root_ip, cloud_ip) = scene.link_cloud();
     let veth = scene.veth.clone().expect("linked");
     let cloud = scene.cloud.as_ref().expect("linked");
     cloud.ip(&format!("addr add {IMDS}/32 dev lo"));
     cloud.ip(&format!("route add default via {root_ip}"));
     let listen = format!("{IMDS}:80");
-    let emulate = Daemon::spawn(
-        cloud,
-        &["emulate", "--emulator", EMULATOR_FILE, "--listen", &listen],
-    );
+    let emulate = Daemon::spawn(cloud, &["emulate", "--emulator", file, "--listen", &listen]);
     let route = format!("{IMDS}/32");
     cmd(&["ip", "route", "add", &route, "via", &cloud_ip, "dev", &veth]);
     // From the root namespace the metadata address now leads to the stand-in cloud;

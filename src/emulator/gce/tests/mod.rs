@@ -2,6 +2,7 @@
 //! of the emulator as they ask it. Shared helpers here; the cases by subject below.
 
 mod config;
+mod guest;
 mod tokens;
 mod tree;
 mod wait;
@@ -124,6 +125,18 @@ impl Scene {
     }
 
     async fn call(&self, method: Method, target: &str, who: &Identity, within: Duration) -> Got {
+        self.send(method, target, who, within, bytes::Bytes::new())
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        target: &str,
+        who: &Identity,
+        within: Duration,
+        body: bytes::Bytes,
+    ) -> Got {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
@@ -132,7 +145,6 @@ impl Scene {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("metadata.google.internal"));
         headers.insert("metadata-flavor", HeaderValue::from_static("Google"));
-        let body = bytes::Bytes::new();
         let req = EmuRequest {
             method: &method,
             path: &path,
@@ -147,6 +159,7 @@ impl Scene {
             changes: self.rx.clone(),
             now: SystemTime::now(),
             env: self.env,
+            keys: crate::emulator::signing::test_keys(),
         };
         let resp = self.gce.answer(&ctx, &req).await;
         let (parts, body) = resp.into_parts();

@@ -228,7 +228,7 @@ async fn a_key_file_signs_instead_of_a_generated_key() {
 #[tokio::test]
 async fn without_an_identity_section_there_is_no_identity_endpoint() {
     let start = EXAMPLE.find("[gce.identity]").unwrap();
-    let end = EXAMPLE.find("# key_file").unwrap();
+    let end = start + EXAMPLE[start..].find("# key_file").unwrap();
     let s = Scene::new(parse(&format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..])));
     let sa = "/computeMetadata/v1/instance/service-accounts/default";
     assert_eq!(

@@ -85,13 +85,23 @@ async fn the_tree_serves_text_leaves_and_listings() {
         ("/computeMetadata/v1/project/", "attributes/\nnumeric-project-id\nproject-id\n"),
         ("/computeMetadata/v1/project/project-id", "demo-project"),
         ("/computeMetadata/v1/project/numeric-project-id", "123456789012"),
-        ("/computeMetadata/v1/project/attributes/", "enable-oslogin\n"),
-        ("/computeMetadata/v1/project/attributes/enable-oslogin", "TRUE"),
+        (
+            "/computeMetadata/v1/project/attributes/",
+            "enable-guest-attributes\nenable-oslogin\nssh-keys\n",
+        ),
+        ("/computeMetadata/v1/project/attributes/enable-oslogin", "FALSE"),
         (
             "/computeMetadata/v1/instance/",
-            "attributes/\ncpu-platform\ndisks/\nhostname\nid\nimage\nlicenses/\nmachine-type\nname\nnetwork-interfaces/\nservice-accounts/\ntags\nzone\n",
+            "attributes/\ncpu-platform\ndescription\ndisks/\nguest-attributes/\nhostname\nid\nimage\nlicenses/\nmachine-type\nmaintenance-event\nname\nnetwork-interfaces/\npreempted\nscheduling/\nservice-accounts/\ntags\nvirtual-clock/\nzone\n",
         ),
         ("/computeMetadata/v1/instance/id", "4520031799277581759"),
+        ("/computeMetadata/v1/instance/maintenance-event", "NONE"),
+        ("/computeMetadata/v1/instance/preempted", "FALSE"),
+        (
+            "/computeMetadata/v1/instance/scheduling/",
+            "automatic-restart\non-host-maintenance\npreemptible\n",
+        ),
+        ("/computeMetadata/v1/instance/scheduling/on-host-maintenance", "MIGRATE"),
         ("/computeMetadata/v1/instance/name", "demo-vm"),
         ("/computeMetadata/v1/instance/hostname", "demo-vm.us-central1-a.c.demo-project.internal"),
         ("/computeMetadata/v1/instance/zone", "projects/123456789012/zones/us-central1-a"),
@@ -105,7 +115,7 @@ async fn the_tree_serves_text_leaves_and_listings() {
         ("/computeMetadata/v1/instance/network-interfaces/", "0/\n"),
         (
             "/computeMetadata/v1/instance/network-interfaces/0/",
-            "access-configs/\ngateway\nip\nmac\nmtu\nnetwork\nsubnetmask\n",
+            "access-configs/\ndns-servers\nforwarded-ips/\ngateway\nip\nip-aliases/\nmac\nmtu\nnetwork\nsubnetmask\ntarget-instance-ips/\n",
         ),
         (&format!("{nic}/ip"), "10.128.0.2"),
         (&format!("{nic}/mac"), "42:01:0a:80:00:02"),
@@ -116,7 +126,7 @@ async fn the_tree_serves_text_leaves_and_listings() {
         (&format!("{nic}/access-configs/"), "0/\n"),
         (&format!("{nic}/access-configs/0/external-ip"), "203.0.113.10"),
         (&format!("{nic}/access-configs/0/type"), "ONE_TO_ONE_NAT"),
-        ("/computeMetadata/v1/instance/disks/0/", "device-name\nindex\nmode\ntype\n"),
+        ("/computeMetadata/v1/instance/disks/0/", "device-name\nindex\ninterface\nmode\ntype\n"),
         ("/computeMetadata/v1/instance/disks/0/device-name", "persistent-disk-0"),
         ("/computeMetadata/v1/instance/disks/0/index", "0"),
         ("/computeMetadata/v1/instance/disks/0/mode", "READ_WRITE"),
@@ -217,17 +227,21 @@ async fn recursive_answers_are_json_with_camel_case_keys() {
         inst["networkInterfaces"],
         json!([{
             "accessConfigs": [{"externalIp": "203.0.113.10", "type": "ONE_TO_ONE_NAT"}],
+            "dnsServers": ["169.254.169.254"],
+            "forwardedIps": [],
             "gateway": "10.128.0.1",
             "ip": "10.128.0.2",
+            "ipAliases": [],
             "mac": "42:01:0a:80:00:02",
             "mtu": 1460,
             "network": "projects/123456789012/networks/default",
             "subnetmask": "255.255.240.0",
+            "targetInstanceIps": [],
         }])
     );
     assert_eq!(
         inst["disks"],
-        json!([{"deviceName": "persistent-disk-0", "index": 0, "mode": "READ_WRITE", "type": "PERSISTENT"}])
+        json!([{"deviceName": "persistent-disk-0", "index": 0, "interface": "SCSI", "mode": "READ_WRITE", "type": "PERSISTENT"}])
     );
     let default = json!({
         "aliases": ["default"],
@@ -252,10 +266,11 @@ async fn recursive_answers_are_json_with_camel_case_keys() {
         .get("/computeMetadata/v1/project/?recursive=true")
         .await
         .json();
+    let attrs = &parse(EXAMPLE).gce.clone().unwrap().project_attributes;
     assert_eq!(
         project,
         json!({
-            "attributes": {"enable-oslogin": "TRUE"},
+            "attributes": attrs,
             "numericProjectId": 123456789012u64,
             "projectId": "demo-project",
         })
@@ -270,11 +285,17 @@ async fn recursive_answers_are_json_with_camel_case_keys() {
 async fn alt_selects_text_or_json() {
     let s = Scene::example();
     let sa = "/computeMetadata/v1/instance/service-accounts/default";
+    let attrs = parse(EXAMPLE).gce.clone().unwrap().project_attributes;
+    let project_text: String = attrs
+        .iter()
+        .map(|(k, v)| format!("attributes/{k} {v}\n"))
+        .chain(["numeric-project-id 123456789012\nproject-id demo-project\n".to_owned()])
+        .collect();
     let cases: &[(&str, &str, &str)] = &[
         (
             "/computeMetadata/v1/instance/disks/?recursive=true&alt=text",
             "application/text",
-            "0/device-name persistent-disk-0\n0/index 0\n0/mode READ_WRITE\n0/type PERSISTENT\n",
+            "0/device-name persistent-disk-0\n0/index 0\n0/interface SCSI\n0/mode READ_WRITE\n0/type PERSISTENT\n",
         ),
         (
             &format!("{sa}/?recursive=true&alt=text"),
@@ -284,15 +305,15 @@ async fn alt_selects_text_or_json() {
         (
             "/computeMetadata/v1/project/?recursive=true&alt=text",
             "application/text",
-            "attributes/enable-oslogin TRUE\nnumeric-project-id 123456789012\nproject-id demo-project\n",
+            &project_text,
         ),
         ("/computeMetadata/v1/instance/name?alt=json", "application/json", "\"demo-vm\""),
         ("/computeMetadata/v1/instance/id?alt=json", "application/json", "4520031799277581759"),
         ("/computeMetadata/v1/instance/tags?alt=json", "application/json", "[\"http-server\"]"),
         ("/computeMetadata/v1/instance/id?recursive=true&alt=text", "application/text", "4520031799277581759"),
         ("/computeMetadata/v1/instance/name?alt=text", "application/text", "demo-vm"),
-        ("/computeMetadata/v1/project/attributes/?alt=json", "application/json", "[\"enable-oslogin\"]"),
-        ("/computeMetadata/v1/project/attributes/?recursive=TRUE&alt=JSON", "application/json", "{\"enable-oslogin\":\"TRUE\"}"),
+        ("/computeMetadata/v1/project/attributes/?alt=json", "application/json", "[\"enable-guest-attributes\",\"enable-oslogin\",\"ssh-keys\"]"),
+        ("/computeMetadata/v1/instance/scheduling/?recursive=TRUE&alt=JSON", "application/json", "{\"automaticRestart\":\"TRUE\",\"onHostMaintenance\":\"MIGRATE\",\"preemptible\":\"FALSE\"}"),
     ];
     for (target, ctype, body) in cases {
         let got = s.get(target).await;

@@ -1,0 +1,543 @@
+//! What runs on a real VM judges the emulator's instances: cloud-init's EC2, GCE and
+//! Azure datasources (Debian's package) and the Node.js SDKs from npm
+//! (`@aws-sdk/credential-providers`, `@azure/identity`, `google-auth-library`,
+//! `gcp-metadata`), asking for the built-in example's instance (examples/emulator.toml)
+//! as they would on a VM, at the real addresses. The judges are tests/agents/*; what
+//! they must find is read from the same file through the library.
+//!
+//! Two ways in:
+//! - directly: `imds-proxy emulate` on loopback (no root), the judges on the host, each
+//!   reaching 169.254.169.254 by its own documented redirection (cloud-init through
+//!   HTTP_PROXY, so its URLs keep the real address; the Node SDKs by their endpoint
+//!   variables); and the signed documents checked with `openssl smime -verify` against
+//!   the published certificate, as AWS and Azure document it;
+//! - through the proxy (root, Docker): `imds-proxy run --upstream` in front of
+//!   `imds-proxy emulate` in a stand-in cloud namespace, the judges in unmodified
+//!   `FROM scratch` containers with the host's Python, cloud-init, node and the SDKs
+//!   mounted read-only, nothing pointing them anywhere.
+//!
+//! Needs $IMDS_PROXY_NODE_MODULES (scripts/test.sh installs the SDKs there) and
+//! cloud-init for /usr/bin/python3.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use imds_proxy::emulator::EmulatorConfig;
+use serde_json::{json, Value};
+
+use common::docker::*;
+use common::sdk::start_emulated_cloud_serving;
+use common::*;
+
+/// The instances judged: the built-in example.
+const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/emulator.toml");
+const JUDGES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents");
+const JUDGES_MOUNT: &str = "/imds-proxy-agents";
+/// Where scripts/test.sh installed tests/agents/package.json.
+const NODE_MODULES_VAR: &str = "IMDS_PROXY_NODE_MODULES";
+/// Debian's interpreter, which has cloud-init.
+const PYTHON: &str = "/usr/bin/python3";
+const NODE: &str = "/usr/bin/node";
+const AUDIENCE: &str = "https://agents-judge.imds-proxy.test/audience";
+/// A host key the cloud-init judge publishes to GCE's guest attributes and reads back.
+const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJudgesOwnHostKey judge";
+/// Judges each run must report.
+const CLOUD_INIT_JUDGES: usize = 3;
+const NODE_JUDGES: usize = 5;
+const JUDGE_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[test]
+fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
+    const NAME: &str = "cloud_init_and_the_node_sdks_run_against_the_emulator_directly";
+    let Some(node_modules) = prerequisites(NAME) else {
+        return;
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let emu = Daemon::spawn_root(&["emulate", "--emulator", FILE, "--listen", &listen]);
+    emu.wait_for("emulator serving", Duration::from_secs(10));
+    let base = format!("http://{listen}");
+    let expect = expectations();
+
+    let ci = run_host(
+        &[PYTHON, &format!("{JUDGES_DIR}/cloudinit_judge.py")],
+        &json!({"mode": "direct", "expect": expect}),
+        &[("HTTP_PROXY", base.as_str())],
+    );
+    assert_judged("cloud-init, directly", &ci, CLOUD_INIT_JUDGES);
+
+    let node_path = node_modules.to_str().unwrap();
+    let node = run_host(
+        &[NODE, &format!("{JUDGES_DIR}/node_judge.cjs")],
+        &json!({"mode": "direct", "keys_base": base, "gce_base": base, "expect": expect}),
+        &[
+            ("NODE_PATH", node_path),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", base.as_str()),
+            ("AWS_EC2_METADATA_V1_DISABLED", "true"),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", base.as_str()),
+            ("GCE_METADATA_HOST", listen.as_str()),
+        ],
+    );
+    assert_judged("Node.js SDKs, directly", &node, NODE_JUDGES);
+
+    signed_documents_verify_with_openssl(&listen);
+}
+
+#[test]
+fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
+    const NAME: &str = "cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers";
+    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+        return;
+    }
+    let Some(node_modules) = prerequisites(NAME) else {
+        return;
+    };
+    let _serial: MutexGuard<'static, ()> = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
+    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
+    let (has_link, _, _) = try_cmd(&["ip", "link", "show", "imdsproxy0"]);
+    assert!(
+        !has_table && !has_link,
+        "the root namespace already has the table ip imds_proxy or the link imdsproxy0: \
+         another imds-proxy is running here (`imds-proxy uninstall` if a run left them)"
+    );
+    ensure_image();
+    let mut scene = Scene::new();
+    let cloud = start_emulated_cloud_serving(&mut scene, FILE);
+    scene.installed = true; // from here on the scene runs `imds-proxy uninstall`
+    scene.daemon = Some(Daemon::spawn_root(&[
+        "run",
+        "--upstream",
+        &format!("http://{IMDS}"),
+    ]));
+    scene
+        .daemon()
+        .wait_for("interception live", Duration::from_secs(15));
+    let expect = expectations();
+    let base = format!("http://{IMDS}");
+
+    let ci = run_container(
+        &mut scene,
+        &node_modules,
+        &[PYTHON, &format!("{JUDGES_MOUNT}/cloudinit_judge.py")],
+        &json!({"mode": "proxy", "expect": expect}),
+        &[],
+    );
+    assert_judged("cloud-init, through the proxy", &ci, CLOUD_INIT_JUDGES);
+    let node = run_container(
+        &mut scene,
+        &node_modules,
+        &[NODE, &format!("{JUDGES_MOUNT}/node_judge.cjs")],
+        &json!({"mode": "proxy", "keys_base": base, "gce_base": base, "expect": expect}),
+        &[
+            ("NODE_PATH", node_modules.to_str().unwrap()),
+            ("AWS_EC2_METADATA_V1_DISABLED", "true"),
+        ],
+    );
+    assert_judged("Node.js SDKs, through the proxy", &node, NODE_JUDGES);
+
+    // The answers came through the proxy: the stand-in cloud saw the judges' requests
+    // only as the host, and the proxy logged each container's.
+    let log = scene.daemon().log();
+    for name in &scene.containers {
+        let n = log
+            .iter()
+            .filter(|l| l.contains(AUDIT) && l.contains(&format!(" container={name} ")))
+            .count();
+        assert!(n >= 5, "the proxy logged {n} requests of {name}");
+    }
+    drop(cloud);
+}
+
+#[test]
+fn a_file_captured_from_an_instance_makes_the_emulator_mimic_it() {
+    // scripts/emulator-from-vm.py, run against the example's instance as a user runs it
+    // on a VM: the file it writes validates and serves the same instance.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let emu = Daemon::spawn_root(&["emulate", "--emulator", FILE, "--listen", &listen]);
+    emu.wait_for("emulator serving", Duration::from_secs(10));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulator-from-vm.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("IMDS_BASE", format!("http://{listen}"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("captured.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let got = EmulatorConfig::load(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}\n{}",
+            imds_proxy::proxy::error_chain(&e),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let want = EmulatorConfig::load(Path::new(FILE)).unwrap();
+    let (ga, wa) = (got.aws.unwrap(), want.aws.unwrap());
+    assert_eq!(ga.meta_data, wa.meta_data, "the EC2 meta-data tree");
+    assert_eq!(ga.public_keys, wa.public_keys);
+    assert_eq!(ga.identity_document, wa.identity_document);
+    assert_eq!(ga.roles.len(), 1, "the instance's one role");
+    let (gz, wz) = (got.azure.unwrap(), want.azure.unwrap());
+    assert_eq!(gz.tenant_id, wz.tenant_id);
+    assert_eq!(gz.instance["network"], wz.instance["network"]);
+    assert_eq!(
+        gz.instance["compute"]["publicKeys"],
+        wz.instance["compute"]["publicKeys"]
+    );
+    let (gg, wg) = (got.gce.unwrap(), want.gce.unwrap());
+    assert_eq!(gg.project_id, wg.project_id);
+    assert_eq!(gg.project_attributes, wg.project_attributes);
+    assert_eq!(
+        gg.instance.network_interfaces,
+        wg.instance.network_interfaces
+    );
+    assert_eq!(gg.instance.disks, wg.instance.disks);
+    assert_eq!(gg.instance.zone, wg.instance.zone);
+    let emails = |c: &imds_proxy::emulator::gce::GceConfig| -> Vec<(String, bool)> {
+        let mut v: Vec<_> = c
+            .service_accounts
+            .iter()
+            .map(|a| (a.email.clone(), a.default))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(emails(&gg), emails(&wg));
+}
+
+/// cloud-init for Debian's Python, node, and the SDKs' directory; `None` (a skip) when
+/// missing, unless the suite demands every test.
+fn prerequisites(test: &str) -> Option<PathBuf> {
+    let fail_or_skip = |why: String| {
+        if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
+            panic!("{test}: {why}");
+        }
+        skipped(test, &why);
+        None
+    };
+    let (ok, _, err) = try_cmd(&[PYTHON, "-c", "import cloudinit.sources.DataSourceAzure"]);
+    if !ok {
+        return fail_or_skip(format!("{PYTHON} cannot import cloud-init: {err}"));
+    }
+    let Ok(dir) = std::env::var(NODE_MODULES_VAR) else {
+        return fail_or_skip(format!(
+            "{NODE_MODULES_VAR} is not set (scripts/test.sh installs the Node.js SDKs and sets it)"
+        ));
+    };
+    let dir = PathBuf::from(dir);
+    for sdk in [
+        "@aws-sdk/credential-providers",
+        "@azure/identity",
+        "google-auth-library",
+        "gcp-metadata",
+    ] {
+        if !dir.join(sdk).join("package.json").exists() {
+            return fail_or_skip(format!("{} lacks {sdk}", dir.display()));
+        }
+    }
+    if !Path::new(NODE).exists() {
+        return fail_or_skip(format!("{NODE} is missing"));
+    }
+    Some(dir)
+}
+
+/// What the judges must find, read from the file the emulator serves.
+fn expectations() -> Value {
+    let cfg = EmulatorConfig::load(Path::new(FILE)).expect("the example validates");
+    let aws = cfg.aws.as_ref().expect("aws");
+    let gce = cfg.gce.as_ref().expect("gce");
+    let azure = cfg.azure.as_ref().expect("azure");
+    let leaf = |path: &[&str]| -> String {
+        let mut node = aws.meta_data.get(path[0]).expect("meta-data key");
+        for seg in &path[1..] {
+            match node {
+                imds_proxy::emulator::aws::Node::Dir(d) => node = d.get(*seg).expect("key"),
+                _ => panic!("{path:?}"),
+            }
+        }
+        match node {
+            imds_proxy::emulator::aws::Node::Leaf(v) => v.clone(),
+            _ => panic!("{path:?} is a directory"),
+        }
+    };
+    let default_sa = gce
+        .service_accounts
+        .iter()
+        .find(|a| a.default)
+        .expect("a default account");
+    json!({
+        "ssh_key": aws.public_keys[0].openssh_key,
+        "host_key": HOST_KEY,
+        "ec2_instance_id": leaf(&["instance-id"]),
+        "ec2_zone": leaf(&["placement", "availability-zone"]),
+        "ec2_region": leaf(&["placement", "region"]),
+        "gce_instance_id": gce.instance.id.to_string(),
+        "gce_zone": gce.instance.zone,
+        "gce_project": gce.project_id,
+        "gce_email": default_sa.email,
+        "gce_issuer": gce.identity.as_ref().expect("gce identity").issuer,
+        "audience": AUDIENCE,
+        "azure_vm_id": azure.instance["compute"]["vmId"],
+        "azure_tenant": azure.tenant_id,
+        "azure_system_client_id": azure.system.as_ref().expect("system identity").client_id,
+        "azure_user_client_id": azure.user_assigned[0].client_id,
+    })
+}
+
+/// A judge's output: its exit and one JSON object per verdict.
+struct Judged {
+    output: Output,
+    lines: Vec<Value>,
+}
+
+fn judged(output: Output) -> Judged {
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("judge").is_some())
+        .collect();
+    Judged { output, lines }
+}
+
+fn assert_judged(what: &str, j: &Judged, want: usize) {
+    for l in &j.lines {
+        eprintln!("{what}: {l}");
+    }
+    let failed: Vec<&Value> = j.lines.iter().filter(|l| l["ok"] != true).collect();
+    assert!(
+        j.output.status.success() && failed.is_empty() && j.lines.len() == want,
+        "{what}: exit {:?}, {} of {want} judges reported, failed: {}\nstdout:\n{}\nstderr:\n{}",
+        j.output.status.code(),
+        j.lines.len(),
+        serde_json::to_string_pretty(&failed).unwrap(),
+        String::from_utf8_lossy(&j.output.stdout),
+        String::from_utf8_lossy(&j.output.stderr),
+    );
+}
+
+/// Runs a judge on the host with only PATH, HOME and `env` set: no variable of the
+/// test's own environment can point an SDK elsewhere or offer it credentials.
+fn run_host(argv: &[&str], plan: &Value, env: &[(&str, &str)]) -> Judged {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = Command::new("timeout");
+    c.arg(JUDGE_TIMEOUT.as_secs().to_string())
+        .args(argv)
+        .arg(plan.to_string())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    judged(c.output().expect("run a judge"))
+}
+
+/// Runs a judge in an unmodified busybox container on Docker's default bridge, with
+/// the host's /usr, /lib, /lib64 (Python, cloud-init, node), the SDKs and the judges
+/// mounted read-only.
+fn run_container(
+    scene: &mut Scene,
+    node_modules: &Path,
+    argv: &[&str],
+    plan: &Value,
+    env: &[(&str, &str)],
+) -> Judged {
+    scene.assert_intercepted();
+    let name = scene.next_name();
+    let nm = node_modules.to_str().unwrap();
+    let mut args: Vec<String> = [
+        "run",
+        "--rm",
+        "--label",
+        LABEL,
+        "--name",
+        &name,
+        "--network",
+        DEFAULT_NET,
+        "--tmpfs",
+        "/tmp",
+    ]
+    .map(String::from)
+    .to_vec();
+    for d in ["/usr", "/lib", "/lib64"] {
+        if Path::new(d).exists() {
+            args.extend(["-v".into(), format!("{d}:{d}:ro")]);
+        }
+    }
+    args.extend(["-v".into(), format!("{nm}:{nm}:ro")]);
+    args.extend(["-v".into(), format!("{JUDGES_DIR}:{JUDGES_MOUNT}:ro")]);
+    for (k, v) in env {
+        args.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    args.push(IMAGE.into());
+    args.extend(argv.iter().map(|s| s.to_string()));
+    args.push(plan.to_string());
+    let mut c = Command::new("timeout");
+    c.arg(JUDGE_TIMEOUT.as_secs().to_string())
+        .arg("docker")
+        .args(&args)
+        .stdin(Stdio::null());
+    let start = Instant::now();
+    let out = c.output().expect("docker run");
+    eprintln!("{name}: {:?}", start.elapsed());
+    judged(out)
+}
+
+/// The checks AWS and Azure document for their signed documents, with `openssl`,
+/// against the certificate the emulator publishes (as the trust anchor, not skipped).
+fn signed_documents_verify_with_openssl(listen: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let get = |path: &str, header: &str| -> String {
+        let a = plain_get(listen, path, header).expect("the emulator answers");
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        a.body
+    };
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "cert.pem",
+        &get("/imds-proxy/certificate.pem", "Accept: */*"),
+    );
+    let doc = get("/latest/dynamic/instance-identity/document", "Accept: */*");
+    write("document", &doc);
+    let pem = |b64: &str| {
+        format!(
+            "-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n",
+            b64.trim()
+        )
+    };
+    for leaf in ["pkcs7", "rsa2048"] {
+        write(
+            leaf,
+            &pem(&get(
+                &format!("/latest/dynamic/instance-identity/{leaf}"),
+                "Accept: */*",
+            )),
+        );
+        let out = openssl(
+            dir.path(),
+            &[
+                "smime",
+                "-verify",
+                "-in",
+                leaf,
+                "-inform",
+                "PEM",
+                "-content",
+                "document",
+                "-certfile",
+                "cert.pem",
+                "-CAfile",
+                "cert.pem",
+                "-purpose",
+                "any",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            doc,
+            "{leaf} signs the document"
+        );
+    }
+    // A document the signature is not for does not verify.
+    write("forged", &doc.replace("123456789012", "999999999999"));
+    let (ok, _, _) = try_cmd_in(
+        dir.path(),
+        &[
+            "openssl",
+            "smime",
+            "-verify",
+            "-in",
+            "pkcs7",
+            "-inform",
+            "PEM",
+            "-content",
+            "forged",
+            "-certfile",
+            "cert.pem",
+            "-CAfile",
+            "cert.pem",
+            "-purpose",
+            "any",
+        ],
+    );
+    assert!(!ok, "a forged document verified");
+
+    let attested = get(
+        "/metadata/attested/document?api-version=2021-02-01&nonce=4242424242",
+        "Metadata: true",
+    );
+    let attested: Value = serde_json::from_str(&attested).unwrap();
+    assert_eq!(attested["encoding"], "pkcs7");
+    write("attested", &pem(attested["signature"].as_str().unwrap()));
+    let content = openssl(
+        dir.path(),
+        &[
+            "smime", "-verify", "-in", "attested", "-inform", "PEM", "-CAfile", "cert.pem",
+            "-purpose", "any",
+        ],
+    );
+    let content: Value = serde_json::from_slice(&content).unwrap();
+    assert_eq!(content["nonce"], "4242424242");
+    assert_eq!(content["vmId"], expectations()["azure_vm_id"]);
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn try_cmd_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .expect(args[0]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One GET on loopback with one extra header line, `Connection: close`.
+fn plain_get(listen: &str, path: &str, header: &str) -> std::io::Result<Answer> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(listen)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {IMDS}\r\n{header}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_answer(&buf)
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
