@@ -1,10 +1,11 @@
-//! Docker Swarm end to end, in the ROOT network namespace (see tests/docker.rs for why
-//! and for the order that keeps it safe): a single-node swarm made by the test, a
-//! service and an attachable overlay network. Their containers leave the host through
-//! `docker_gwbridge`, a bridge no name pattern of the daemon's matches: they must be
-//! intercepted because Docker's network list names that bridge, identified as their own
-//! container with their own labels, and never reach the cloud directly — while the
-//! daemon runs, after it is killed and after it is stopped.
+//! Docker networks whose bridges no name pattern of the daemon's matches, end to end in
+//! the ROOT network namespace (see tests/docker.rs for why and for the order that keeps
+//! it safe): a bridge network created with a bridge name of its own, and a single-node
+//! Docker Swarm made by the test, with a service and an attachable overlay network
+//! (their containers leave the host through `docker_gwbridge`). Their containers must be
+//! intercepted because Docker's network list names those bridges, identified as their
+//! own container with their own labels, and never reach the cloud directly — for the
+//! swarm also after the daemon is killed and after it is stopped.
 
 mod common;
 
@@ -241,4 +242,68 @@ fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
         "swarm: direct requests seen by the stand-in cloud",
         direct.count(),
     );
+}
+
+#[test]
+fn a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified() {
+    const NAME: &str =
+        "a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified";
+    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+        return;
+    }
+    let _serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
+    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
+    assert!(!has_table, "another imds-proxy's table is installed here");
+    ensure_image();
+
+    let mut scene = Scene::new();
+    let (imds, root_ip, cloud_ip) = scene.start_cloud();
+    let bridge = format!("ipxcb{}", std::process::id() % 100_000);
+    let direct = scene.catch_direct(&[&bridge]);
+    scene.installed = true;
+    scene.daemon = Some(Daemon::spawn_root(&[
+        "run",
+        "--upstream",
+        &format!("http://{cloud_ip}"),
+    ]));
+    scene
+        .daemon()
+        .wait_for("interception live", Duration::from_secs(15));
+
+    let net = format!("ipx{}-named", std::process::id());
+    let opt = format!("com.docker.network.bridge.name={bridge}");
+    cmd(&[
+        "docker", "network", "create", "--label", LABEL, "-o", &opt, &net,
+    ]);
+    scene.networks.push(net.clone());
+    assert!(
+        try_cmd(&["ip", "link", "show", &bridge]).0,
+        "no bridge {bridge}"
+    );
+    scene
+        .daemon()
+        .wait_for(&format!("bridge={bridge}"), Duration::from_secs(10));
+
+    let label = "imds-proxy.policy=metadata-only";
+    let before = imds.relayed_count();
+    let meta = scene.run_labelled(&net, INSTANCE_ID, &[label]);
+    assert_eq!(meta.code, Some(0), "metadata through {bridge}: {meta:?}");
+    assert!(meta.body.contains("fake-imds"), "{meta:?}");
+    assert_eq!(imds.relayed_count(), before + 1);
+    assert_eq!(
+        imds.last().peer.ip().to_string(),
+        root_ip,
+        "not via the proxy"
+    );
+    let line = audit_line(scene.daemon(), &meta.name);
+    assert!(
+        line.contains(&format!("client.addr={} ", meta.addr)) && line.contains("metadata-only"),
+        "{line}"
+    );
+    let creds = scene.run_labelled(&net, CREDS, &[label]);
+    assert!(
+        creds.code != Some(0) && creds.stderr.contains("403"),
+        "its policy denies credentials: {creds:?}"
+    );
+    assert_eq!(direct.count(), 0, "direct requests from {bridge}");
 }

@@ -611,7 +611,13 @@ async fn resolve_port(
             .await
             .remove(&facts.nsid);
     }
-    debug!(port, by_pid, found = found.is_some(), elapsed_us = t0.elapsed().as_micros() as u64, "port looked into");
+    debug!(
+        port,
+        by_pid,
+        found = found.is_some(),
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        "port looked into"
+    );
     match kernel.port(port).await {
         Ok(Some(p)) if p.peer_nsid == facts.nsid && p.bridge == facts.bridge => {}
         Ok(_) => return Resolution::NoPort,
@@ -638,7 +644,10 @@ async fn resolve_port(
 /// (one `readlink`), each namespace not seen yet is asked for its id (one request),
 /// until every wanted namespace is found; a container's first request then costs a few
 /// look-ups, however many processes the host runs.
-async fn containers_of_nsids(kernel: &PortReader, wanted: &HashSet<i32>) -> HashMap<i32, ContainerId> {
+async fn containers_of_nsids(
+    kernel: &PortReader,
+    wanted: &HashSet<i32>,
+) -> HashMap<i32, ContainerId> {
     let mut found = HashMap::new();
     if wanted.is_empty() {
         return found;
