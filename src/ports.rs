@@ -72,6 +72,91 @@ impl PortMap {
     }
 }
 
+/// What a link notification says, for the inventory's picture of bridge ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkFacts {
+    /// A link as it is now: its name, its bridge (by index) if it is a port, and the
+    /// namespace and index of its peer if that lives elsewhere.
+    Link {
+        index: u32,
+        name: String,
+        master: Option<u32>,
+        peer_nsid: Option<i32>,
+        peer_index: Option<u32>,
+    },
+    Gone(u32),
+    /// Notifications were lost: everything must be listed again.
+    Resync,
+}
+
+fn link_facts(m: &LinkMessage) -> Option<LinkFacts> {
+    let (mut name, mut master, mut peer_nsid, mut peer_index) = (None, None, None, None);
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Controller(c) => master = Some(*c),
+            LinkAttribute::LinkNetNsId(id) => peer_nsid = Some(*id),
+            LinkAttribute::Link(p) => peer_index = Some(*p),
+            _ => {}
+        }
+    }
+    Some(LinkFacts::Link {
+        index: m.header.index,
+        name: name?,
+        master,
+        peer_nsid,
+        peer_index,
+    })
+}
+
+/// Follows the kernel's link notifications and sends every link's facts, after one
+/// listing of the links present (subscribed first, so nothing in between is missed).
+/// The kernel sends these as links change: reading them costs the request path
+/// nothing, where asking for a link while many containers start waits on the lock
+/// their network set-up holds.
+pub fn watch_links(tx: tokio::sync::mpsc::UnboundedSender<LinkFacts>) -> Result<(), PortsError> {
+    let (conn, handle, mut events) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .map_err(PortsError::Connect)?;
+    tokio::spawn(conn);
+    tokio::spawn(async move {
+        let mut links = handle.link().get().execute();
+        loop {
+            match links.try_next().await {
+                Ok(Some(m)) => {
+                    if let Some(f) = link_facts(&m) {
+                        if tx.send(f).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = tx.send(LinkFacts::Resync);
+                    break;
+                }
+            }
+        }
+        while let Some((msg, _)) = futures::StreamExt::next(&mut events).await {
+            let f = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => link_facts(&m),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                    Some(LinkFacts::Gone(m.header.index))
+                }
+                NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => Some(LinkFacts::Resync),
+                _ => None,
+            };
+            if let Some(f) = f {
+                if tx.send(f).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(LinkFacts::Resync);
+    });
+    Ok(())
+}
+
 /// Talks to the kernel for the inventory task.
 pub struct PortReader {
     handle: Handle,
@@ -100,6 +185,9 @@ impl PortReader {
     pub async fn peer_addresses(&self, nsid: i32, index: u32) -> Result<Vec<IpAddr>, PortsError> {
         let mut req = self.strict.address().get().set_link_index_filter(index);
         req.message_mut().header.index = index;
+        // IPv4 only: a dump of one family needs no lock the kernel holds while other
+        // containers' networks are set up; a dump of every family does.
+        req.message_mut().header.family = netlink_packet_route::AddressFamily::Inet;
         req.message_mut()
             .attributes
             .push(AddressAttribute::TargetNetNsId(nsid));

@@ -112,6 +112,7 @@ impl Inventory {
                         state::PortFacts {
                             bridge: net.clone(),
                             nsid: nsid as i32,
+                            peer: None,
                         },
                     );
                 }

@@ -40,6 +40,8 @@ pub struct PortFacts {
     pub bridge: String,
     /// The id the host gives the namespace its peer lives in.
     pub nsid: i32,
+    /// The peer's interface index in that namespace, where the kernel said.
+    pub peer: Option<u32>,
 }
 
 /// Everything the inventory task knows.
@@ -228,6 +230,11 @@ impl State {
     pub fn set_port(&mut self, index: u32, facts: PortFacts) {
         self.unowned.remove(&index);
         self.ports.insert(index, facts);
+    }
+
+    /// A link that is no bridge port (any more), or is gone.
+    pub fn remove_port(&mut self, index: u32) {
+        self.ports.remove(&index);
     }
 
     pub fn port(&self, index: u32) -> Option<&PortFacts> {

@@ -30,6 +30,7 @@ fn facts(bridge: &str, nsid: i32) -> PortFacts {
     PortFacts {
         bridge: bridge.into(),
         nsid,
+        peer: None,
     }
 }
 

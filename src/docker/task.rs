@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::convert::{self, Change};
 use super::state::{Addresses, Container, PortFacts, State};
 use super::{ApiCalls, ContainerId, Inventory, InventoryHandle};
-use crate::ports::PortReader;
+use crate::ports::{LinkFacts, PortReader};
 
 /// How often the inventory is re-listed without any event.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -57,9 +57,15 @@ pub fn spawn(socket: String) -> InventoryHandle {
         resolving: HashSet::new(),
         fetching: HashSet::new(),
         tried: HashSet::new(),
+        link_names: HashMap::new(),
+        gone_links: HashSet::new(),
         jobs: JoinSet::new(),
     };
-    tokio::spawn(task.run(requests));
+    let (links_tx, links) = mpsc::unbounded_channel();
+    if let Err(e) = crate::ports::watch_links(links_tx) {
+        warn!(error = %crate::proxy::error_chain(&e), "cannot follow link changes; ports are read on demand");
+    }
+    tokio::spawn(task.run(requests, links));
     InventoryHandle {
         rx,
         resolve,
@@ -126,6 +132,10 @@ struct Task {
     fetching: HashSet<String>,
     /// Containers whose endpoint on a network was looked for in that network's list.
     tried: HashSet<(String, ContainerId)>,
+    /// Every link's name, by index, from the kernel's notifications (bridges' names).
+    link_names: HashMap<u32, String>,
+    /// Links the kernel said are gone since the last full listing.
+    gone_links: HashSet<u32>,
     jobs: JoinSet<Done>,
 }
 
@@ -139,7 +149,11 @@ async fn next_event(
 }
 
 impl Task {
-    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<u32>) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<u32>,
+        mut links: mpsc::UnboundedReceiver<LinkFacts>,
+    ) {
         let mut events: Option<Events> = None;
         let mut backoff = BACKOFF_MIN;
         let mut retry = Box::pin(tokio::time::sleep(Duration::ZERO));
@@ -161,6 +175,7 @@ impl Task {
                     }
                 },
                 Some(port) = requests.recv() => self.resolve(port),
+                Some(f) = links.recv() => self.on_link(f),
                 Some(done) = self.jobs.join_next() => {
                     let Ok(done) = done else { continue };
                     if let Some(stream) = self.on_done(done, &mut backoff) {
@@ -175,6 +190,54 @@ impl Task {
                     self.spawn_connect();
                     // Parked until a failed attempt sets it again.
                     retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400));
+                }
+            }
+        }
+    }
+
+    /// What the kernel's link notifications say about bridge ports.
+    fn on_link(&mut self, f: LinkFacts) {
+        match f {
+            LinkFacts::Link {
+                index,
+                name,
+                master,
+                peer_nsid,
+                peer_index,
+            } => {
+                self.link_names.insert(index, name);
+                let bridge = master.and_then(|m| self.link_names.get(&m).cloned());
+                match (bridge, peer_nsid) {
+                    (Some(bridge), Some(nsid)) => {
+                        let facts = PortFacts {
+                            bridge,
+                            nsid,
+                            peer: peer_index,
+                        };
+                        if self.state.port(index) != Some(&facts) {
+                            self.state.set_port(index, facts);
+                            self.publish();
+                        }
+                    }
+                    _ => {
+                        if self.state.port(index).is_some() {
+                            self.state.remove_port(index);
+                            self.publish();
+                        }
+                    }
+                }
+            }
+            LinkFacts::Gone(index) => {
+                self.link_names.remove(&index);
+                self.gone_links.insert(index);
+                if self.state.port(index).is_some() {
+                    self.state.remove_port(index);
+                    self.publish();
+                }
+            }
+            LinkFacts::Resync => {
+                if let Some(d) = self.docker.clone() {
+                    self.spawn_list(d);
                 }
             }
         }
@@ -317,9 +380,11 @@ impl Task {
             return;
         };
         let known: HashMap<i32, (ContainerId, Option<i64>)> = self.known_nsids();
+        let known_port = self.state.port(port).cloned();
         self.jobs.spawn(async move {
             let asked = Instant::now();
-            Done::Resolved(port, asked, resolve_port(&kernel, port, &known).await)
+            let r = resolve_port(&kernel, port, known_port, &known).await;
+            Done::Resolved(port, asked, r)
         });
     }
 
@@ -401,6 +466,7 @@ impl Task {
         self.state.set_networks(l.networks);
         if let Some(ports) = l.ports {
             self.state.set_ports(ports);
+            self.gone_links.clear();
         }
         for (nsid, id) in l.nsids {
             self.state.set_nsid(nsid, id);
@@ -458,6 +524,17 @@ impl Task {
 
     fn on_resolved(&mut self, port: u32, asked: Instant, r: Resolution) {
         self.resolving.remove(&port);
+        // A port the kernel said went away meanwhile: its namespace may be gone and its
+        // id another namespace's by now.
+        let r = match r {
+            Resolution::Container(f, ..) | Resolution::NoContainer(f)
+                if self.gone_links.contains(&port)
+                    || self.state.port(port).is_some_and(|k| *k != f) =>
+            {
+                Resolution::NoPort
+            }
+            r => r,
+        };
         match r {
             Resolution::Failed => return,
             Resolution::NoPort => self.state.set_unowned(port, asked),
@@ -550,6 +627,7 @@ async fn list(
                             PortFacts {
                                 bridge: p.bridge.clone(),
                                 nsid: p.peer_nsid,
+                                peer: p.peer_index,
                             },
                         )
                     })
@@ -582,21 +660,27 @@ async fn list(
 async fn resolve_port(
     kernel: &PortReader,
     port: u32,
+    known_port: Option<PortFacts>,
     known: &HashMap<i32, (ContainerId, Option<i64>)>,
 ) -> Resolution {
-    let (facts, peer) = match kernel.port(port).await {
-        Ok(Some(p)) => (
-            PortFacts {
+    let asked = Instant::now();
+    // The kernel's notifications usually told of the port already; asking for it only
+    // when they have not (a request for a link waits on the lock that containers'
+    // network set-up holds).
+    let facts = match known_port {
+        Some(f) => f,
+        None => match kernel.port(port).await {
+            Ok(Some(p)) => PortFacts {
                 bridge: p.bridge,
                 nsid: p.peer_nsid,
+                peer: p.peer_index,
             },
-            p.peer_index,
-        ),
-        Ok(None) => return Resolution::NoPort,
-        Err(e) => {
-            warn!(error = %crate::proxy::error_chain(&e), "cannot read a bridge port");
-            return Resolution::Failed;
-        }
+            Ok(None) => return Resolution::NoPort,
+            Err(e) => {
+                warn!(error = %crate::proxy::error_chain(&e), "cannot read a bridge port");
+                return Resolution::Failed;
+            }
+        },
     };
     let t0 = Instant::now();
     let mut found = None;
@@ -615,17 +699,13 @@ async fn resolve_port(
         port,
         by_pid,
         found = found.is_some(),
+        link_us = (t0 - asked).as_micros() as u64,
         elapsed_us = t0.elapsed().as_micros() as u64,
         "port looked into"
     );
-    match kernel.port(port).await {
-        Ok(Some(p)) if p.peer_nsid == facts.nsid && p.bridge == facts.bridge => {}
-        Ok(_) => return Resolution::NoPort,
-        Err(_) => return Resolution::Failed,
-    }
     match found {
         Some(id) => {
-            let addrs = match peer {
+            let addrs = match facts.peer {
                 Some(i) => kernel
                     .peer_addresses(facts.nsid, i)
                     .await
