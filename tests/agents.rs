@@ -50,6 +50,85 @@ const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJudgesOwnHostKey ju
 const CLOUD_INIT_JUDGES: usize = 3;
 const NODE_JUDGES: usize = 5;
 const JUDGE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Credentials the Node.js judge must record (cloud-init reads none: its EC2 crawl
+/// skips security-credentials/, its GCE and Azure datasources ask for no token): the AWS provider's key, secret and session token; two Azure managed-identity JWTs;
+/// a Google access token and ID token (a JWT).
+const NODE_ISSUED: Kinds = Kinds {
+    aws_keys: 1,
+    secrets: 7,
+    jwts: 3,
+    google_access: 1,
+};
+
+/// How many credentials of each kind a judge must have recorded (at least).
+struct Kinds {
+    /// AWS access key ids (ASIA..., AKIA...).
+    aws_keys: usize,
+    /// All lines.
+    secrets: usize,
+    /// Signed tokens (header.claims.signature).
+    jwts: usize,
+    /// Google access tokens (ya29.).
+    google_access: usize,
+}
+
+/// Where the judges write every credential they receive (one a line, never printed):
+/// read after each run into $IMDS_PROXY_ISSUED_FILE, which scripts/test.sh greps every
+/// daemon log line for.
+struct Issued {
+    dir: tempfile::TempDir,
+}
+
+impl Issued {
+    /// Where a container sees the file (the directory is mounted read-write there).
+    const CONTAINER_DIR: &str = "/imds-proxy-issued";
+    const CONTAINER_FILE: &str = "/imds-proxy-issued/issued.txt";
+
+    fn new() -> Self {
+        Issued {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn host_file(&self) -> String {
+        self.dir.path().join("issued.txt").display().to_string()
+    }
+
+    /// Takes what the last judge recorded into $IMDS_PROXY_ISSUED_FILE; fails unless it
+    /// holds at least `want` of each kind.
+    fn record(&self, what: &str, want: Kinds) {
+        let file = self.host_file();
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        for l in &lines {
+            append_to_env_file("IMDS_PROXY_ISSUED_FILE", l);
+        }
+        let count = |f: &dyn Fn(&str) -> bool| lines.iter().filter(|l| f(l)).count();
+        let got = Kinds {
+            aws_keys: count(&|l| l.starts_with("ASIA") || l.starts_with("AKIA")),
+            secrets: lines.len(),
+            jwts: count(&|l| l.split('.').count() == 3 && l.starts_with("eyJ")),
+            google_access: count(&|l| l.starts_with("ya29.")),
+        };
+        assert!(
+            got.aws_keys >= want.aws_keys
+                && got.secrets >= want.secrets
+                && got.jwts >= want.jwts
+                && got.google_access >= want.google_access,
+            "{what}: the judges recorded {} credentials ({} AWS key ids, {} JWTs, {} Google \
+             access tokens), fewer than the {} ({}, {}, {}) they receive",
+            got.secrets,
+            got.aws_keys,
+            got.jwts,
+            got.google_access,
+            want.secrets,
+            want.aws_keys,
+            want.jwts,
+            want.google_access,
+        );
+    }
+}
 
 #[test]
 fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
@@ -63,6 +142,7 @@ fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
     emu.wait_for("emulator serving", Duration::from_secs(10));
     let base = format!("http://{listen}");
     let expect = expectations();
+    let issued = Issued::new();
 
     let ci = run_host(
         &[PYTHON, &format!("{JUDGES_DIR}/cloudinit_judge.py")],
@@ -74,7 +154,8 @@ fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
     let node_path = node_modules.to_str().unwrap();
     let node = run_host(
         &[NODE, &format!("{JUDGES_DIR}/node_judge.cjs")],
-        &json!({"mode": "direct", "keys_base": base, "gce_base": base, "expect": expect}),
+        &json!({"mode": "direct", "keys_base": base, "gce_base": base, "expect": expect,
+                "issued_file": issued.host_file()}),
         &[
             ("NODE_PATH", node_path),
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", base.as_str()),
@@ -84,6 +165,7 @@ fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
         ],
     );
     assert_judged("Node.js SDKs, directly", &node, NODE_JUDGES);
+    issued.record("Node.js SDKs, directly", NODE_ISSUED);
 
     signed_documents_verify_with_openssl(&listen);
 }
@@ -119,10 +201,12 @@ fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
         .wait_for("interception live", Duration::from_secs(15));
     let expect = expectations();
     let base = format!("http://{IMDS}");
+    let issued = Issued::new();
 
     let ci = run_container(
         &mut scene,
         &node_modules,
+        &issued,
         &[PYTHON, &format!("{JUDGES_MOUNT}/cloudinit_judge.py")],
         &json!({"mode": "proxy", "expect": expect}),
         &[],
@@ -131,14 +215,17 @@ fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
     let node = run_container(
         &mut scene,
         &node_modules,
+        &issued,
         &[NODE, &format!("{JUDGES_MOUNT}/node_judge.cjs")],
-        &json!({"mode": "proxy", "keys_base": base, "gce_base": base, "expect": expect}),
+        &json!({"mode": "proxy", "keys_base": base, "gce_base": base, "expect": expect,
+                "issued_file": Issued::CONTAINER_FILE}),
         &[
             ("NODE_PATH", node_modules.to_str().unwrap()),
             ("AWS_EC2_METADATA_V1_DISABLED", "true"),
         ],
     );
     assert_judged("Node.js SDKs, through the proxy", &node, NODE_JUDGES);
+    issued.record("Node.js SDKs, through the proxy", NODE_ISSUED);
 
     // The answers came through the proxy: the stand-in cloud saw the judges' requests
     // only as the host, and the proxy logged each container's.
@@ -485,10 +572,11 @@ fn run_host(argv: &[&str], plan: &Value, env: &[(&str, &str)]) -> Judged {
 
 /// Runs a judge in an unmodified busybox container on Docker's default bridge, with
 /// the host's /usr, /lib, /lib64 (Python, cloud-init, node), the SDKs and the judges
-/// mounted read-only.
+/// mounted read-only, and the directory of `issued` read-write.
 fn run_container(
     scene: &mut Scene,
     node_modules: &Path,
+    issued: &Issued,
     argv: &[&str],
     plan: &Value,
     env: &[(&str, &str)],
@@ -517,6 +605,10 @@ fn run_container(
     }
     args.extend(["-v".into(), format!("{nm}:{nm}:ro")]);
     args.extend(["-v".into(), format!("{JUDGES_DIR}:{JUDGES_MOUNT}:ro")]);
+    args.extend([
+        "-v".into(),
+        format!("{}:{}", issued.dir.path().display(), Issued::CONTAINER_DIR),
+    ]);
     for (k, v) in env {
         args.extend(["--env".into(), format!("{k}={v}")]);
     }
