@@ -16,8 +16,9 @@
 //!   `FROM scratch` containers with the host's Python, cloud-init, node and the SDKs
 //!   mounted read-only, nothing pointing them anywhere.
 //!
-//! Needs $IMDS_PROXY_NODE_MODULES (scripts/test.sh installs the SDKs there) and
-//! cloud-init for /usr/bin/python3.
+//! Needs $IMDS_PROXY_NODE_MODULES (scripts/test.sh installs the SDKs there), node 20
+//! or newer first on PATH (the one whose version keyed that directory) and cloud-init
+//! for /usr/bin/python3.
 
 mod common;
 
@@ -42,7 +43,9 @@ const JUDGES_MOUNT: &str = "/imds-proxy-agents";
 const NODE_MODULES_VAR: &str = "IMDS_PROXY_NODE_MODULES";
 /// Debian's interpreter, which has cloud-init.
 const PYTHON: &str = "/usr/bin/python3";
-const NODE: &str = "/usr/bin/node";
+/// The oldest node the SDKs run on (@aws-sdk/credential-providers and @azure/identity
+/// declare `"node": ">=20.0.0"`).
+const NODE_MAJOR: u32 = 20;
 const AUDIENCE: &str = "https://agents-judge.imds-proxy.test/audience";
 /// A host key the cloud-init judge publishes to GCE's guest attributes and reads back.
 const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJudgesOwnHostKey judge";
@@ -133,7 +136,7 @@ impl Issued {
 #[test]
 fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
     const NAME: &str = "cloud_init_and_the_node_sdks_run_against_the_emulator_directly";
-    let Some(node_modules) = prerequisites(NAME) else {
+    let Some((node_modules, node_bin)) = prerequisites(NAME) else {
         return;
     };
     let port = free_port();
@@ -153,7 +156,10 @@ fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
 
     let node_path = node_modules.to_str().unwrap();
     let node = run_host(
-        &[NODE, &format!("{JUDGES_DIR}/node_judge.cjs")],
+        &[
+            node_bin.to_str().unwrap(),
+            &format!("{JUDGES_DIR}/node_judge.cjs"),
+        ],
         &json!({"mode": "direct", "keys_base": base, "gce_base": base, "expect": expect,
                 "issued_file": issued.host_file()}),
         &[
@@ -176,7 +182,7 @@ fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
     if !root_or_skip(NAME) || !docker_or_skip(NAME) {
         return;
     }
-    let Some(node_modules) = prerequisites(NAME) else {
+    let Some((node_modules, node_bin)) = prerequisites(NAME) else {
         return;
     };
     let _serial: MutexGuard<'static, ()> = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,7 +222,10 @@ fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
         &mut scene,
         &node_modules,
         &issued,
-        &[NODE, &format!("{JUDGES_MOUNT}/node_judge.cjs")],
+        &[
+            node_bin.to_str().unwrap(),
+            &format!("{JUDGES_MOUNT}/node_judge.cjs"),
+        ],
         &json!({"mode": "proxy", "keys_base": base, "gce_base": base, "expect": expect,
                 "issued_file": Issued::CONTAINER_FILE}),
         &[
@@ -444,9 +453,10 @@ fn a_captured_file_holds_no_credential() {
     assert!(gce.project_attributes.contains_key("enable-oslogin"));
 }
 
-/// cloud-init for Debian's Python, node, and the SDKs' directory; `None` (a skip) when
-/// missing, unless the suite demands every test.
-fn prerequisites(test: &str) -> Option<PathBuf> {
+/// cloud-init for Debian's Python, the SDKs' directory and node (the one on PATH, as
+/// scripts/test.sh keys the SDKs' cache by its version); `None` (a skip) when missing,
+/// unless the suite demands every test. A node older than the SDKs need fails.
+fn prerequisites(test: &str) -> Option<(PathBuf, PathBuf)> {
     let fail_or_skip = |why: String| {
         if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
             panic!("{test}: {why}");
@@ -474,10 +484,95 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
             return fail_or_skip(format!("{} lacks {sdk}", dir.display()));
         }
     }
-    if !Path::new(NODE).exists() {
-        return fail_or_skip(format!("{NODE} is missing"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match find_node(&path) {
+        Ok((node, _)) => Some((dir, node)),
+        Err(NodeProblem::Missing) => fail_or_skip(format!(
+            "no node on PATH ({}): the Node.js SDKs need node {NODE_MAJOR} or newer",
+            path.to_string_lossy()
+        )),
+        Err(NodeProblem::Unusable(why)) => panic!("{test}: {why}"),
     }
-    Some(dir)
+}
+
+enum NodeProblem {
+    Missing,
+    Unusable(String),
+}
+
+/// The first `node` on `path` (as `command -v node` finds it), canonical, and its major
+/// version, which must be NODE_MAJOR or newer.
+fn find_node(path: &std::ffi::OsStr) -> Result<(PathBuf, u32), NodeProblem> {
+    use std::os::unix::fs::PermissionsExt;
+    let node = std::env::split_paths(path)
+        .map(|d| d.join("node"))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or(NodeProblem::Missing)?;
+    let node = node.canonicalize().unwrap_or(node);
+    let out = Command::new(&node)
+        .arg("--version")
+        .output()
+        .map_err(|e| NodeProblem::Unusable(format!("{} --version: {e}", node.display())))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let major = version
+        .strip_prefix('v')
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .ok_or_else(|| {
+            NodeProblem::Unusable(format!(
+                "{} --version printed {version:?}, not a version",
+                node.display()
+            ))
+        })?;
+    if major < NODE_MAJOR {
+        return Err(NodeProblem::Unusable(format!(
+            "{} is node {version}; the Node.js SDKs (@aws-sdk/credential-providers, \
+             @azure/identity) need node {NODE_MAJOR} or newer on PATH",
+            node.display()
+        )));
+    }
+    Ok((node, major))
+}
+
+#[test]
+fn node_is_the_first_on_path_and_must_be_20_or_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = |sub: &str, version: &str| -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("node");
+        std::fs::write(&f, format!("#!/bin/sh\necho {version}\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    };
+    let new = fake("new", "v22.1.0");
+    let old = fake("old", "v18.19.0");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let path = |dirs: &[&Path]| std::env::join_paths(dirs).unwrap();
+
+    match find_node(&path(&[&empty, &new, &old])) {
+        Ok((node, 22)) => assert_eq!(node, new.join("node").canonicalize().unwrap()),
+        Ok((node, major)) => panic!("{} as {major}", node.display()),
+        Err(_) => panic!("the node on PATH was not found"),
+    }
+    match find_node(&path(&[&old, &new])) {
+        Err(NodeProblem::Unusable(why)) => {
+            assert!(
+                why.contains("v18.19.0") && why.contains("node 20 or newer"),
+                "{why}"
+            )
+        }
+        _ => panic!("node 18 was taken"),
+    }
+    assert!(matches!(
+        find_node(&path(&[&empty])),
+        Err(NodeProblem::Missing)
+    ));
 }
 
 /// What the judges must find, read from the file the emulator serves.
@@ -554,8 +649,49 @@ fn assert_judged(what: &str, j: &Judged, want: usize) {
     );
 }
 
-/// Runs a judge on the host with only PATH, HOME and `env` set: no variable of the
-/// test's own environment can point an SDK elsewhere or offer it credentials.
+#[test]
+fn install_deps_refuses_a_node_older_than_20() {
+    // Debian's nodejs (18 on bookworm) first on PATH: scripts/install-deps.sh must say
+    // it is too old and which packages need more, not take it (it exits before any
+    // package is looked at, so this changes nothing on the machine).
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    std::fs::write(&node, "#!/bin/sh\necho v18.19.0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(std::iter::once(dir.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/install-deps.sh"
+    ))
+    .arg("test")
+    .env("PATH", path)
+    .stdin(Stdio::null())
+    .output()
+    .expect("run install-deps.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "node 18 was accepted: {err}");
+    for want in [
+        "node is too old",
+        "v18.19.0",
+        "node 20 or newer",
+        "@aws-sdk/credential-providers",
+        "@azure/identity",
+        "18 on bookworm",
+    ] {
+        assert!(
+            err.contains(want),
+            "install-deps.sh does not say {want:?}: {err}"
+        );
+    }
+}
+
+/// Runs a judge on the host with only PATH (the test's own, where node was found),
+/// HOME and `env` set: no other variable of the test's environment can point an SDK
+/// elsewhere or offer it credentials.
 fn run_host(argv: &[&str], plan: &Value, env: &[(&str, &str)]) -> Judged {
     let home = tempfile::tempdir().unwrap();
     let mut c = Command::new("timeout");
@@ -563,7 +699,7 @@ fn run_host(argv: &[&str], plan: &Value, env: &[(&str, &str)]) -> Judged {
         .args(argv)
         .arg(plan.to_string())
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .envs(env.iter().copied())
         .stdin(Stdio::null());
@@ -571,7 +707,8 @@ fn run_host(argv: &[&str], plan: &Value, env: &[(&str, &str)]) -> Judged {
 }
 
 /// Runs a judge in an unmodified busybox container on Docker's default bridge, with
-/// the host's /usr, /lib, /lib64 (Python, cloud-init, node), the SDKs and the judges
+/// the host's /usr, /lib, /lib64 (Python, cloud-init, node; or node's own prefix if
+/// elsewhere), the SDKs and the judges
 /// mounted read-only, and the directory of `issued` read-write.
 fn run_container(
     scene: &mut Scene,
@@ -598,9 +735,19 @@ fn run_container(
     ]
     .map(String::from)
     .to_vec();
-    for d in ["/usr", "/lib", "/lib64"] {
+    let system = ["/usr", "/lib", "/lib64"];
+    for d in system {
         if Path::new(d).exists() {
             args.extend(["-v".into(), format!("{d}:{d}:ro")]);
+        }
+    }
+    // A program installed elsewhere (node from nvm or a tarball: <prefix>/bin/node)
+    // brings its prefix along.
+    let program = Path::new(argv[0]);
+    if !system.iter().any(|d| program.starts_with(d)) {
+        if let Some(prefix) = program.parent().and_then(Path::parent) {
+            let p = prefix.display();
+            args.extend(["-v".into(), format!("{p}:{p}:ro")]);
         }
     }
     args.extend(["-v".into(), format!("{nm}:{nm}:ro")]);
