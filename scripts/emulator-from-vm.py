@@ -11,16 +11,54 @@ document; Azure's instance document; GCE's project, instance and service account
 Nothing secret is copied: no credentials, tokens or user data (the emulator generates
 them, or takes them from settings you add; see examples/emulator.toml). Needs only
 Python's standard library.
+
+What is left out, on purpose:
+- EC2: no path under a `security-credentials` or `identity-credentials` directory is
+  read (iam/security-credentials/<role>, identity-credentials/ec2/...); of iam/ only
+  the role's name and iam/info are; user-data is never read.
+- Azure: the identity endpoints are asked only for the tenant (identity/info), never
+  for a token; the document's userData and customData are dropped.
+- GCE: service accounts give only their email, aliases and scopes (token and identity
+  are never read); project and instance attributes are copied only when their name is
+  in ATTRIBUTES_ALLOWED below (an allow-list: kube-env, startup-script(-url),
+  user-data, windows-keys and any attribute not listed are dropped, and named on
+  stderr), and ssh-keys only in the lines that are public keys.
 """
 
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
 
 BASE = os.environ.get("IMDS_BASE", "http://169.254.169.254").rstrip("/")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# EC2 meta-data directories holding credentials, wherever they appear in the tree.
+EC2_SECRET_DIRS = ("security-credentials", "identity-credentials")
+# GCE attributes copied (an allow-list): switches and settings that hold no secret.
+ATTRIBUTES_ALLOWED = {
+    "block-project-ssh-keys",
+    "enable-guest-attributes",
+    "enable-os-inventory",
+    "enable-osconfig",
+    "enable-oslogin",
+    "enable-oslogin-2fa",
+    "enable-windows-ssh",
+    "google-logging-enabled",
+    "google-monitoring-enabled",
+    "os-policy-enabled",
+    "serial-port-enable",
+    "serial-port-logging-enable",
+    "ssh-keys",
+    "vmDnsSetting",
+}
+# A line of ssh-keys that is a public key: user:key-type base64 [comment].
+SSH_KEY_LINE = re.compile(
+    r"^[A-Za-z0-9._-]+:(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp(256|384|521)"
+    r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+=* ?[^\n]*$"
+)
 
 
 def fetch(path, headers=None, method="GET"):
@@ -52,6 +90,8 @@ def ec2():
         for e in fetch("/latest/meta-data/" + prefix, h).splitlines():
             if prefix == "" and e in ("iam/", "public-keys/"):
                 continue  # generated from [[aws.roles]] and [[aws.public_keys]]
+            if e.rstrip("/") in EC2_SECRET_DIRS:
+                continue  # credentials: never read
             if e.endswith("/"):
                 walk(prefix + e)
             else:
@@ -99,6 +139,22 @@ def azure():
     return out
 
 
+def attributes(kind, attrs):
+    """The allowed attributes; ssh-keys only in its public-key lines."""
+    kept = {}
+    for k, v in attrs.items():
+        if k not in ATTRIBUTES_ALLOWED:
+            print("left out %s attribute %s (not known to be free of secrets)" % (kind, k), file=sys.stderr)
+            continue
+        if k == "ssh-keys":
+            lines = str(v).splitlines()
+            v = "\n".join(l for l in lines if SSH_KEY_LINE.match(l.strip()))
+            if len(v.splitlines()) < len(lines):
+                print("left out %d %s ssh-keys lines that are not public keys" % (len(lines) - len(v.splitlines()), kind), file=sys.stderr)
+        kept[k] = v
+    return kept
+
+
 def gce():
     h = {"Metadata-Flavor": "Google"}
     md = json.loads(fetch("/computeMetadata/v1/?recursive=true", h))
@@ -109,7 +165,7 @@ def gce():
     if "universe" in md:
         out += ["universe_domain = " + s(md["universe"]["universeDomain"])]
     out += ["", "[gce.project_attributes]"]
-    out += ["%s = %s" % (s(k), s(v)) for k, v in p.get("attributes", {}).items()]
+    out += ["%s = %s" % (s(k), s(v)) for k, v in attributes("project", p.get("attributes", {})).items()]
     out += ["", "[gce.instance]", "id = " + s(i["id"]), "name = " + s(i["name"])]
     out += ["hostname = " + s(i["hostname"]), "zone = " + s(last(i["zone"]))]
     out += ["machine_type = " + s(last(i["machineType"]))]
@@ -124,7 +180,7 @@ def gce():
     if sched:
         out += ["preemptible = " + ("true" if sched.get("preemptible") == "TRUE" else "false")]
         out += ["on_host_maintenance = " + s(sched.get("onHostMaintenance", "MIGRATE"))]
-    attrs = {k: v for k, v in i.get("attributes", {}).items() if k not in ("user-data", "startup-script")}
+    attrs = attributes("instance", i.get("attributes", {}))
     out += ["", "[gce.instance.attributes]"] + ["%s = %s" % (s(k), s(v)) for k, v in attrs.items()]
     for nic in i.get("networkInterfaces", []):
         out += ["", "[[gce.instance.network_interfaces]]", "ip = " + s(nic["ip"])]

@@ -3,8 +3,8 @@
 # those missing.
 #   install-deps.sh build   C libraries the nftables bindings link against
 #   install-deps.sh test    build + what the test suite drives (nft, Docker, busybox,
-#                           conntrack, cloud-init, openssl, node); also requires
-#                           rustfmt and clippy
+#                           conntrack, cloud-init, openssl); also requires
+#                           rustfmt and clippy, and node 20+ with npm on PATH
 set -euo pipefail
 mode=${1:-build}
 case $mode in
@@ -37,16 +37,28 @@ if [ "$mode" = test ]; then
 fi
 
 build=(pkg-config gcc libc6-dev libnftnl-dev libmnl-dev)
-# cloud-init, openssl, node and npm: the judges of tests/agents.rs (cloud-init's
-# datasources, the Node.js SDKs, the signed documents' checks).
+# cloud-init and openssl: judges of tests/agents.rs (cloud-init's datasources, the
+# signed documents' checks).
 test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps cloud-init openssl)
 want=("${build[@]}")
 [ "$mode" = test ] && want+=("${test[@]}")
-# Node.js may come from elsewhere than Debian (NodeSource): only a missing one is
-# installed from Debian.
+# Node.js is not installed from here: the SDKs the judges run
+# (@aws-sdk/credential-providers and @azure/identity, tests/agents/package.json) need
+# node 20 or newer, and Debian's nodejs is older (18 on bookworm). It must be on PATH
+# already, with npm (NodeSource's nodejs package, nvm or nodejs.org's tarball).
+min_node=20
+node_fail() {
+  echo "$1" >&2
+  echo "the test suite needs node $min_node or newer, with npm, first on PATH: tests/agents.rs runs the Node.js SDKs of tests/agents/package.json, and @aws-sdk/credential-providers and @azure/identity need node $min_node+. Debian's nodejs package is older (18 on bookworm) and will not do: install Node.js $min_node+ from NodeSource (its nodejs package), nvm or nodejs.org, then rerun" >&2
+  exit 1
+}
 if [ "$mode" = test ]; then
-  command -v node >/dev/null || want+=(nodejs)
-  command -v npm >/dev/null || want+=(npm)
+  command -v node >/dev/null || node_fail "node not found on PATH"
+  node_version=$(node --version 2>&1) || node_fail "\`node --version\` failed: $node_version"
+  node_major=$(sed -nE 's/^v([0-9]+)\..*/\1/p' <<<"$node_version")
+  [ -n "$node_major" ] || node_fail "cannot read a version from \`node --version\`: $node_version"
+  [ "$node_major" -ge "$min_node" ] || node_fail "node is too old: $(command -v node) is $node_version"
+  command -v npm >/dev/null || node_fail "npm not found on PATH (node is $(command -v node), $node_version)"
 fi
 missing=()
 for p in "${want[@]}"; do

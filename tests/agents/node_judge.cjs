@@ -7,15 +7,25 @@
 // GCE_METADATA_HOST) to `imds-proxy emulate` on loopback.
 //
 // Prints one JSON line per judge ({"judge", "ok", ...} or {..., "error"}); exits 1 if
-// any failed. Tokens are checked, never printed.
+// any failed. Tokens are checked, never printed: each key, secret and token received
+// is appended, one a line, to the plan's "issued_file" (when given), so that the suite
+// can check no daemon log line holds one.
 
 "use strict";
 
 const crypto = require("node:crypto");
+const fs = require("node:fs");
 const http = require("node:http");
 
 const plan = JSON.parse(process.argv[2]);
 const expect = plan.expect;
+
+// Records credentials received (before they are judged: a wrong one may still be logged).
+function issued(...values) {
+  if (!plan.issued_file) return;
+  const lines = values.filter((v) => typeof v === "string" && v.length > 0);
+  if (lines.length) fs.appendFileSync(plan.issued_file, lines.map((v) => v + "\n").join(""));
+}
 
 class Failure extends Error {}
 function must(cond, msg) {
@@ -50,6 +60,7 @@ function verifies(parts, key) {
 async function aws() {
   const { fromInstanceMetadata } = require("@aws-sdk/credential-providers");
   const creds = await fromInstanceMetadata({ timeout: 3000, maxRetries: 1 })();
+  issued(creds.accessKeyId, creds.secretAccessKey, creds.sessionToken);
   must(/^(ASIA|AKIA)/.test(creds.accessKeyId), "access key id shape");
   must(creds.secretAccessKey && creds.sessionToken, "secret and session token");
   must(creds.expiration instanceof Date && creds.expiration > new Date(Date.now() + 15 * 60e3), "expiration");
@@ -61,6 +72,7 @@ async function azure(clientId) {
   const cred = clientId ? new ManagedIdentityCredential({ clientId }) : new ManagedIdentityCredential();
   const t = await cred.getToken("https://management.azure.com/.default");
   must(t && t.token, "no token");
+  issued(t.token);
   const parts = jwtParts(t.token);
   const c = parts.claims;
   must(c.aud === "https://management.azure.com/" || c.aud === "https://management.azure.com", `aud ${c.aud}`);
@@ -81,11 +93,13 @@ async function google() {
   const { GoogleAuth, OAuth2Client } = require("google-auth-library");
   const auth = new GoogleAuth({ scopes: ["https://www.googleapis.com/auth/cloud-platform"] });
   const token = await auth.getAccessToken();
+  issued(token);
   must(typeof token === "string" && token.startsWith("ya29."), "the access token does not look like Google's");
   const project = await auth.getProjectId();
   must(project === expect.gce_project, `project ${project}`);
   const client = await auth.getIdTokenClient(expect.audience);
   const idToken = await client.idTokenProvider.fetchIdToken(expect.audience);
+  issued(idToken);
   const parts = jwtParts(idToken);
   must(parts.claims.aud === expect.audience, `aud ${parts.claims.aud}`);
   const certs = JSON.parse(
