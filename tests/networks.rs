@@ -69,6 +69,37 @@ fn audit_line(d: &Daemon, name: &str) -> String {
         .unwrap_or_else(|| panic!("no audit line for {name}"))
 }
 
+/// A container on `net` labelled `metadata-only` gets metadata through the proxy (one
+/// request upstream, from the proxy's side), is named in the audit line with its own
+/// address and policy, and is refused credentials.
+fn served_by_its_label(scene: &mut Scene, imds: &FakeImds, root_ip: &str, net: &str) {
+    let label = "imds-proxy.policy=metadata-only";
+    let before = imds.relayed_count();
+    let meta = scene.run_labelled(net, INSTANCE_ID, &[label]);
+    assert_eq!(meta.code, Some(0), "metadata from {net}: {meta:?}");
+    assert!(meta.body.contains("fake-imds"), "{meta:?}");
+    assert_eq!(imds.relayed_count(), before + 1);
+    assert_eq!(
+        imds.last().peer.ip().to_string(),
+        root_ip,
+        "not via the proxy"
+    );
+    let line = audit_line(scene.daemon(), &meta.name);
+    for needle in [
+        format!("client.addr={} ", meta.addr),
+        " decision=allow ".to_owned(),
+        "metadata-only".to_owned(),
+    ] {
+        assert!(line.contains(&needle), "{needle:?} not in {line}");
+    }
+    let creds = scene.run_labelled(net, CREDS, &[label]);
+    assert!(
+        creds.code != Some(0) && creds.stderr.contains("403"),
+        "its policy denies credentials: {creds:?}"
+    );
+    assert!(audit_line(scene.daemon(), &creds.name).contains(" decision=deny "));
+}
+
 #[test]
 fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
     const NAME: &str = "swarm_containers_go_through_the_proxy_as_themselves_and_never_directly";
@@ -122,30 +153,10 @@ fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
 
     // 1. A plain container on the attachable overlay network, with a policy label: its
     //    metadata traffic leaves by docker_gwbridge and reaches the proxy.
-    let label = "imds-proxy.policy=metadata-only";
-    let before = imds.relayed_count();
-    let meta = scene.run_labelled(&ov, INSTANCE_ID, &[label]);
-    assert_eq!(meta.code, Some(0), "overlay container, metadata: {meta:?}");
-    assert!(meta.body.contains("fake-imds"), "{meta:?}");
-    assert_eq!(imds.relayed_count(), before + 1);
-    assert_eq!(
-        imds.last().peer.ip().to_string(),
-        root_ip,
-        "not via the proxy"
-    );
-    let line = audit_line(scene.daemon(), &meta.name);
-    assert!(
-        line.contains(" decision=allow ") && line.contains("metadata-only"),
-        "{line}"
-    );
-    let creds = scene.run_labelled(&ov, CREDS, &[label]);
-    assert!(
-        creds.code != Some(0) && creds.stderr.contains("403"),
-        "its policy denies credentials: {creds:?}"
-    );
-    assert!(audit_line(scene.daemon(), &creds.name).contains(" decision=deny "));
+    served_by_its_label(&mut scene, &imds, &root_ip, &ov);
 
     // 2. A service's container: its container labels pick its policy.
+    let label = "imds-proxy.policy=metadata-only";
     let svc = format!("ipx{}-svc", std::process::id());
     swarm.services.push(svc.clone());
     let script = format!(
@@ -284,26 +295,6 @@ fn a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_ide
         .daemon()
         .wait_for(&format!("bridge={bridge}"), Duration::from_secs(10));
 
-    let label = "imds-proxy.policy=metadata-only";
-    let before = imds.relayed_count();
-    let meta = scene.run_labelled(&net, INSTANCE_ID, &[label]);
-    assert_eq!(meta.code, Some(0), "metadata through {bridge}: {meta:?}");
-    assert!(meta.body.contains("fake-imds"), "{meta:?}");
-    assert_eq!(imds.relayed_count(), before + 1);
-    assert_eq!(
-        imds.last().peer.ip().to_string(),
-        root_ip,
-        "not via the proxy"
-    );
-    let line = audit_line(scene.daemon(), &meta.name);
-    assert!(
-        line.contains(&format!("client.addr={} ", meta.addr)) && line.contains("metadata-only"),
-        "{line}"
-    );
-    let creds = scene.run_labelled(&net, CREDS, &[label]);
-    assert!(
-        creds.code != Some(0) && creds.stderr.contains("403"),
-        "its policy denies credentials: {creds:?}"
-    );
+    served_by_its_label(&mut scene, &imds, &root_ip, &net);
     assert_eq!(direct.count(), 0, "direct requests from {bridge}");
 }

@@ -13,12 +13,7 @@ use super::ContainerId;
 /// A running container from Docker's container list (no pid: a list has none).
 pub fn from_summary(c: &ContainerSummary) -> Option<Container> {
     let id = c.id.clone()?;
-    let name = c
-        .names
-        .as_ref()
-        .and_then(|n| n.first())
-        .map(|n| n.trim_start_matches('/').to_owned())
-        .unwrap_or_else(|| id.chars().take(12).collect());
+    let name = display_name(c.names.as_ref().and_then(|n| n.first()), &id);
     let networks = c
         .network_settings
         .as_ref()
@@ -39,11 +34,7 @@ pub fn from_inspect(c: &ContainerInspectResponse) -> Option<Container> {
         return None;
     }
     let id = c.id.clone()?;
-    let name = c
-        .name
-        .as_deref()
-        .map(|n| n.trim_start_matches('/').to_owned())
-        .unwrap_or_else(|| id.chars().take(12).collect());
+    let name = display_name(c.name.as_ref(), &id);
     let networks = c
         .network_settings
         .as_ref()
@@ -61,6 +52,12 @@ pub fn from_inspect(c: &ContainerInspectResponse) -> Option<Container> {
         networks: endpoints(networks),
         pid: state.pid.filter(|p| *p > 0),
     })
+}
+
+/// A container's name without Docker's leading `/`, else its short id.
+fn display_name(name: Option<&String>, id: &str) -> String {
+    name.map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| id.chars().take(12).collect())
 }
 
 /// Endpoints with an IPv4 address (a container on the host network has none).
