@@ -252,9 +252,10 @@ pub async fn current_snapshot(
     cfg: &Config,
     handle: &rtnetlink::Handle,
     mode: Mode,
+    parents: &Parents,
 ) -> Result<Snapshot, LinkError> {
     let links = link::list_links(handle).await?;
-    let egress_guards = egress_guards(cfg, handle).await?;
+    let egress_guards = egress_guards(parents, handle).await?;
     Ok(Snapshot {
         bridges: Snapshot::bridges_among(&cfg.bridges, links.values().map(String::as_str)),
         patterns: cfg.bridges.clone(),
@@ -267,17 +268,69 @@ pub async fn current_snapshot(
     })
 }
 
-/// The configured macvlan parents present now, each with its own MAC.
+/// Which interfaces the macvlan guard is on: a macvlan child sends straight out of its
+/// parent, past every IP hook of the host, so only a guard on the parent's egress stops
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parents {
+    /// No guard: `macvlan_parents` is an empty list, or the kernel has no egress hook.
+    Off,
+    /// The interfaces `macvlan_parents` names (replacing the default).
+    Named(Vec<String>),
+    /// The default: the interfaces the host's own routes to the metadata addresses leave
+    /// by. Where the host reaches the metadata service, a macvlan child of the same
+    /// interface reaches it too.
+    Routes,
+}
+
+impl Parents {
+    /// From the configuration, on a kernel that can (`egress`) or cannot hook a device's
+    /// egress.
+    pub fn of(cfg: &Config, egress: bool) -> Self {
+        match &cfg.macvlan_parents {
+            _ if !egress => Self::Off,
+            Some(p) if p.is_empty() => Self::Off,
+            Some(p) => Self::Named(p.clone()),
+            None => Self::Routes,
+        }
+    }
+
+    /// Whether a link or route event of `batch` may change the guarded interfaces (or
+    /// their MACs). By default any link event may (a new uplink, one going down takes its
+    /// routes along), and so may a route that covers a metadata address.
+    fn touched_by(&self, batch: &[Event]) -> bool {
+        batch.iter().any(|e| match (self, e) {
+            (Self::Off, _) => false,
+            (
+                Self::Named(names),
+                Event::Link(LinkEvent::Up(n) | LinkEvent::Down(n) | LinkEvent::Gone(n)),
+            ) => names.contains(n),
+            (
+                Self::Routes,
+                Event::Link(
+                    LinkEvent::Up(_)
+                    | LinkEvent::Down(_)
+                    | LinkEvent::Gone(_)
+                    | LinkEvent::MetadataRoute,
+                ),
+            ) => true,
+            _ => false,
+        })
+    }
+}
+
+/// The interfaces to guard present now, each with its own MAC.
 async fn egress_guards(
-    cfg: &Config,
+    parents: &Parents,
     handle: &rtnetlink::Handle,
 ) -> Result<Vec<EgressGuard>, LinkError> {
-    if cfg.macvlan_parents.is_empty() {
-        return Ok(vec![]);
-    }
-    let macs = link::link_macs(handle).await?;
-    Ok(cfg
-        .macvlan_parents
+    let names = match parents {
+        Parents::Off => return Ok(vec![]),
+        Parents::Named(names) => names.clone(),
+        Parents::Routes => link::route_devices(handle, &link::METADATA_ADDRESSES).await?,
+    };
+    let macs = link::link_macs(handle, &names).await?;
+    Ok(names
         .iter()
         .filter_map(|p| {
             macs.get(p).map(|mac| EgressGuard {
@@ -288,36 +341,67 @@ async fn egress_guards(
         .collect())
 }
 
-/// An event with the macvlan parents present now, if a batch may have changed them (a
-/// parent appeared, went, changed its MAC, or links were re-listed).
+/// An event with the interfaces to guard now, if a batch may have changed them (a
+/// parent appeared, went, changed its MAC, a route to a metadata address moved, or links
+/// were re-listed).
 async fn egress_event(
-    cfg: &Config,
+    parents: &Parents,
     handle: &rtnetlink::Handle,
     batch: &[Event],
     resync: bool,
 ) -> Option<Event> {
-    let touched = batch.iter().any(|e| match e {
-        Event::Link(LinkEvent::Up(n) | LinkEvent::Down(n) | LinkEvent::Gone(n)) => {
-            cfg.macvlan_parents.contains(n)
-        }
-        _ => false,
-    });
-    if !(touched || resync && !cfg.macvlan_parents.is_empty()) {
+    if !(parents.touched_by(batch) || resync && *parents != Parents::Off) {
         return None;
     }
-    match egress_guards(cfg, handle).await {
+    match egress_guards(parents, handle).await {
         Ok(g) => Some(Event::EgressGuards(g)),
         Err(e) => {
-            warn!(error = %proxy::error_chain(&e), "failed to list links");
+            warn!(error = %proxy::error_chain(&e), "failed to read the interfaces to guard against macvlan children; the guard stays as it was");
             None
         }
+    }
+}
+
+/// Says at start which interfaces' macvlan children are refused, and why; or, as a
+/// warning, that none are and why.
+fn log_macvlan_guard(cfg: &Config, parents: &Parents, guards: &[EgressGuard]) {
+    let guarded: Vec<&str> = guards.iter().map(|g| g.device.as_str()).collect();
+    let refused = "macvlan children of these interfaces are refused the metadata address";
+    match parents {
+        Parents::Off if cfg.macvlan_parents.as_ref().is_some_and(Vec::is_empty) => warn!(
+            "macvlan_parents is an empty list: no interface is guarded, macvlan children reach the metadata service directly"
+        ),
+        Parents::Off => warn!(
+            "this kernel cannot hook a device's egress (Linux 5.16 or later with netfilter egress): no macvlan guard, macvlan children reach the metadata service directly"
+        ),
+        Parents::Named(names) => {
+            if !guarded.is_empty() {
+                info!(parents = ?guarded, why = "configured (macvlan_parents)", "{refused}");
+            }
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|p| !guarded.contains(&p.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; guarded once it appears");
+            }
+        }
+        Parents::Routes if guarded.is_empty() => info!(
+            "no route of the host's to the metadata addresses leaves by an Ethernet interface now: no macvlan parent guarded until one does"
+        ),
+        Parents::Routes => info!(
+            parents = ?guarded,
+            why = "the host's routes to the metadata addresses leave by them (default; set macvlan_parents to choose)",
+            "{refused}"
+        ),
     }
 }
 
 /// `imds-proxy rules`: the ruleset `run` would install now.
 pub async fn rules(cfg: &Config) -> Result<String, AppError> {
     let handle = link::connect()?;
-    Ok(plan(&current_snapshot(cfg, &handle, Mode::Open).await?).to_string())
+    let parents = Parents::of(cfg, true);
+    Ok(plan(&current_snapshot(cfg, &handle, Mode::Open, &parents).await?).to_string())
 }
 
 /// `imds-proxy uninstall`: removes the table and the link, reopening direct access.
@@ -417,6 +501,8 @@ struct Live {
     server: tokio::task::JoinHandle<proxy::DrainReport>,
     /// Where the proxy listens for IPv6 callers (`None`: the host has no usable IPv6).
     listen6: Option<std::net::SocketAddrV6>,
+    /// Which interfaces the macvlan guard follows.
+    parents: Parents,
     policies_tx: tokio::sync::watch::Sender<Arc<crate::policy::select::Policies>>,
     /// The emulator's file in force, and where it comes from.
     emulator_tx: Option<(
@@ -457,6 +543,7 @@ fn log_protection(cfg: &Config, fw: &NetlinkFirewall) -> Result<(), AppError> {
 async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     let netlink = NetlinkFirewall::open(cfg.table_owner)?;
     log_protection(cfg, &netlink)?;
+    let parents = Parents::of(cfg, netlink.egress());
     let firewall: Arc<dyn Firewall> = Arc::new(netlink);
     let handle = link::connect()?;
 
@@ -465,28 +552,12 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
     link::watch_links(link_tx)?;
     let mut rec = Reconciler::new(
         firewall.clone(),
-        current_snapshot(cfg, &handle, Mode::Closed).await?,
+        current_snapshot(cfg, &handle, Mode::Closed, &parents).await?,
     );
 
     // 1. Closed: replaces any stale table, refuses containers from now on.
     rec.apply().await?;
-    let guarded: Vec<&str> = rec
-        .snapshot()
-        .egress_guards
-        .iter()
-        .map(|g| g.device.as_str())
-        .collect();
-    if !guarded.is_empty() {
-        info!(parents = ?guarded, "macvlan children of these interfaces are refused the metadata address");
-    }
-    let missing: Vec<&String> = cfg
-        .macvlan_parents
-        .iter()
-        .filter(|p| !guarded.contains(&p.as_str()))
-        .collect();
-    if !missing.is_empty() {
-        warn!(parents = ?missing, "macvlan_parents: no such Ethernet interface now; guarded once it appears");
-    }
+    log_macvlan_guard(cfg, &parents, &rec.snapshot().egress_guards);
     info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
 
     let v6 = rec.snapshot().v6;
@@ -620,6 +691,7 @@ async fn start_up(cfg: &Config) -> Result<Live, AppError> {
         stop_proxy,
         server,
         listen6,
+        parents,
         policies_tx,
         emulator_tx,
     })
@@ -722,7 +794,7 @@ impl Live {
             if resync {
                 batch.extend(links_event(&self.handle).await);
             }
-            let egress = egress_event(cfg, &self.handle, &batch, resync).await;
+            let egress = egress_event(&self.parents, &self.handle, &batch, resync).await;
             batch.extend(egress);
             let held = self.emulator_tx.is_some();
             guard_own_link(&self.handle, cfg, self.listen6, held, &batch, resync).await;

@@ -77,8 +77,8 @@ pub struct ConfigArgs {
     #[arg(long, env = "IMDS_PROXY_DIRECT_INTERFACES")]
     pub direct_interfaces: Option<String>,
     /// Interfaces (comma-separated exact names) whose macvlan children are refused the
-    /// metadata address: the host's uplink, where containers get macvlan networks
-    /// [default: none].
+    /// metadata address; "" guards none [default: the interfaces the host's routes to
+    /// the metadata addresses use].
     #[arg(long, env = "IMDS_PROXY_MACVLAN_PARENTS")]
     pub macvlan_parents: Option<String>,
     /// `auto`: the tables are owned by the daemon where the kernel can (Linux 6.9+), so no

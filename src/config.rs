@@ -88,7 +88,9 @@ pub struct Config {
     /// through on purpose; every other interface's are refused.
     pub direct_interfaces: Vec<String>,
     /// Interfaces whose macvlan children must not reach the metadata service directly.
-    pub macvlan_parents: Vec<String>,
+    /// `None` (the default): the interfaces the host's own routes to the metadata
+    /// addresses leave by; an empty list: no guard at all.
+    pub macvlan_parents: Option<Vec<String>>,
     /// Whether the tables are created owned by the daemon and persisting after it.
     pub table_owner: TableOwner,
     /// Deadline for one proxied request, upstream answer and body included.
@@ -325,7 +327,7 @@ impl RawConfig {
         let link_name = parse!("link_name", parse_ifname, DEFAULT_LINK.to_owned());
         let bridges = parse!("bridges", parse_bridges, default_bridges());
         let direct_interfaces = parse!("direct_interfaces", parse_ifnames, Vec::new());
-        let macvlan_parents = parse!("macvlan_parents", parse_ifnames, Vec::new());
+        let macvlan_parents = parse!("macvlan_parents", |r| parse_ifnames(r).map(Some), None);
         let table_owner = parse!("table_owner", parse_table_owner, TableOwner::Auto);
         let request_timeout = parse!(
             "request_timeout_ms",

@@ -74,15 +74,26 @@ fn direct_interfaces_default_to_none_and_take_exact_names_only() {
 }
 
 #[test]
-fn macvlan_parents_default_to_none_and_take_exact_names_only() {
-    assert!(RawConfig::default()
-        .validate(false)
-        .unwrap()
-        .macvlan_parents
-        .is_empty());
+fn macvlan_parents_default_to_the_routes_an_empty_list_is_off_and_names_are_exact() {
+    // Unset: the interfaces the host's routes to the metadata addresses leave by.
+    assert_eq!(
+        RawConfig::default()
+            .validate(false)
+            .unwrap()
+            .macvlan_parents,
+        None
+    );
     let mut r = RawConfig::default();
     r.set_text("macvlan_parents", Some("eth0,ens5".into()));
-    assert_eq!(r.validate(false).unwrap().macvlan_parents, ["eth0", "ens5"]);
+    assert_eq!(
+        r.validate(false).unwrap().macvlan_parents,
+        Some(vec!["eth0".to_string(), "ens5".to_string()])
+    );
+    // An empty list, in the file or as a flag, turns the guard off.
+    r.set_text("macvlan_parents", Some("".into()));
+    assert_eq!(r.validate(false).unwrap().macvlan_parents, Some(vec![]));
+    let c = raw("macvlan_parents = []").validate(false).unwrap();
+    assert_eq!(c.macvlan_parents, Some(vec![]));
     let e = errors(&raw(r#"macvlan_parents = ["eth*"]"#), false);
     assert_eq!((e[0].key.as_str(), e.len()), ("macvlan_parents", 1));
 }

@@ -13,7 +13,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{new_connection, Handle, LinkBridge, LinkDummy, LinkUnspec, MulticastGroup};
 use tokio::sync::mpsc;
 
@@ -42,6 +43,12 @@ pub enum LinkError {
     #[error("not permitted to create network links: run as root (or with CAP_NET_ADMIN)")]
     NotPermitted,
 }
+
+/// The metadata addresses whose routes the macvlan guard follows by default.
+pub const METADATA_ADDRESSES: [IpAddr; 2] = [
+    IpAddr::V4(crate::firewall::plan::IMDS_V4),
+    IpAddr::V6(crate::firewall::plan::IMDS_V6),
+];
 
 /// Where the kernel says whether IPv6 is switched off (absent: no IPv6 in this kernel).
 const IPV6_ALL_DISABLED: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
@@ -150,25 +157,132 @@ pub async fn list_links(handle: &Handle) -> Result<HashMap<u32, String>, LinkErr
     Ok(out)
 }
 
-/// The hardware address of each Ethernet interface, by name: the plan tells a macvlan
-/// parent's own packets from its children's by it.
-pub async fn link_macs(handle: &Handle) -> Result<HashMap<String, [u8; 6]>, LinkError> {
+/// The hardware address of each of the interfaces `names` that exists now and has an
+/// Ethernet address: the plan tells a macvlan parent's own packets from its children's
+/// by it. One lookup per name, not a dump of every link (the host may have hundreds of
+/// container veths).
+pub async fn link_macs(
+    handle: &Handle,
+    names: &[String],
+) -> Result<HashMap<String, [u8; 6]>, LinkError> {
     let mut out = HashMap::new();
-    let mut links = handle.link().get().execute();
-    while let Some(m) = links
-        .try_next()
-        .await
-        .map_err(netlink_err("list", "links"))?
-    {
+    for name in names {
+        let Some(m) = find_link(handle, name).await? else {
+            continue;
+        };
         let mac = m.attributes.iter().find_map(|a| match a {
             LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
             _ => None,
         });
-        if let (Some(name), Some(mac)) = (link_name(&m), mac) {
-            out.insert(name.to_owned(), mac);
+        if let Some(mac) = mac {
+            out.insert(name.clone(), mac);
         }
     }
     Ok(out)
+}
+
+/// The interfaces the host's own packets to `dests` leave by, as the kernel's route
+/// lookup (RTM_GETROUTE, policy routing included) answers now, in the order of `dests`,
+/// without repeats. A destination with no route (or no IPv6 on the host) adds none, nor
+/// does one the host holds itself (a local route: loopback).
+pub async fn route_devices(handle: &Handle, dests: &[IpAddr]) -> Result<Vec<String>, LinkError> {
+    let mut out: Vec<String> = Vec::new();
+    for dest in dests {
+        let Some(index) = route_oif(handle, *dest).await? else {
+            continue;
+        };
+        let mut links = handle.link().get().match_index(index).execute();
+        let link = match links.try_next().await {
+            Ok(m) => m,
+            // Gone between the lookup and now: the next link event asks again.
+            Err(e) if errno(&e) == Some(libc::ENODEV) => None,
+            Err(e) => {
+                return Err(netlink_err(
+                    "look up the link of the route to",
+                    "the metadata address",
+                )(e))
+            }
+        };
+        // Read to the end, so no answer is left for the next request.
+        while let Ok(Some(_)) = links.try_next().await {}
+        if let Some(name) = link.as_ref().and_then(link_name) {
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The output interface of the route the kernel picks for `dest`: `None` if there is no
+/// route, or it is not a unicast route out of an interface (local, blackhole, ...).
+async fn route_oif(handle: &Handle, dest: IpAddr) -> Result<Option<u32>, LinkError> {
+    let prefix = if dest.is_ipv4() { 32 } else { 128 };
+    let message = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dest, prefix)
+        .expect("an address and its host prefix are one family")
+        .build();
+    // With a destination, the request is a lookup, not a dump.
+    let answers: Result<Vec<RouteMessage>, _> =
+        handle.route().get(message).execute().try_collect().await;
+    let routes = match answers {
+        Ok(r) => r,
+        // No route, an unreachable or prohibit route, or no IPv6: nothing leaves.
+        Err(e)
+            if matches!(
+                errno(&e),
+                Some(
+                    libc::ENETUNREACH
+                        | libc::EHOSTUNREACH
+                        | libc::EINVAL
+                        | libc::EACCES
+                        | libc::EAFNOSUPPORT
+                        | libc::ENETDOWN
+                        | libc::ENODEV
+                )
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(netlink_err("look up the route to", "the metadata address")(
+                e,
+            ))
+        }
+    };
+    Ok(routes
+        .iter()
+        .filter(|r| r.header.kind == RouteType::Unicast)
+        .find_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+}
+
+/// Whether route message `m` (added or deleted) covers one of `dests`: a change to it
+/// may move where the host's packets to them leave.
+fn route_covers(m: &RouteMessage, dests: &[IpAddr]) -> bool {
+    let len = m.header.destination_prefix_length;
+    let dest = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    });
+    dests.iter().any(|d| match (dest, d) {
+        // No destination: a default route of its family.
+        (None, IpAddr::V4(_)) => m.header.address_family == AddressFamily::Inet,
+        (None, IpAddr::V6(_)) => m.header.address_family == AddressFamily::Inet6,
+        (Some(IpAddr::V4(net)), IpAddr::V4(d)) => {
+            len <= 32 && (len == 0 || u32::from(net) >> (32 - len) == u32::from(*d) >> (32 - len))
+        }
+        (Some(IpAddr::V6(net)), IpAddr::V6(d)) => {
+            len <= 128
+                && (len == 0 || u128::from(net) >> (128 - len) == u128::from(*d) >> (128 - len))
+        }
+        _ => false,
+    })
 }
 
 /// Creates (or reuses) the daemon's link, brings it up and puts `addr/32` on it, and
@@ -421,11 +535,14 @@ pub enum LinkEvent {
     Down(String),
     /// An address was removed from some link.
     AddressGone(IpAddr),
+    /// A route that covers a metadata address was added, changed or removed.
+    MetadataRoute,
     /// The kernel dropped notifications: the receiver should re-list links.
     Resync,
 }
 
-/// Subscribes to link and address notifications and forwards them as [`LinkEvent`]s.
+/// Subscribes to link, address and route notifications and forwards them as
+/// [`LinkEvent`]s (of routes, only those that cover a metadata address).
 /// Subscribing happens before this returns, so a caller that lists links afterwards
 /// misses nothing.
 pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError> {
@@ -433,6 +550,8 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
     ])
     .map_err(LinkError::Connect)?;
     tokio::spawn(conn);
@@ -478,6 +597,9 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
                         _ => None,
                     })
                     .collect(),
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m),
+                ) if route_covers(&m, &METADATA_ADDRESSES) => vec![LinkEvent::MetadataRoute],
                 NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => vec![LinkEvent::Resync],
                 _ => continue,
             };
@@ -490,4 +612,41 @@ pub fn watch_links(tx: mpsc::UnboundedSender<LinkEvent>) -> Result<(), LinkError
         let _ = tx.send(LinkEvent::Resync);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(family: AddressFamily, dest: Option<IpAddr>, len: u8) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family;
+        m.header.destination_prefix_length = len;
+        if let Some(d) = dest {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(d)));
+        }
+        m
+    }
+
+    #[test]
+    fn only_routes_that_cover_a_metadata_address_are_followed() {
+        let v4 = |d: &str, len| route(AddressFamily::Inet, Some(d.parse().unwrap()), len);
+        let v6 = |d: &str, len| route(AddressFamily::Inet6, Some(d.parse().unwrap()), len);
+        let covers = |m: &RouteMessage| route_covers(m, &METADATA_ADDRESSES);
+        assert!(covers(&route(AddressFamily::Inet, None, 0)), "IPv4 default");
+        assert!(
+            covers(&route(AddressFamily::Inet6, None, 0)),
+            "IPv6 default"
+        );
+        assert!(covers(&v4("169.254.169.254", 32)));
+        assert!(covers(&v4("169.254.0.0", 16)));
+        assert!(covers(&v6("fd00:ec2::254", 128)));
+        assert!(covers(&v6("fd00::", 8)));
+        // A container's address, a bridge's subnet, a link-local IPv6 route: not.
+        assert!(!covers(&v4("10.88.0.2", 32)));
+        assert!(!covers(&v4("169.254.93.254", 32)));
+        assert!(!covers(&v4("172.17.0.0", 16)));
+        assert!(!covers(&v6("fe80::", 64)));
+    }
 }

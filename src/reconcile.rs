@@ -110,7 +110,9 @@ impl Reconciler {
                         info!(bridge = %name, "container bridge removed");
                     }
                 }
-                Event::Link(LinkEvent::Resync | LinkEvent::AddressGone(_)) => {}
+                Event::Link(
+                    LinkEvent::Resync | LinkEvent::AddressGone(_) | LinkEvent::MetadataRoute,
+                ) => {}
                 Event::Links(names) => {
                     let mut now = Snapshot::bridges_among(
                         &self.snapshot.patterns,

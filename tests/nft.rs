@@ -254,3 +254,28 @@ fn with_table_owner_off_the_tables_are_plain() {
     assert!(!listing.contains("flags"), "{listing}");
     ns.exec(&["nft", "delete", "table", "ip", "imds_proxy"]);
 }
+
+/// The running kernel's version, as (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname().unwrap();
+    let release = release.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+#[test]
+fn the_egress_probe_matches_the_kernel_version_and_leaves_nothing() {
+    if !root_or_skip("the_egress_probe_matches_the_kernel_version_and_leaves_nothing") {
+        return;
+    }
+    let ns = Netns::new("nftegr");
+    let egress = ns.run(|| NetlinkFirewall::open(TableOwner::Off).unwrap().egress());
+    let version = kernel_version();
+    assert_eq!(egress, version >= (5, 16), "kernel {version:?}");
+    assert_eq!(
+        ns.exec(&["nft", "list", "tables"]).trim(),
+        "",
+        "the probe's table stayed"
+    );
+}

@@ -275,46 +275,175 @@ fn connects(ns: &Netns, addr: &str) -> bool {
     ns.run(move || std::net::TcpStream::connect_timeout(&addr, QUICK).is_ok())
 }
 
+/// The daemon's first log line that contains `needle` (waiting a second for it).
+fn log_line(d: &Daemon, needle: &str) -> String {
+    d.wait_for(needle, QUICK);
+    d.log().into_iter().find(|l| l.contains(needle)).unwrap()
+}
+
+/// Whether the namespace's netdev table has an egress chain on `device`.
+fn guards(ns: &Netns, device: &str) -> bool {
+    let (ok, out, _) = ns.try_exec(&["nft", "list", "table", "netdev", "imds_proxy"]);
+    ok && out.contains(&format!("device \"{device}\""))
+}
+
 #[test]
-fn macvlan_children_of_a_configured_parent_are_refused_and_others_are_not() {
-    if !root_or_skip("macvlan_children_of_a_configured_parent_are_refused_and_others_are_not") {
+fn macvlan_children_of_the_uplink_are_refused_by_default_and_the_host_keeps_its_path() {
+    if !root_or_skip(
+        "macvlan_children_of_the_uplink_are_refused_by_default_and_the_host_keeps_its_path",
+    ) {
+        return;
+    }
+    let tb = Testbed::new();
+    let imds6 = tb.enable_ipv6();
+    let m = macvlan_container(&tb);
+    m.ip("addr add fd99:0:0:1::5/64 dev eth0 nodad");
+    m.ip(&format!("-6 route add {IMDS6}/128 via fd99:0:0:1::2"));
+    // A macvlan child sends straight out of its parent: no IP hook of the host sees
+    // it, so the forward refusal cannot. Without the daemon it reaches the cloud.
+    let r = http(&m, IMDS, "GET", "/", &[]);
+    assert_eq!(r.0.expect("macvlan, no daemon").status, 200);
+    assert_eq!(tb.imds.last().peer.ip().to_string(), "10.98.0.2");
+    let r = http(&m, IMDS6_HTTP, "GET", "/", &[]);
+    assert_eq!(r.0.expect("macvlan over IPv6, no daemon").status, 200);
+
+    // No macvlan_parents: the host's routes to both metadata addresses leave by
+    // vcloud, so vcloud is guarded, and the log says why.
+    let d = tb.daemon(&[]);
+    let line = log_line(&d, "macvlan children of these interfaces are refused");
+    assert!(
+        line.contains("vcloud") && line.contains("routes to the metadata addresses"),
+        "{line}"
+    );
+    let (before, before6) = (tb.imds.count(), imds6.count());
+    for addr in [
+        "169.254.169.254:80",
+        "169.254.169.254:8080",
+        IMDS6_HTTP,
+        "[fd00:ec2::254]:8080",
+    ] {
+        assert!(!connects(&m, addr), "macvlan child reached {addr}");
+    }
+    assert_eq!(tb.imds.count(), before, "the child reached the cloud");
+    assert_eq!(
+        imds6.count(),
+        before6,
+        "the child reached the cloud over IPv6"
+    );
+    // The parent's own packets (the host's, and the proxy's upstream requests) pass.
+    assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
+    let r = http(&tb.host, IMDS6_HTTP, "GET", "/", &[]);
+    assert_eq!(r.0.expect("the host over IPv6").status, 200);
+    assert_eq!(tb.status("/"), 200);
+    assert_eq!(tb.imds.last().peer.ip().to_string(), "10.99.0.1", "proxied");
+    d.kill9();
+    assert!(!connects(&m, "169.254.169.254:80"), "after SIGKILL");
+    assert!(!connects(&m, IMDS6_HTTP), "IPv6 after SIGKILL");
+    assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
+    assert_eq!(
+        (tb.imds.count(), imds6.count()),
+        (before + 3, before6 + 1),
+        "only the host's and the proxy's requests"
+    );
+}
+
+#[test]
+fn an_empty_macvlan_parents_list_guards_nothing_and_says_so() {
+    if !root_or_skip("an_empty_macvlan_parents_list_guards_nothing_and_says_so") {
         return;
     }
     let tb = Testbed::new();
     let m = macvlan_container(&tb);
-    // A macvlan child sends straight out of its parent: no IP hook of the host sees
-    // it, so the forward refusal cannot. Without macvlan_parents it reaches the cloud.
+    // The documented way to opt out: the child reaches the cloud directly again.
+    let d = tb.daemon(&["--macvlan-parents", ""]);
+    let line = log_line(&d, "macvlan_parents is an empty list");
+    assert!(line.contains("WARN"), "{line}");
     let r = http(&m, IMDS, "GET", "/", &[]);
-    assert_eq!(r.0.expect("macvlan, no daemon").status, 200);
-    let d = tb.daemon(&[]);
-    let r = http(&m, IMDS, "GET", "/", &[]);
-    assert_eq!(
-        r.0.expect("macvlan, parent not configured").status,
-        200,
-        "documented: not refused unless its parent is named"
-    );
+    assert_eq!(r.0.expect("macvlan, guard off").status, 200);
     assert_eq!(tb.imds.last().peer.ip().to_string(), "10.98.0.2");
+    assert!(
+        !tb.host
+            .try_exec(&["nft", "list", "table", "netdev", "imds_proxy"])
+            .0,
+        "a netdev table with the guard off"
+    );
     d.signal(Signal::SIGTERM);
     assert!(d.wait(Duration::from_secs(10)).success());
 
+    // The same in the file; and naming a parent replaces the default.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "macvlan_parents = []\n").unwrap();
+    let d = tb.daemon(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--unknown-policy",
+        "allow",
+    ]);
+    d.wait_for("macvlan_parents is an empty list", QUICK);
+    assert!(!guards(&tb.host, "vcloud"));
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(Duration::from_secs(10)).success());
     let d = tb.daemon(&["--macvlan-parents", "vcloud"]);
-    d.wait_for("macvlan children of these interfaces are refused", QUICK);
-    let before = tb.imds.count();
-    for addr in ["169.254.169.254:80", "169.254.169.254:8080"] {
-        assert!(!connects(&m, addr), "macvlan child reached {addr}");
+    let line = log_line(&d, "macvlan children of these interfaces are refused");
+    assert!(line.contains("configured"), "{line}");
+    assert!(!connects(&m, "169.254.169.254:80"), "named parent");
+}
+
+#[test]
+fn the_guard_follows_the_route_to_the_metadata_address_when_its_interface_changes() {
+    if !root_or_skip(
+        "the_guard_follows_the_route_to_the_metadata_address_when_its_interface_changes",
+    ) {
+        return;
     }
+    let tb = Testbed::new();
+    // A second uplink to the cloud, not yet the way to the metadata address.
+    tb.host.ip(&format!(
+        "link add vcl3 type veth peer name eth1 netns {}",
+        tb.cloud.name
+    ));
+    tb.host.ip("addr add 10.96.0.1/24 dev vcl3");
+    tb.host.ip("link set vcl3 up");
+    tb.cloud.ip("addr add 10.96.0.254/24 dev eth1");
+    tb.cloud.ip("link set eth1 up");
+    let m = Netns::new("mvl3");
+    tb.host
+        .ip("link add mvl7 link vcl3 type macvlan mode bridge");
+    tb.host.ip(&format!("link set mvl7 netns {}", m.name));
+    m.ip("link set mvl7 name eth0");
+    m.ip("addr add 10.96.0.2/24 dev eth0");
+    m.ip("link set eth0 up");
+    m.ip("route add 169.254.169.254/32 via 10.96.0.254");
+
+    let d = tb.daemon(&[]);
+    d.wait_for("macvlan children of these interfaces are refused", QUICK);
+    assert!(guards(&tb.host, "vcloud") && !guards(&tb.host, "vcl3"));
+    let r = http(&m, IMDS, "GET", "/", &[]);
+    assert_eq!(
+        r.0.expect("a parent no route to the metadata address uses")
+            .status,
+        200
+    );
+
+    // The host's route moves to vcl3: the guard moves with it, with no link event and
+    // long before the periodic re-listing. (Late notifications of the links just set
+    // up, which would make the daemon look again anyway, are over by then.)
+    std::thread::sleep(Duration::from_millis(1500));
+    tb.host
+        .ip("route replace 169.254.169.254/32 via 10.96.0.254 dev vcl3");
+    until(Duration::from_secs(2), "the guard to move to vcl3", || {
+        guards(&tb.host, "vcl3") && !guards(&tb.host, "vcloud")
+    });
+    d.wait_for("macvlan parents guarded", QUICK);
+    let before = tb.imds.count();
+    assert!(
+        !connects(&m, "169.254.169.254:80"),
+        "child of the new uplink"
+    );
     assert_eq!(tb.imds.count(), before);
-    // The parent's own packets (the host's, and the proxy's upstream requests) pass.
     assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
     assert_eq!(tb.status("/"), 200);
-    d.kill9();
-    assert!(!connects(&m, "169.254.169.254:80"), "after SIGKILL");
-    assert_eq!(http(&tb.host, IMDS, "GET", "/", &[]).0.unwrap().status, 200);
-    assert_eq!(
-        tb.imds.count(),
-        before + 3,
-        "only the host's and the proxy's requests"
-    );
 }
 
 #[test]

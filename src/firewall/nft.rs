@@ -36,6 +36,8 @@ pub struct NetlinkFirewall {
     requests: mpsc::Sender<Request>,
     portid: u32,
     owned: bool,
+    /// The kernel can hook a device's egress (see [`NetlinkFirewall::egress`]).
+    egress: bool,
     /// The thread that owns the socket; joined on drop.
     worker: Option<thread::JoinHandle<()>>,
 }
@@ -123,7 +125,17 @@ impl NetlinkFirewall {
                         }
                     }
                 };
-                let _ = ready_tx.send(Ok((socket.portid(), owned)));
+                let egress = match table::egress_supported(|b| send_and_process(&socket, b)) {
+                    Ok(egress) => egress,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(FirewallError::from_io(
+                            "ask the kernel whether it can hook a device's egress",
+                            e,
+                        )));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok((socket.portid(), owned, egress)));
                 // Which families the daemon's last ruleset has a table in: the ip6
                 // table exists only where the kernel has IPv6, the netdev table only
                 // with macvlan parents to guard.
@@ -154,11 +166,12 @@ impl NetlinkFirewall {
                 action: "start the nftables thread",
                 source: e,
             })?;
-        let (portid, owned) = ready_rx.recv().map_err(|_| FirewallError::WorkerGone)??;
+        let (portid, owned, egress) = ready_rx.recv().map_err(|_| FirewallError::WorkerGone)??;
         Ok(Self {
             requests: tx,
             portid,
             owned,
+            egress,
             worker: Some(worker),
         })
     }
@@ -168,6 +181,13 @@ impl NetlinkFirewall {
     /// after it dies. Otherwise they are plain tables, restored on drift.
     pub fn owned(&self) -> bool {
         self.owned
+    }
+
+    /// Whether the kernel can hook a device's egress in a `netdev` table (Linux 5.16 with
+    /// netfilter egress): the macvlan guard needs it. Without it a ruleset with egress
+    /// chains would be refused whole, so the daemon plans none (and says so).
+    pub fn egress(&self) -> bool {
+        self.egress
     }
 
     /// Makes this writer the owner of tables a previous run left behind (orphaned: it

@@ -98,6 +98,44 @@ pub fn owner_supported(
     }
 }
 
+/// Whether this kernel can hook a device's egress in a `netdev` table (Linux 5.16 with
+/// netfilter egress), which the macvlan guard needs: a batch that creates a throw-away
+/// table with an egress chain on loopback and deletes it again. A kernel without the
+/// hook (or without the netdev family) refuses the batch; nothing is left either way.
+pub fn egress_supported(
+    send: impl Fn(&nftnl::FinalizedBatch) -> io::Result<()>,
+) -> io::Result<bool> {
+    let mut batch = Batch::new();
+    batch.add(
+        &TableMsg::new(PROBE_TABLE, ProtoFamily::NetDev, None),
+        MsgType::Add,
+    );
+    let table = nftnl::Table::new(PROBE_TABLE, ProtoFamily::NetDev);
+    let mut chain = nftnl::Chain::new(c"egress", &table);
+    // nftnl names hook 1 `In`: in the netdev family it is the egress hook.
+    chain.set_hook(nftnl::Hook::In, 0);
+    chain.set_device(c"lo");
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_policy(nftnl::Policy::Accept);
+    batch.add(&chain, MsgType::Add);
+    batch.add(
+        &TableMsg::new(PROBE_TABLE, ProtoFamily::NetDev, None),
+        MsgType::Del,
+    );
+    match send(&batch.finalize()) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOENT | libc::EAFNOSUPPORT)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The daemon's tables present now, by family, with their flags.
 pub type Tables = HashMap<(u32, CString), u32>;
 
@@ -158,6 +196,26 @@ mod tests {
         assert!(answer(None).unwrap());
         // Linux before 6.9 (no PERSIST) and before 5.12 (no OWNER) refuse unknown flags.
         assert!(!answer(Some(libc::EOPNOTSUPP)).unwrap());
+        assert_eq!(
+            answer(Some(libc::EPERM)).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
+
+    #[test]
+    fn a_kernel_that_refuses_the_egress_hook_means_no_macvlan_guard_and_other_errors_are_errors() {
+        let answer = |errno: Option<i32>| {
+            egress_supported(|_| match errno {
+                None => Ok(()),
+                Some(n) => Err(io::Error::from_raw_os_error(n)),
+            })
+        };
+        assert!(answer(None).unwrap());
+        // Before Linux 5.16 the netdev family knows no hook 1; without netdev tables
+        // the family is missing.
+        for errno in [libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::ENOENT] {
+            assert!(!answer(Some(errno)).unwrap(), "errno {errno}");
+        }
         assert_eq!(
             answer(Some(libc::EPERM)).unwrap_err().raw_os_error(),
             Some(libc::EPERM)

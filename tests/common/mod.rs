@@ -170,7 +170,9 @@ impl Netns {
         }
         let (_, ip6, _) = self.try_exec(&["nft", "list", "table", "ip6", "imds_proxy"]);
         let (_, bridge, _) = self.try_exec(&["nft", "list", "table", "bridge", "imds_proxy"]);
-        Some(without_table_flags(&(ip + &ip6 + &bridge)))
+        // The macvlan guard's table, where there is one.
+        let (_, netdev, _) = self.try_exec(&["nft", "list", "table", "netdev", "imds_proxy"]);
+        Some(without_table_flags(&(ip + &ip6 + &bridge + &netdev)))
     }
 
     pub fn nft_table_count(&self) -> usize {
