@@ -122,6 +122,7 @@ fn a_missing_config_file_is_an_error_not_a_panic() {
 
 #[test]
 fn rules_prints_the_table_for_this_host_and_changes_nothing() {
+    let before = host_state();
     // `lo` is a bridge pattern here only so the set has a known element on any host.
     let (code, out, err) = run(
         &["rules", "--bridges", "lo,br-*"],
@@ -138,6 +139,24 @@ fn rules_prints_the_table_for_this_host_and_changes_nothing() {
         "{out}"
     );
     assert!(!out.contains("iifname \"br-*\""), "{out}");
+    // Printing installed nothing: no table, no link, no address.
+    assert_eq!(host_state(), before, "`rules` changed the host");
+}
+
+/// The host's links with their addresses, and (as root) its nftables tables: what
+/// `run` would change.
+fn host_state() -> (String, String) {
+    let links = Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let tables = Command::new("nft").args(["list", "tables"]).output();
+    (
+        String::from_utf8_lossy(&links.stdout).into_owned(),
+        tables
+            .map(|t| String::from_utf8_lossy(&t.stdout).into_owned())
+            .unwrap_or_default(),
+    )
 }
 
 #[test]

@@ -605,10 +605,13 @@ pub fn attach_container(
 }
 
 /// The daemon as a child process inside a namespace; its log is collected.
+/// Every line a daemon logged, with when it arrived (since it was spawned).
+type Lines = Vec<(Duration, String)>;
+
 pub struct Daemon {
     child: Mutex<Child>,
     pub started: Instant,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Arc<(Mutex<Lines>, Condvar)>,
 }
 
 impl Daemon {
@@ -644,7 +647,9 @@ impl Daemon {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[daemon] {line}");
                 append_to_env_file("IMDS_PROXY_DAEMON_LOG_FILE", &line);
-                l.0.lock().unwrap().push(strip_ansi(&line));
+                l.0.lock()
+                    .unwrap()
+                    .push((started.elapsed(), strip_ansi(&line)));
                 l.1.notify_all();
             }
         });
@@ -660,7 +665,13 @@ impl Daemon {
     }
 
     pub fn log(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().clone()
+        self.log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     pub fn log_count(&self, needle: &str) -> usize {
@@ -676,14 +687,19 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         let mut lines = self.log.0.lock().unwrap();
         loop {
-            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
-                return self.started.elapsed();
+            // When the nth such line arrived, not when the caller looked.
+            if let Some((at, _)) = lines.iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
+                return *at;
             }
             let now = Instant::now();
             if now >= deadline {
                 panic!(
                     "daemon did not log {needle:?} (x{n}) within {timeout:?}; log:\n{}",
-                    lines.join("\n")
+                    lines
+                        .iter()
+                        .map(|(_, l)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             lines = self.log.1.wait_timeout(lines, deadline - now).unwrap().0;
