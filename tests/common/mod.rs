@@ -623,8 +623,22 @@ impl Daemon {
     /// Runs the daemon inside `ns` with these environment variables added (the ones a
     /// service manager sets, say).
     pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped(ns, &[], args, env)
+    }
+
+    /// Runs the daemon inside `ns` through `wrapper` (a command that execs its
+    /// arguments, such as `setpriv ... --`), so the daemon keeps the child's pid.
+    pub fn spawn_wrapped(
+        ns: &Netns,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns.name.as_str(), BIN]).args(args);
+        c.args(["netns", "exec", ns.name.as_str()])
+            .args(wrapper)
+            .arg(BIN)
+            .args(args);
         c.envs(env.iter().copied());
         Self::spawn_command(c)
     }
