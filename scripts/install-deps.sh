@@ -3,7 +3,8 @@
 # those missing.
 #   install-deps.sh build   C libraries the nftables bindings link against
 #   install-deps.sh test    build + what the test suite drives (nft, Docker, busybox,
-#                           conntrack, cloud-init, openssl); also requires
+#                           conntrack, cloud-init, openssl, systemd-analyze,
+#                           dpkg-shlibdeps); also requires
 #                           rustfmt and clippy, and node 20+ with npm on PATH
 set -euo pipefail
 mode=${1:-build}
@@ -38,8 +39,9 @@ fi
 
 build=(pkg-config gcc libc6-dev libnftnl-dev libmnl-dev)
 # cloud-init and openssl: judges of tests/agents.rs (cloud-init's datasources, the
-# signed documents' checks).
-test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps cloud-init openssl)
+# signed documents' checks). systemd: systemd-analyze verifies the unit; dpkg-dev:
+# dpkg-shlibdeps, which cargo deb asks for the package's Depends (tests/service.rs).
+test=(nftables docker.io busybox-static iproute2 conntrack util-linux procps cloud-init openssl systemd dpkg-dev)
 want=("${build[@]}")
 [ "$mode" = test ] && want+=("${test[@]}")
 # Node.js is not installed from here: the SDKs the judges run

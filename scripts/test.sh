@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # in a `cargo test` log (between its `Running` line and the next one) must say ok., at
 # least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
 check_tiers() {
-  awk -v tiers="lib netns wholehost docker identity networks proxy cache cli nft sdk agents" '
+  awk -v tiers="lib netns wholehost docker identity networks proxy cache cli nft sdk agents service" '
     BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
     { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
     /^ *Running / {                                  # a new test binary starts
@@ -133,6 +133,17 @@ if ! docker version >/dev/null 2>&1; then
   for _ in $(seq 120); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 "$IMDS_PROXY_TEST_DOCKERD_LOG"; exit 1; }
 fi
+
+# cargo-deb builds the Debian package that tests/service.rs checks: from crates.io,
+# compiled once and kept in cargo's bin directory for later runs.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb (cargo install, once)" >&2
+  cargo install cargo-deb --locked
+fi
+cargo deb --locked -q -o "$work/" >/dev/null
+IMDS_PROXY_DEB=$(ls "$work"/imds-proxy_*.deb)
+export IMDS_PROXY_DEB
+echo "package: $IMDS_PROXY_DEB ($(du -h "$IMDS_PROXY_DEB" | cut -f1))"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -q -- -D warnings

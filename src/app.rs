@@ -467,9 +467,13 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "interception live"
     );
+    // Only now may Docker (ordered after the unit) start its containers.
+    let mut notifier = crate::notify::Notifier::from_env();
+    notifier.ready("interception live");
     let signal = live
-        .reconcile_until_signal(&cfg, &mut signals, &reload)
+        .reconcile_until_signal(&cfg, &mut signals, &reload, &mut notifier)
         .await;
+    notifier.stopping();
     live.shut_down(&cfg, signal).await
 }
 
@@ -742,6 +746,7 @@ impl Live {
         cfg: &Config,
         signals: &mut Signals,
         reload: &Reload,
+        notifier: &mut crate::notify::Notifier,
     ) -> &'static str {
         let mut verify = tokio::time::interval(VERIFY_EVERY);
         let mut relist = tokio::time::interval(RELIST_LINKS_EVERY);
@@ -798,8 +803,19 @@ impl Live {
             batch.extend(egress);
             let held = self.emulator_tx.is_some();
             guard_own_link(&self.handle, cfg, self.listen6, held, &batch, resync).await;
-            if let Err(e) = self.rec.handle(batch).await {
-                warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event");
+            let verified = batch.iter().any(|e| matches!(e, Event::Verify));
+            match self.rec.handle(batch).await {
+                // The tables are verified (or were just restored): the daemon is alive
+                // and in charge. A loop that hangs, or tables it cannot keep, starve
+                // the watchdog and systemd restarts the daemon; the tables stay closed
+                // meanwhile.
+                Ok(_) if verified => {
+                    notifier.healthy(Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event")
+                }
             }
         }
     }

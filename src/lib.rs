@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod firewall;
 pub mod link;
 pub mod netns;
+pub mod notify;
 pub mod policy;
 pub mod ports;
 pub mod probe;

@@ -563,6 +563,11 @@ impl Testbed {
     }
 
     pub fn daemon_unready(&self, extra: &[&str]) -> Daemon {
+        self.daemon_unready_env(extra, &[])
+    }
+
+    /// [`Testbed::daemon_unready`] with these environment variables added.
+    pub fn daemon_unready_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         // No Docker here: the namespace tests must not see the host's engine.
         let mut args = vec![
             "run",
@@ -579,7 +584,7 @@ impl Testbed {
             args.extend(["--unknown-policy", "allow"]);
         }
         args.extend_from_slice(extra);
-        Daemon::spawn(&self.host, &args)
+        Daemon::spawn_env(&self.host, &args, env)
     }
 }
 
@@ -617,8 +622,29 @@ pub struct Daemon {
 impl Daemon {
     /// Runs the daemon inside `ns`.
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn_env(ns, args, &[])
+    }
+
+    /// Runs the daemon inside `ns` with these environment variables added (the ones a
+    /// service manager sets, say).
+    pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped(ns, &[], args, env)
+    }
+
+    /// Runs the daemon inside `ns` through `wrapper` (a command that execs its
+    /// arguments, such as `setpriv ... --`), so the daemon keeps the child's pid.
+    pub fn spawn_wrapped(
+        ns: &Netns,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns.name.as_str(), BIN]).args(args);
+        c.args(["netns", "exec", ns.name.as_str()])
+            .args(wrapper)
+            .arg(BIN)
+            .args(args);
+        c.envs(env.iter().copied());
         Self::spawn_command(c)
     }
 
