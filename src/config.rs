@@ -764,48 +764,30 @@ fn parse_ifname(r: &Raw) -> Result<String, String> {
 }
 
 fn parse_bridges(r: &Raw) -> Result<Vec<BridgePattern>, String> {
-    let items: Vec<String> = match r {
-        Raw::Text(s) => s
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect(),
-        Raw::Toml(toml::Value::Array(a)) => a
-            .iter()
-            .map(|v| text(&Raw::Toml(v.clone())))
-            .collect::<Result<_, _>>()?,
-        Raw::Toml(v) => {
-            return Err(format!(
-                "expected a list of interface names or patterns, got {}",
-                v.type_str()
-            ))
-        }
-    };
+    let items = text_list(r, "interface names or patterns")?;
     if items.is_empty() {
         return Err("at least one bridge name or pattern is needed".into());
     }
     items.iter().map(|p| BridgePattern::parse(p)).collect()
 }
 
-/// A list of exact interface names (comma-separated as text); empty is fine.
-fn parse_ifnames(r: &Raw) -> Result<Vec<String>, String> {
-    let items: Vec<String> = match r {
-        Raw::Text(s) => s
+/// A list of texts: comma-separated in a flag or variable, a TOML array in the file.
+/// `what` names the items for the error.
+fn text_list(r: &Raw, what: &str) -> Result<Vec<String>, String> {
+    match r {
+        Raw::Text(s) => Ok(s
             .split(',')
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
-            .collect(),
-        Raw::Toml(toml::Value::Array(a)) => a
-            .iter()
-            .map(|v| text(&Raw::Toml(v.clone())))
-            .collect::<Result<_, _>>()?,
-        Raw::Toml(v) => {
-            return Err(format!(
-                "expected a list of interface names, got {}",
-                v.type_str()
-            ))
-        }
-    };
+            .collect()),
+        Raw::Toml(toml::Value::Array(a)) => a.iter().map(|v| text(&Raw::Toml(v.clone()))).collect(),
+        Raw::Toml(v) => Err(format!("expected a list of {what}, got {}", v.type_str())),
+    }
+}
+
+/// A list of exact interface names (comma-separated as text); empty is fine.
+fn parse_ifnames(r: &Raw) -> Result<Vec<String>, String> {
+    let items = text_list(r, "interface names")?;
     let mut names = Vec::new();
     for item in items {
         match BridgePattern::parse(&item)? {
