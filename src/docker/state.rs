@@ -192,15 +192,12 @@ impl State {
             .collect()
     }
 
-    /// Each known namespace id's container, with the container's init process.
-    pub fn nsid_pids(&self) -> HashMap<i32, (ContainerId, Option<i64>)> {
-        self.nsids
-            .iter()
-            .map(|(n, id)| {
-                let pid = self.containers.get(id).and_then(|c| c.pid);
-                (*n, (id.clone(), pid))
-            })
-            .collect()
+    /// The container namespace `nsid` was tied to, with that container's init process
+    /// (where Docker said), to check the tie against the kernel.
+    pub fn nsid_pid(&self, nsid: i32) -> Option<(ContainerId, i64)> {
+        let id = self.nsids.get(&nsid)?;
+        let pid = self.containers.get(id)?.pid?;
+        Some((id.clone(), pid))
     }
 
     /// Endpoints Docker lists on `bridge`'s network, for containers that do not list that

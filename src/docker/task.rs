@@ -215,25 +215,22 @@ impl Task {
                             peer: peer_index,
                         };
                         if self.state.port(index) != Some(&facts) {
+                            // A port whose namespace is no known container's adds no
+                            // endpoint: the inventory is rebuilt only when one can change.
+                            let names_one = self.state.container_of_nsid(nsid).is_some();
                             self.state.set_port(index, facts);
-                            self.publish();
+                            if names_one || self.published(index) {
+                                self.publish();
+                            }
                         }
                     }
-                    _ => {
-                        if self.state.port(index).is_some() {
-                            self.state.remove_port(index);
-                            self.publish();
-                        }
-                    }
+                    _ => self.forget_port(index),
                 }
             }
             LinkFacts::Gone(index) => {
                 self.link_names.remove(&index);
                 self.gone_links.insert(index);
-                if self.state.port(index).is_some() {
-                    self.state.remove_port(index);
-                    self.publish();
-                }
+                self.forget_port(index);
             }
             LinkFacts::Resync => {
                 if let Some(d) = self.docker.clone() {
@@ -241,6 +238,21 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// A link that is no bridge port (any more).
+    fn forget_port(&mut self, index: u32) {
+        if self.state.port(index).is_some() {
+            self.state.remove_port(index);
+            if self.published(index) {
+                self.publish();
+            }
+        }
+    }
+
+    /// Whether the published inventory names a container behind port `index`.
+    fn published(&self, index: u32) -> bool {
+        self.tx.borrow().by_port(index).is_some()
     }
 
     fn kernel(&mut self) -> Option<Arc<PortReader>> {
@@ -379,17 +391,17 @@ impl Task {
             self.resolving.remove(&port);
             return;
         };
-        let known: HashMap<i32, (ContainerId, Option<i64>)> = self.known_nsids();
         let known_port = self.state.port(port).cloned();
+        // The container the port's namespace was last tied to, and its init process,
+        // to be checked rather than searched for.
+        let known = known_port
+            .as_ref()
+            .and_then(|f| self.state.nsid_pid(f.nsid));
         self.jobs.spawn(async move {
             let asked = Instant::now();
-            let r = resolve_port(&kernel, port, known_port, &known).await;
+            let r = resolve_port(&kernel, port, known_port, known).await;
             Done::Resolved(port, asked, r)
         });
-    }
-
-    fn known_nsids(&self) -> HashMap<i32, (ContainerId, Option<i64>)> {
-        self.state.nsid_pids()
     }
 
     fn on_done(&mut self, done: Done, backoff: &mut Duration) -> Option<Events> {
@@ -661,7 +673,7 @@ async fn resolve_port(
     kernel: &PortReader,
     port: u32,
     known_port: Option<PortFacts>,
-    known: &HashMap<i32, (ContainerId, Option<i64>)>,
+    known: Option<(ContainerId, i64)>,
 ) -> Resolution {
     let asked = Instant::now();
     // The kernel's notifications usually told of the port already; asking for it only
@@ -684,9 +696,9 @@ async fn resolve_port(
     };
     let t0 = Instant::now();
     let mut found = None;
-    if let Some((id, Some(pid))) = known.get(&facts.nsid) {
-        if kernel.nsid_of(*pid, &id.0).await == Some(facts.nsid) {
-            found = Some(id.clone());
+    if let Some((id, pid)) = known {
+        if kernel.nsid_of(pid, &id.0).await == Some(facts.nsid) {
+            found = Some(id);
         }
     }
     let by_pid = found.is_some();
