@@ -195,7 +195,7 @@ fn reload_emulator(
             info!(trigger, changed, "emulator file reloaded");
         }
         Err(e) => {
-            warn!(trigger, error = %proxy::error_chain(&e), "emulator file reload refused; the previous file keeps serving")
+            warn!(trigger, error = %crate::errors::error_chain(&e), "emulator file reload refused; the previous file keeps serving")
         }
     }
 }
@@ -356,7 +356,7 @@ async fn egress_event(
     match egress_guards(parents, handle).await {
         Ok(g) => Some(Event::EgressGuards(g)),
         Err(e) => {
-            warn!(error = %proxy::error_chain(&e), "failed to read the interfaces to guard against macvlan children; the guard stays as it was");
+            warn!(error = %crate::errors::error_chain(&e), "failed to read the interfaces to guard against macvlan children; the guard stays as it was");
             None
         }
     }
@@ -438,7 +438,7 @@ async fn remove_interception(cfg: &Config, fw: Arc<dyn Firewall>) -> Result<(), 
         }
         _ => {
             if let Err(e) = &link {
-                warn!(error = %proxy::error_chain(e), "failed to remove the link");
+                warn!(error = %crate::errors::error_chain(e), "failed to remove the link");
             }
             table?;
             link?;
@@ -814,7 +814,7 @@ impl Live {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(error = %proxy::error_chain(&e), "failed to update the nftables table; retrying on the next event")
+                    warn!(error = %crate::errors::error_chain(&e), "failed to update the nftables table; retrying on the next event")
                 }
             }
         }
@@ -848,7 +848,7 @@ impl Live {
                 );
             }
             Err(e) => {
-                warn!(trigger, error = %proxy::error_chain(&e), "configuration reload refused; the previous configuration keeps serving")
+                warn!(trigger, error = %crate::errors::error_chain(&e), "configuration reload refused; the previous configuration keeps serving")
             }
         }
     }
@@ -861,7 +861,7 @@ impl Live {
             "shutting down: refusing new container connections, draining in-flight requests"
         );
         if let Err(e) = self.rec.handle(vec![Event::SetMode(Mode::Closed)]).await {
-            warn!(error = %proxy::error_chain(&e), "failed to close the interception");
+            warn!(error = %crate::errors::error_chain(&e), "failed to close the interception");
         }
         let _ = self.stop_proxy.send(());
         let report = self.server.await.unwrap_or_else(|e| {
@@ -917,12 +917,12 @@ async fn guard_own_link(
             // The emulator's address for host processes comes back with it.
             if holds_imds {
                 if let Err(e) = link::add_own_address(handle, &cfg.link_name, index, imds).await {
-                    warn!(error = %proxy::error_chain(&e), address = %imds, "failed to restore the emulator's address for host processes");
+                    warn!(error = %crate::errors::error_chain(&e), address = %imds, "failed to restore the emulator's address for host processes");
                 }
             }
         }
         Err(e) => {
-            warn!(error = %proxy::error_chain(&e), "failed to restore the own link; containers stay refused")
+            warn!(error = %crate::errors::error_chain(&e), "failed to restore the own link; containers stay refused")
         }
     }
 }
@@ -950,7 +950,7 @@ async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {
     match link::list_links(handle).await {
         Ok(l) => Some(Event::Links(l.into_values().collect())),
         Err(e) => {
-            warn!(error = %proxy::error_chain(&e), "failed to list links");
+            warn!(error = %crate::errors::error_chain(&e), "failed to list links");
             None
         }
     }

@@ -17,7 +17,7 @@ use std::future::Future;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use crate::firewall::plan::IMDS_V4;
+use crate::addrs::IMDS_V4;
 
 /// The port the responder listens on and the firewall redirects.
 pub const PORT: u16 = 53;

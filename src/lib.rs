@@ -6,12 +6,14 @@
 //! watch, conntrack), `link` (own link and bridge watch), `proxy` (the HTTP side),
 //! `reconcile` (the one owner of interception state) and `app` (ordered life).
 
+pub mod addrs;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod docker;
 pub mod emulator;
+pub mod errors;
 pub mod firewall;
 pub mod link;
 pub mod netns;

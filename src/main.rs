@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use imds_proxy::cli::{Cli, Command};
-use imds_proxy::{app, proxy::error_chain};
+use imds_proxy::{app, errors::error_chain};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

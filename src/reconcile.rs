@@ -141,7 +141,7 @@ impl Reconciler {
                     // Could not look: putting the table back is the safe answer, and the
                     // other events of this batch still count.
                     Err(e) => {
-                        warn!(error = %crate::proxy::error_chain(&e), "failed to verify the nftables table");
+                        warn!(error = %crate::errors::error_chain(&e), "failed to verify the nftables table");
                         restore.get_or_insert_with(|| "verification failed".to_owned());
                     }
                 },

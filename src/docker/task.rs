@@ -63,7 +63,7 @@ pub fn spawn(socket: String) -> InventoryHandle {
     };
     let (links_tx, links) = mpsc::unbounded_channel();
     if let Err(e) = crate::ports::watch_links(links_tx) {
-        warn!(error = %crate::proxy::error_chain(&e), "cannot follow link changes; ports are read on demand");
+        warn!(error = %crate::errors::error_chain(&e), "cannot follow link changes; ports are read on demand");
     }
     tokio::spawn(task.run(requests, links));
     InventoryHandle {
@@ -260,7 +260,7 @@ impl Task {
             match PortReader::open() {
                 Ok(r) => self.kernel = Some(Arc::new(r)),
                 Err(e) => {
-                    warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified");
+                    warn!(error = %crate::errors::error_chain(&e), "cannot read bridge ports; containers cannot be identified");
                 }
             }
         }
@@ -649,7 +649,7 @@ async fn list(
                 ports = Some(facts);
             }
             Err(e) => {
-                warn!(error = %crate::proxy::error_chain(&e), "cannot read bridge ports; containers cannot be identified")
+                warn!(error = %crate::errors::error_chain(&e), "cannot read bridge ports; containers cannot be identified")
             }
         }
     }
@@ -689,7 +689,7 @@ async fn resolve_port(
             },
             Ok(None) => return Resolution::NoPort,
             Err(e) => {
-                warn!(error = %crate::proxy::error_chain(&e), "cannot read a bridge port");
+                warn!(error = %crate::errors::error_chain(&e), "cannot read a bridge port");
                 return Resolution::Failed;
             }
         },

@@ -268,7 +268,7 @@ impl Emulator {
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
-                format!("{}\n", crate::proxy::error_chain(&e)),
+                format!("{}\n", crate::errors::error_chain(&e)),
             ),
         };
         Some(

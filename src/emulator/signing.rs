@@ -257,7 +257,7 @@ impl SigningConfig {
                     out.key_file = Some(PathBuf::from(path));
                     out.key = Some(std::sync::Arc::new(k));
                 }
-                Err(e) => problems.push(format!("key_file: {}", crate::proxy::error_chain(&e))),
+                Err(e) => problems.push(format!("key_file: {}", crate::errors::error_chain(&e))),
             },
             Some(_) => problems.push("key_file: must be a path".into()),
         }
@@ -284,7 +284,7 @@ impl Keys {
             let keys = self.clone();
             rt.spawn(async move {
                 if let Err(e) = keys.generated().await {
-                    tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot make the emulator's signing key");
+                    tracing::warn!(error = %crate::errors::error_chain(&e), "cannot make the emulator's signing key");
                 }
             });
         }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::dns;
 
@@ -17,12 +17,7 @@ use crate::dns;
 pub const TABLE: &str = "imds_proxy";
 /// Name of the named set that holds the container bridges present right now.
 pub const BRIDGE_SET: &str = "bridges";
-/// The metadata service address every cloud uses.
-pub const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-/// AWS's IPv6 metadata address (Nitro instances, IPv6-enabled subnets).
-pub const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-/// The metadata service port that is intercepted.
-pub const IMDS_PORT: u16 = 80;
+pub use crate::addrs::{IMDS_PORT, IMDS_V4, IMDS_V6};
 /// The conntrack zone of redirected DNS queries for the metadata name (see
 /// [`DnsRules`]); an arbitrary number no other tool is known to use.
 pub const DNS_ZONE: u16 = 0x6d64;

@@ -450,17 +450,8 @@ fn query_keys(q: &str) -> String {
         .join(",")
 }
 
-/// "outer: inner: innermost", for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// Shown the one way every module shows errors (see [`crate::errors`]).
+pub use crate::errors::error_chain;
 
 /// How serving ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -83,7 +83,7 @@ impl Aws {
                 let key = match ctx.keys.get(&ctx.config.signing).await {
                     Ok(k) => k,
                     Err(e) => {
-                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        tracing::warn!(error = %crate::errors::error_chain(&e), "cannot sign the EC2 identity document");
                         return page(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "500 - Internal Server Error",
@@ -101,7 +101,7 @@ impl Aws {
                 match body {
                     Ok(b) => text(StatusCode::OK, b),
                     Err(e) => {
-                        tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the EC2 identity document");
+                        tracing::warn!(error = %crate::errors::error_chain(&e), "cannot sign the EC2 identity document");
                         page(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "500 - Internal Server Error",

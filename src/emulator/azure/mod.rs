@@ -211,7 +211,7 @@ impl Azure {
                             t.value = key.jwt(&identity::claims(cfg, id, &treq.resource, &t));
                         }
                         Err(e) => {
-                            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign an emulated Azure token");
+                            tracing::warn!(error = %crate::errors::error_chain(&e), "cannot sign an emulated Azure token");
                             return error(
                                 Route::Token,
                                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -308,7 +308,7 @@ async fn attested_answer(ctx: &Ctx, cfg: &AzureConfig, q: &Query) -> Response<Fu
             )
         }
         Err(e) => {
-            tracing::warn!(error = %crate::proxy::error_chain(&e), "cannot sign the Azure attested document");
+            tracing::warn!(error = %crate::errors::error_chain(&e), "cannot sign the Azure attested document");
             json_answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &json!({"error": "Internal server error"}),

@@ -398,7 +398,7 @@ fn identity(f: &Fields, p: &mut Problems) -> Option<IdentityConfig> {
         Some(path) => match IdKey::load(path) {
             Ok(k) => Some(Arc::new(k)),
             Err(e) => {
-                f.problem(p, "key_file", crate::proxy::error_chain(&e));
+                f.problem(p, "key_file", crate::errors::error_chain(&e));
                 None
             }
         },

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::tokens::TokenCache;
 use super::{Ctx, EmuRequest};
-use crate::proxy::error_chain;
+use crate::errors::error_chain;
 pub use config::{
     Disk, GceConfig, IdentityConfig, Instance, NetworkInterface, ServiceAccount, ACCESS_TOKEN_ENV,
     DEFAULT_TOKEN_LIFETIME, NUMERIC_PROJECT_ID_ENV, PROJECT_ID_ENV,
