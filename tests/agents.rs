@@ -274,7 +274,7 @@ fn a_file_captured_from_an_instance_makes_the_emulator_mimic_it() {
     let got = EmulatorConfig::load(&file).unwrap_or_else(|e| {
         panic!(
             "{}\n{}",
-            imds_proxy::proxy::error_chain(&e),
+            imds_proxy::errors::error_chain(&e),
             String::from_utf8_lossy(&out.stdout)
         )
     });

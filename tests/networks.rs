@@ -69,6 +69,19 @@ fn audit_line(d: &Daemon, name: &str) -> String {
         .unwrap_or_else(|| panic!("no audit line for {name}"))
 }
 
+/// Root, Docker, the root namespace to this test alone (no other test's daemon and no
+/// other imds-proxy's table in it) and the test image: `None` when skipped.
+fn root_namespace_to_ourselves(name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    if !root_or_skip(name) || !docker_or_skip(name) {
+        return None;
+    }
+    let serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
+    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
+    assert!(!has_table, "another imds-proxy's table is installed here");
+    ensure_image();
+    Some(serial)
+}
+
 /// A container on `net` labelled `metadata-only` gets metadata through the proxy (one
 /// request upstream, from the proxy's side), is named in the audit line with its policy,
 /// and is refused credentials. Returns its audit line and its address on `net`.
@@ -105,13 +118,9 @@ fn served_by_its_label(
 #[test]
 fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
     const NAME: &str = "swarm_containers_go_through_the_proxy_as_themselves_and_never_directly";
-    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+    let Some(_serial) = root_namespace_to_ourselves(NAME) else {
         return;
-    }
-    let _serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    assert!(!has_table, "another imds-proxy's table is installed here");
-    ensure_image();
+    };
 
     let mut scene = Scene::new();
     let (imds, root_ip, cloud_ip) = scene.start_cloud();
@@ -262,13 +271,9 @@ fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
 fn a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified() {
     const NAME: &str =
         "a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified";
-    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+    let Some(_serial) = root_namespace_to_ourselves(NAME) else {
         return;
-    }
-    let _serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    assert!(!has_table, "another imds-proxy's table is installed here");
-    ensure_image();
+    };
 
     let mut scene = Scene::new();
     let (imds, root_ip, cloud_ip) = scene.start_cloud();
