@@ -10,12 +10,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
-use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -28,8 +26,6 @@ pub enum PortsError {
     Connect(#[source] std::io::Error),
     #[error("could not list the host's links")]
     Links(#[source] rtnetlink::Error),
-    #[error("could not list a container's addresses")]
-    Addresses(#[source] rtnetlink::Error),
 }
 
 /// One bridge port whose peer is in another namespace.
@@ -160,9 +156,6 @@ pub fn watch_links(tx: tokio::sync::mpsc::UnboundedSender<LinkFacts>) -> Result<
 /// Talks to the kernel for the inventory task.
 pub struct PortReader {
     handle: Handle,
-    /// A connection with strict checking, which the kernel requires before it lists
-    /// another namespace's addresses (`IFA_TARGET_NETNSID`).
-    strict: Handle,
 }
 
 impl PortReader {
@@ -170,36 +163,7 @@ impl PortReader {
     pub fn open() -> Result<Self, PortsError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(PortsError::Connect)?;
         tokio::spawn(conn);
-        let (mut conn, strict, _) = rtnetlink::new_connection().map_err(PortsError::Connect)?;
-        use rtnetlink::sys::AsyncSocket;
-        conn.socket_mut()
-            .socket_mut()
-            .set_netlink_get_strict_chk(true)
-            .map_err(PortsError::Connect)?;
-        tokio::spawn(conn);
-        Ok(Self { handle, strict })
-    }
-
-    /// The addresses on interface `index` of the namespace the host calls `nsid` (a
-    /// port's peer: the container's own interface), as that namespace holds them now.
-    pub async fn peer_addresses(&self, nsid: i32, index: u32) -> Result<Vec<IpAddr>, PortsError> {
-        let mut req = self.strict.address().get().set_link_index_filter(index);
-        req.message_mut().header.index = index;
-        // IPv4 only: a dump of one family needs no lock the kernel holds while other
-        // containers' networks are set up; a dump of every family does.
-        req.message_mut().header.family = netlink_packet_route::AddressFamily::Inet;
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::TargetNetNsId(nsid));
-        let mut found = Vec::new();
-        let mut answers = req.execute();
-        while let Some(m) = answers.try_next().await.map_err(PortsError::Addresses)? {
-            found.extend(m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            }));
-        }
-        Ok(found)
+        Ok(Self { handle })
     }
 
     /// Every bridge port of the host whose peer is in another namespace.

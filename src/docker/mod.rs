@@ -161,7 +161,9 @@ impl ApiCalls {
 pub struct InventoryHandle {
     pub rx: watch::Receiver<Arc<Inventory>>,
     /// Asks the inventory task to look into a bridge port no known container owns.
-    pub resolve: mpsc::UnboundedSender<u32>,
+    /// With the port, the source address of the request that met it: a new container
+    /// is held to that address until Docker's inspect gives the one Docker assigned.
+    pub resolve: mpsc::UnboundedSender<(u32, std::net::IpAddr)>,
     /// The Linux bridges of Docker's networks (every bridge-driver network, whatever its
     /// bridge is called, and `docker_gwbridge`): the interfaces to intercept.
     pub bridges: watch::Receiver<BTreeSet<String>>,

@@ -4,6 +4,7 @@
 //! holds up a kernel answer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,8 +106,8 @@ enum Resolution {
     NoPort,
     /// A port whose peer namespace holds no container's process.
     NoContainer(PortFacts),
-    /// The container, and the addresses its side of the port holds.
-    Container(PortFacts, ContainerId, Vec<std::net::IpAddr>),
+    /// The container, and the address its request came from.
+    Container(PortFacts, ContainerId, Vec<IpAddr>),
     /// The kernel could not be asked.
     Failed,
 }
@@ -151,7 +152,7 @@ async fn next_event(
 impl Task {
     async fn run(
         mut self,
-        mut requests: mpsc::UnboundedReceiver<u32>,
+        mut requests: mpsc::UnboundedReceiver<(u32, IpAddr)>,
         mut links: mpsc::UnboundedReceiver<LinkFacts>,
     ) {
         let mut events: Option<Events> = None;
@@ -174,7 +175,7 @@ impl Task {
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 },
-                Some(port) = requests.recv() => self.resolve(port),
+                Some((port, from)) = requests.recv() => self.resolve(port, from),
                 Some(f) = links.recv() => self.on_link(f),
                 Some(done) = self.jobs.join_next() => {
                     let Ok(done) = done else { continue };
@@ -382,8 +383,9 @@ impl Task {
         });
     }
 
-    /// Looks into a port the proxy met and no known container owns.
-    fn resolve(&mut self, port: u32) {
+    /// Looks into a port the proxy met and no known container owns, for a request
+    /// from address `from`.
+    fn resolve(&mut self, port: u32, from: IpAddr) {
         if !self.resolving.insert(port) {
             return;
         }
@@ -399,7 +401,7 @@ impl Task {
             .and_then(|f| self.state.nsid_pid(f.nsid));
         self.jobs.spawn(async move {
             let asked = Instant::now();
-            let r = resolve_port(&kernel, port, known_port, known).await;
+            let r = resolve_port(&kernel, port, known_port, known, from).await;
             Done::Resolved(port, asked, r)
         });
     }
@@ -674,6 +676,7 @@ async fn resolve_port(
     port: u32,
     known_port: Option<PortFacts>,
     known: Option<(ContainerId, i64)>,
+    from: IpAddr,
 ) -> Resolution {
     let asked = Instant::now();
     // The kernel's notifications usually told of the port already; asking for it only
@@ -716,16 +719,11 @@ async fn resolve_port(
         "port looked into"
     );
     match found {
-        Some(id) => {
-            let addrs = match facts.peer {
-                Some(i) => kernel
-                    .peer_addresses(facts.nsid, i)
-                    .await
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            };
-            Resolution::Container(facts, id, addrs)
-        }
+        // The port is the container's whatever the address says; until Docker's
+        // inspect gives the address it assigned, the container is held to the one its
+        // request came from (reading its namespace's own addresses instead waits on the
+        // lock that other containers' network set-up holds).
+        Some(id) => Resolution::Container(facts, id, vec![from]),
         None => Resolution::NoContainer(facts),
     }
 }

@@ -402,7 +402,7 @@ impl Proxy {
             }
             if !asked {
                 if let Origin::Port(p) = origin {
-                    let _ = handle.resolve.send(p);
+                    let _ = handle.resolve.send((p, client.0));
                 }
                 asked = true;
             }
