@@ -33,6 +33,16 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// AWS's answer for something that does not exist.
+pub fn not_found() -> Response<Full<Bytes>> {
+    let body = "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\"\n\t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n <head>\n  <title>404 - Not Found</title>\n </head>\n <body>\n  <h1>404 - Not Found</h1>\n </body>\n</html>\n";
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .header(http::header::CONTENT_TYPE, "text/html")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response parts are valid")
+}
+
 /// `/latest/api/token`: the only place a session token is issued.
 pub fn is_token_path(path: &CanonicalPath) -> bool {
     let l = path.lower();

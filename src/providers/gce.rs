@@ -2,12 +2,15 @@
 //! see. In front of a real server the proxy rewrites `default` to the container's own
 //! account and hides every other one (the emulator does the same from its file).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 
 use crate::policy::canonical::CanonicalPath;
+use crate::providers::query;
 
 /// Headers every answer of the metadata server carries.
 fn builder(status: StatusCode, content_type: &str) -> http::response::Builder {
@@ -28,6 +31,28 @@ pub fn forbidden(message: &str) -> Response<Full<Bytes>> {
     builder(StatusCode::FORBIDDEN, "text/html; charset=UTF-8")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+/// Longest a `wait_for_change` may hang (its `timeout_sec`, or this when it gives none).
+const MAX_LONG_POLL: Duration = Duration::from_secs(3600);
+const DEFAULT_LONG_POLL: Duration = Duration::from_secs(300);
+
+/// How much longer than usual a request may take: a `wait_for_change` hangs until the
+/// value changes or its `timeout_sec` passes.
+pub fn long_poll(uri: &http::Uri) -> Duration {
+    let pairs = query::pairs(uri.query());
+    if !uri
+        .path()
+        .to_ascii_lowercase()
+        .starts_with("/computemetadata/")
+        || !query::get(&pairs, "wait_for_change").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Duration::ZERO;
+    }
+    match query::get(&pairs, "timeout_sec").and_then(|t| t.parse::<u64>().ok()) {
+        Some(t) => Duration::from_secs(t).min(MAX_LONG_POLL),
+        None => DEFAULT_LONG_POLL,
+    }
 }
 
 /// 404, as the server answers a path it does not have.

@@ -86,6 +86,49 @@ pub fn admit(
     }
 }
 
+/// A refusal (policy denial, rate limit) as the provider itself would shape it, with
+/// the reason.
+pub fn refusal(
+    provider: Provider,
+    status: StatusCode,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status);
+    if let Some(secs) = retry_after {
+        b = b.header(http::header::RETRY_AFTER, secs);
+    }
+    let code = match status {
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        _ => "forbidden",
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    let (b, body) = match provider {
+        Provider::Azure => (
+            b.header(
+                http::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            ),
+            serde_json::json!({ "error": code, "error_description": message }).to_string(),
+        ),
+        Provider::Gce => (
+            b.header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header("Metadata-Flavor", "Google"),
+            format!("{} {reason}: {message}\n", status.as_u16()),
+        ),
+        Provider::Aws => (
+            b.header(http::header::CONTENT_TYPE, "text/plain"),
+            format!("{reason}: {message}\n"),
+        ),
+        Provider::Other => (
+            b.header(http::header::CONTENT_TYPE, "application/json"),
+            serde_json::json!({ "error": code, "message": message }).to_string(),
+        ),
+    };
+    b.body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

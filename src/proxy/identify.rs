@@ -109,7 +109,7 @@ pub enum Caller {
         claimed: IpAddr,
     },
     /// Docker has not said in time who owns the port: answer 503 and let the SDK retry.
-    Undetermined,
+    NotYetReported,
     /// The connection no longer comes in by the port it was accepted from: refused.
     Moved {
         accepted: Origin,
@@ -130,7 +130,7 @@ pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
     let port = match origin {
         Origin::Host => return Lookup::Decided(Caller::Host),
         Origin::Elsewhere => return Lookup::Decided(Caller::Unknown),
-        Origin::Unreadable => return Lookup::Decided(Caller::Undetermined),
+        Origin::Unreadable => return Lookup::Decided(Caller::NotYetReported),
         Origin::Port(p) => p,
     };
     let Some(inv) = inv else {
@@ -156,7 +156,7 @@ pub fn lookup(inv: Option<&Inventory>, origin: Origin, peer: IpAddr) -> Lookup {
 pub fn give_up(inv: Option<&Inventory>, origin: Origin, arrived: Instant) -> Caller {
     match (inv, origin) {
         (Some(inv), Origin::Port(p)) if inv.unowned_since(p, arrived) => Caller::Unknown,
-        _ => Caller::Undetermined,
+        _ => Caller::NotYetReported,
     }
 }
 
@@ -256,7 +256,7 @@ mod tests {
             ),
             (Origin::Host, "172.17.0.2", "Decided(Host)"),
             (Origin::Elsewhere, "172.17.0.2", "Decided(Unknown)"),
-            (Origin::Unreadable, "172.17.0.2", "Decided(Undetermined)"),
+            (Origin::Unreadable, "172.17.0.2", "Decided(NotYetReported)"),
         ];
         for (origin, peer, want) in cases {
             assert_eq!(
@@ -299,7 +299,7 @@ mod tests {
         // Looked into before the request arrived: that answer may be stale.
         assert_eq!(
             give_up(Some(&at(arrived - ms)), port, arrived),
-            Caller::Undetermined
+            Caller::NotYetReported
         );
         assert_eq!(
             give_up(Some(&at(arrived + ms)), port, arrived),
@@ -308,8 +308,8 @@ mod tests {
         // Another port's answer says nothing about this one.
         assert_eq!(
             give_up(Some(&at(arrived + ms)), Origin::Port(13), arrived),
-            Caller::Undetermined
+            Caller::NotYetReported
         );
-        assert_eq!(give_up(None, port, arrived), Caller::Undetermined);
+        assert_eq!(give_up(None, port, arrived), Caller::NotYetReported);
     }
 }

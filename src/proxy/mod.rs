@@ -3,6 +3,10 @@
 //! metadata service and returns the answer; never hangs a container on a slow or dead
 //! upstream.
 
+mod admit;
+#[cfg(test)]
+mod admit_tests;
+mod audit;
 pub mod cache;
 mod forward;
 pub mod headers;
@@ -26,10 +30,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{info, info_span, warn, Instrument};
 
+use audit::Audit;
+
 use crate::docker::InventoryHandle;
 use crate::policy::canonical::{CanonicalError, CanonicalPath};
 use crate::policy::{self, select, Provider};
-use forward::refusal;
+use crate::providers::refusal;
 use identify::{Caller, Lookup, Origin, Origins};
 
 /// Largest answer accepted from the upstream (metadata documents are small; user data
@@ -125,7 +131,7 @@ pub enum ProxyError {
     #[error("the request target cannot be forwarded")]
     BadTarget(#[source] http::Error),
     #[error("Docker has not reported the calling container yet; retry shortly")]
-    Undetermined,
+    CallerNotYetReported,
     #[error(
         "the metadata service's {class} request budget has no room before the request's deadline"
     )]
@@ -162,7 +168,7 @@ impl ProxyError {
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_request_path"),
             Self::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Unredactable => (StatusCode::BAD_GATEWAY, "unredactable_answer"),
-            Self::Undetermined => (StatusCode::SERVICE_UNAVAILABLE, "caller_not_yet_known"),
+            Self::CallerNotYetReported => (StatusCode::SERVICE_UNAVAILABLE, "caller_not_yet_known"),
             Self::RateLimited { .. } | Self::UpstreamBusy { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
             }
@@ -223,7 +229,7 @@ impl ProxyError {
         let mut b = Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json");
-        if matches!(self, Self::Undetermined) {
+        if matches!(self, Self::CallerNotYetReported) {
             b = b.header(http::header::RETRY_AFTER, RETRY_AFTER_SECS);
         }
         b.body(Full::new(Bytes::from(body)))
@@ -306,7 +312,8 @@ impl Proxy {
         };
         let identify_us = started.elapsed().as_micros() as u64;
         // A GCE `wait_for_change` may hang by design, up to its own timeout.
-        let deadline = self.request_timeout(req.uri()) + forward::long_poll(req.uri());
+        let deadline =
+            self.request_timeout(req.uri()) + crate::providers::gce::long_poll(req.uri());
         let mut audit = Audit::default();
         let result = match tokio::time::timeout_at(
             (started + deadline).into(),
@@ -317,53 +324,28 @@ impl Proxy {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let (container, container_id) = match &caller {
-            Caller::Container(e) => (e.name.as_str(), e.container.short()),
-            Caller::Host => ("(host)", "-"),
-            Caller::Forged { .. } => ("(forged source)", "-"),
-            Caller::Moved { .. } => ("(connection taken over)", "-"),
-            _ => ("-", "-"),
-        };
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if e.is_busy() {
-                    audit.decision = "rate-limited";
-                } else if audit.decision.is_empty() {
-                    audit.decision = "error";
+                    audit.decision = admit::Decision::RateLimited;
                 }
                 audit.error = Some(error_chain(&e));
                 e.into_response()
             }
         };
-        let path = audit.path.as_deref().unwrap_or("-");
-        let query_keys = audit.query_keys.as_deref().unwrap_or("");
-        let status = resp.status().as_u16();
-        let upstream_status = audit.upstream_status.unwrap_or(0);
-        let cache = audit.cache.map_or("-", cache::How::name);
-        if let Caller::Forged {
-            port_owner,
-            claimed,
-        } = &caller
-        {
-            warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
-        }
-        if let Caller::Moved { accepted, now } = &caller {
-            warn!(%client, accepted = ?accepted, now = ?now, "refused a request on a connection taken over from another bridge port; closing it");
+        if let Caller::Moved { .. } = &caller {
+            // Whoever holds it now gets no further answer on it.
             resp.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
         }
-        match &audit.error {
-            None => {
-                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
-            }
-            Some(error) => {
-                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %audit.decision, rule = %audit.rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
-            }
-        }
+        let timing = audit::Timing {
+            identify_us,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        audit.write(&caller, client, &method, resp.status(), timing);
         resp
     }
 
@@ -415,39 +397,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// What the audit event of one request says besides who called.
-#[derive(Debug, Default)]
-struct Audit {
-    /// The canonical path (never the query: its values may be secrets).
-    path: Option<String>,
-    /// The names of the query parameters, without their values.
-    query_keys: Option<String>,
-    /// allow, deny, retry or error.
-    decision: &'static str,
-    /// The policy rule that decided, and why that policy applied.
-    rule: String,
-    upstream_status: Option<u16>,
-    /// How the cache answered, when the request was one it may answer.
-    cache: Option<cache::How>,
-    error: Option<String>,
-}
-
-/// `a=1&b=2` → `a,b`: what was asked, without the values. A part without `=` is all
-/// value (it could be a token) and is left out; at most 16 names.
-fn query_keys(q: &str) -> String {
-    q.split('&')
-        .filter_map(|p| p.split_once('=').map(|(k, _)| k))
-        .take(16)
-        .map(|k| {
-            k.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                .take(64)
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Shown the one way every module shows errors (see [`crate::errors`]).
@@ -613,26 +562,5 @@ fn canonical_ip(peer: SocketAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::query_keys;
-
-    #[test]
-    fn the_audit_keeps_query_names_and_never_values() {
-        assert_eq!(
-            query_keys("api-version=2021-02-01&resource=x"),
-            "api-version,resource"
-        );
-        // A bare part is a value (it could be a token): left out.
-        assert_eq!(query_keys("SECRETTOKEN&a=1"), "a");
-        assert_eq!(query_keys("a=b=c&&=v"), "a,");
-        let many = (0..40)
-            .map(|i| format!("k{i}=v"))
-            .collect::<Vec<_>>()
-            .join("&");
-        assert_eq!(query_keys(&many).split(',').count(), 16);
     }
 }

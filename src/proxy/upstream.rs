@@ -136,7 +136,7 @@ impl Upstream {
         let canonical = CanonicalPath::parse(path).map_err(ProxyError::BadPath)?;
         let long_poll = path_and_query
             .parse::<Uri>()
-            .is_ok_and(|u| !super::forward::long_poll(&u).is_zero());
+            .is_ok_and(|u| !crate::providers::gce::long_poll(&u).is_zero());
         let mut x = Exchange {
             method: &method,
             path_and_query,

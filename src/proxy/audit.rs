@@ -1,0 +1,121 @@
+//! The one audit event of each request: who called, what was asked (the path and the
+//! query's names, never a value), what was decided and by which rule, and how it went.
+
+use std::net::IpAddr;
+
+use http::{Method, StatusCode};
+use tracing::{info, warn};
+
+use super::admit::Decision;
+use super::cache;
+use super::identify::Caller;
+use super::ClientAddr;
+
+/// What the audit event of one request says besides who called.
+#[derive(Debug, Default)]
+pub(super) struct Audit {
+    /// The canonical path (never the query: its values may be secrets).
+    pub path: Option<String>,
+    /// The names of the query parameters, without their values.
+    pub query_keys: Option<String>,
+    pub decision: Decision,
+    /// The policy rule that decided, and why that policy applied.
+    pub rule: String,
+    pub upstream_status: Option<u16>,
+    /// How the cache answered, when the request was one it may answer.
+    pub cache: Option<cache::How>,
+    pub error: Option<String>,
+}
+
+/// `a=1&b=2` → `a,b`: what was asked, without the values. A part without `=` is all
+/// value (it could be a token) and is left out; at most 16 names.
+pub(super) fn query_keys(q: &str) -> String {
+    q.split('&')
+        .filter_map(|p| p.split_once('=').map(|(k, _)| k))
+        .take(16)
+        .map(|k| {
+            k.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(64)
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How long a request took: to identify its caller, and in all.
+pub(super) struct Timing {
+    pub identify_us: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Audit {
+    /// Writes the event: at info, or at warn when the request failed. A forged source
+    /// and a taken-over connection get a line of their own naming both sides.
+    pub(super) fn write(
+        &self,
+        caller: &Caller,
+        client: ClientAddr,
+        method: &Method,
+        status: StatusCode,
+        t: Timing,
+    ) {
+        let (container, container_id) = match caller {
+            Caller::Container(e) => (e.name.as_str(), e.container.short()),
+            Caller::Host => ("(host)", "-"),
+            Caller::Forged { .. } => ("(forged source)", "-"),
+            Caller::Moved { .. } => ("(connection taken over)", "-"),
+            _ => ("-", "-"),
+        };
+        match caller {
+            Caller::Forged {
+                port_owner,
+                claimed,
+            } => {
+                let claimed: &IpAddr = claimed;
+                warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
+            }
+            Caller::Moved { accepted, now } => {
+                warn!(%client, accepted = ?accepted, now = ?now, "refused a request on a connection taken over from another bridge port; closing it");
+            }
+            _ => {}
+        }
+        let path = self.path.as_deref().unwrap_or("-");
+        let query_keys = self.query_keys.as_deref().unwrap_or("");
+        let decision = self.decision.name();
+        let rule = &self.rule;
+        let status = status.as_u16();
+        let upstream_status = self.upstream_status.unwrap_or(0);
+        let cache = self.cache.map_or("-", cache::How::name);
+        let (identify_us, elapsed_ms) = (t.identify_us, t.elapsed_ms);
+        match &self.error {
+            None => {
+                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
+            }
+            Some(error) => {
+                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_keys;
+
+    #[test]
+    fn the_audit_keeps_query_names_and_never_values() {
+        assert_eq!(
+            query_keys("api-version=2021-02-01&resource=x"),
+            "api-version,resource"
+        );
+        // A bare part is a value (it could be a token): left out.
+        assert_eq!(query_keys("SECRETTOKEN&a=1"), "a");
+        assert_eq!(query_keys("a=b=c&&=v"), "a,");
+        let many = (0..40)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(query_keys(&many).split(',').count(), 16);
+    }
+}
