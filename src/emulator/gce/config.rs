@@ -2,13 +2,13 @@
 //! tree serves. Every problem is reported at once, each under its key path.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fields::{parse_digits, Fields, Problems};
+use super::fields::{attributes, is_hostname, parse_digits, Fields, Problems};
 use super::idtoken::{self, IdKey};
+pub use super::instance::{Disk, Instance, NetworkInterface};
 use crate::emulator::tokens::TokenSource;
 
 /// Where the project ids come from when the file leaves them out (as the original
@@ -33,63 +33,6 @@ pub struct GceConfig {
     pub service_accounts: Vec<ServiceAccount>,
     /// ID tokens; absent: the VM serves no `identity` endpoint.
     pub identity: Option<IdentityConfig>,
-}
-
-/// `[gce.instance]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Instance {
-    pub id: u64,
-    pub name: String,
-    pub hostname: String,
-    /// The bare zone (`us-central1-a`); served as `projects/<num>/zones/<zone>`.
-    pub zone: String,
-    /// The bare type (`e2-medium`); served as `projects/<num>/machineTypes/<type>`.
-    pub machine_type: String,
-    pub cpu_platform: Option<String>,
-    pub image: Option<String>,
-    pub tags: Vec<String>,
-    pub attributes: BTreeMap<String, String>,
-    pub network_interfaces: Vec<NetworkInterface>,
-    pub disks: Vec<Disk>,
-    /// Unix seconds; the full ID token's `instance_creation_timestamp`.
-    pub creation_timestamp: Option<u64>,
-    /// License ids: `instance/licenses/<n>/id` and the ID token's `license_id`.
-    pub licenses: Vec<String>,
-    pub description: String,
-    /// `instance/maintenance-event`: `NONE`, or the event under way
-    /// (`MIGRATE_ON_HOST_MAINTENANCE`, `TERMINATE_ON_HOST_MAINTENANCE`); an edit wakes
-    /// a `wait_for_change` on it.
-    pub maintenance_event: String,
-    /// `instance/preempted`: `TRUE` once a preemptible VM is being stopped.
-    pub preempted: bool,
-    /// `instance/scheduling/`.
-    pub preemptible: bool,
-    pub on_host_maintenance: String,
-    pub automatic_restart: bool,
-}
-
-/// `[[gce.instance.network_interfaces]]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetworkInterface {
-    pub ip: Ipv4Addr,
-    pub mac: String,
-    pub network: String,
-    pub gateway: Option<Ipv4Addr>,
-    pub subnetmask: Option<Ipv4Addr>,
-    pub mtu: Option<u32>,
-    /// One `ONE_TO_ONE_NAT` access config each.
-    pub external_ips: Vec<Ipv4Addr>,
-}
-
-/// `[[gce.instance.disks]]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Disk {
-    pub device_name: String,
-    pub index: u32,
-    /// `SCSI` or `NVME`: how the guest sees the disk.
-    pub interface: String,
-    pub mode: String,
-    pub kind: String,
 }
 
 /// `[[gce.service_accounts]]`.
@@ -248,28 +191,6 @@ fn numeric_project_id(
     }
 }
 
-/// Metadata keys as Compute Engine accepts them: `[a-zA-Z0-9-_]{1,127}`, values up to
-/// 256 KiB.
-pub(super) fn attributes(f: &Fields, p: &mut Problems, key: &str) -> BTreeMap<String, String> {
-    let map = f.string_map(p, key);
-    for (k, v) in &map {
-        let path = format!("{}.{k}", f.path(key));
-        if k.len() >= 128
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            p.push(format!(
-                "{path}: a metadata key is 1-127 letters, digits, '-' or '_'"
-            ));
-        }
-        if v.len() > 256 * 1024 {
-            p.push(format!("{path}: a metadata value is at most 256 KiB"));
-        }
-    }
-    map
-}
-
 fn service_accounts(
     f: &Fields,
     p: &mut Problems,
@@ -410,18 +331,6 @@ fn identity(f: &Fields, p: &mut Problems) -> Option<IdentityConfig> {
         key,
         key_file,
     })
-}
-
-pub(super) fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// An email that can be a path segment: `local@domain`, printable, no `/`, `?`, `#`.

@@ -213,3 +213,37 @@ pub(super) fn parse_digits(s: &str) -> Option<u64> {
     }
     s.parse().ok()
 }
+
+/// Metadata keys as Compute Engine accepts them: `[a-zA-Z0-9-_]{1,127}`, values up to
+/// 256 KiB.
+pub fn attributes(f: &Fields, p: &mut Problems, key: &str) -> BTreeMap<String, String> {
+    let map = f.string_map(p, key);
+    for (k, v) in &map {
+        let path = format!("{}.{k}", f.path(key));
+        if k.len() >= 128
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            p.push(format!(
+                "{path}: a metadata key is 1-127 letters, digits, '-' or '_'"
+            ));
+        }
+        if v.len() > 256 * 1024 {
+            p.push(format!("{path}: a metadata value is at most 256 KiB"));
+        }
+    }
+    map
+}
+
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}

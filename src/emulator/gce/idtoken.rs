@@ -3,7 +3,6 @@
 //! verify them as a relying party would verify Google's.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -12,10 +11,8 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;
 use rsa::RsaPrivateKey;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-use super::config::{GceConfig, ServiceAccount};
 
 /// Size of a generated key, and the least a key file may hold.
 pub const KEY_BITS: usize = 2048;
@@ -138,48 +135,6 @@ pub struct IdRequest {
     pub format: Format,
     /// `licenses=TRUE`: the full format also names the instance's license ids.
     pub licenses: bool,
-}
-
-/// The claims of an ID token for `account`, issued at `now`. Pure.
-pub fn claims(
-    cfg: &GceConfig,
-    account: &ServiceAccount,
-    req: &IdRequest,
-    now: SystemTime,
-) -> Value {
-    let identity = cfg.identity.as_ref();
-    let issuer = identity.map(|i| i.issuer.as_str()).unwrap_or_default();
-    let lifetime = identity.map(|i| i.lifetime.as_secs()).unwrap_or_default();
-    let iat = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut c = Map::new();
-    c.insert("aud".into(), json!(req.audience));
-    c.insert("azp".into(), json!(account.unique_id));
-    c.insert("email".into(), json!(account.email));
-    c.insert("email_verified".into(), json!(true));
-    c.insert("exp".into(), json!(iat + lifetime));
-    c.insert("iat".into(), json!(iat));
-    c.insert("iss".into(), json!(issuer));
-    c.insert("sub".into(), json!(account.unique_id));
-    if req.format == Format::Full {
-        let inst = &cfg.instance;
-        let mut ce = Map::new();
-        ce.insert("instance_id".into(), json!(inst.id.to_string()));
-        ce.insert("instance_name".into(), json!(inst.name));
-        ce.insert("project_id".into(), json!(cfg.project_id));
-        ce.insert("project_number".into(), json!(cfg.numeric_project_id));
-        ce.insert("zone".into(), json!(inst.zone));
-        if let Some(t) = inst.creation_timestamp {
-            ce.insert("instance_creation_timestamp".into(), json!(t));
-        }
-        if req.licenses {
-            ce.insert("license_id".into(), json!(inst.licenses));
-        }
-        c.insert("google".into(), json!({ "compute_engine": ce }));
-    }
-    Value::Object(c)
 }
 
 /// A service account's numeric id when the file names none: 21 digits, like Google's,

@@ -4,8 +4,66 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use super::config::{attributes, is_hostname, Disk, Instance, NetworkInterface};
-use super::fields::{parse_digits, Fields, Problems};
+use std::collections::BTreeMap;
+
+use super::fields::{attributes, is_hostname, parse_digits, Fields, Problems};
+
+/// `[gce.instance]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: u64,
+    pub name: String,
+    pub hostname: String,
+    /// The bare zone (`us-central1-a`); served as `projects/<num>/zones/<zone>`.
+    pub zone: String,
+    /// The bare type (`e2-medium`); served as `projects/<num>/machineTypes/<type>`.
+    pub machine_type: String,
+    pub cpu_platform: Option<String>,
+    pub image: Option<String>,
+    pub tags: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub network_interfaces: Vec<NetworkInterface>,
+    pub disks: Vec<Disk>,
+    /// Unix seconds; the full ID token's `instance_creation_timestamp`.
+    pub creation_timestamp: Option<u64>,
+    /// License ids: `instance/licenses/<n>/id` and the ID token's `license_id`.
+    pub licenses: Vec<String>,
+    pub description: String,
+    /// `instance/maintenance-event`: `NONE`, or the event under way
+    /// (`MIGRATE_ON_HOST_MAINTENANCE`, `TERMINATE_ON_HOST_MAINTENANCE`); an edit wakes
+    /// a `wait_for_change` on it.
+    pub maintenance_event: String,
+    /// `instance/preempted`: `TRUE` once a preemptible VM is being stopped.
+    pub preempted: bool,
+    /// `instance/scheduling/`.
+    pub preemptible: bool,
+    pub on_host_maintenance: String,
+    pub automatic_restart: bool,
+}
+
+/// `[[gce.instance.network_interfaces]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkInterface {
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub network: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub subnetmask: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    /// One `ONE_TO_ONE_NAT` access config each.
+    pub external_ips: Vec<Ipv4Addr>,
+}
+
+/// `[[gce.instance.disks]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disk {
+    pub device_name: String,
+    pub index: u32,
+    /// `SCSI` or `NVME`: how the guest sees the disk.
+    pub interface: String,
+    pub mode: String,
+    pub kind: String,
+}
 
 /// Reads `[gce.instance]`; every problem is recorded under `instance.`.
 pub(super) fn instance(f: &Fields, p: &mut Problems) -> Option<Instance> {

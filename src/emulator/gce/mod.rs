@@ -15,6 +15,7 @@
 mod config;
 mod fields;
 mod guest;
+mod idclaims;
 pub mod idtoken;
 mod instance;
 mod query;
@@ -344,7 +345,7 @@ impl Gce {
                 };
                 match self.signing_key(cfg).await {
                     Some(Ok(key)) => {
-                        let claims = idtoken::claims(cfg, &cfg.service_accounts[*i], &r, now);
+                        let claims = idclaims::claims(cfg, &cfg.service_accounts[*i], &r, now);
                         Reply::text(key.sign(&claims))
                     }
                     Some(Err(e)) => server_error(&e),
