@@ -36,7 +36,7 @@ impl std::fmt::Display for Cloud {
 
 /// What the probe found when it found no metadata service, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Nothing {
+pub enum NoService {
     /// No HTTP answer in time (no route, nothing listening, or silence).
     Silent,
     /// An HTTP server answered without any cloud's mark: its status to the GCE ask.
@@ -97,7 +97,7 @@ fn recognise(ask: Ask, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
 
 /// Asks the three clouds' questions at `addr` at once; the first cloud recognised wins.
 /// Gives up after `within`.
-pub async fn find(addr: SocketAddr, within: Duration) -> Result<Cloud, Nothing> {
+pub async fn find(addr: SocketAddr, within: Duration) -> Result<Cloud, NoService> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let asks = ASKS.map(|ask| {
         let client = client.clone();
@@ -129,11 +129,11 @@ pub async fn find(addr: SocketAddr, within: Duration) -> Result<Cloud, Nothing> 
                 None => {}
             }
         }
-        Err(other.map_or(Nothing::Silent, Nothing::NotMetadata))
+        Err(other.map_or(NoService::Silent, NoService::NotMetadata))
     };
     tokio::time::timeout(within, all)
         .await
-        .unwrap_or(Err(Nothing::Silent))
+        .unwrap_or(Err(NoService::Silent))
 }
 
 #[cfg(test)]
