@@ -58,7 +58,7 @@ fn container_reaches_the_metadata_service_only_through_the_proxy() {
         let t = std::time::Instant::now();
         for i in 0..1000u16 {
             let peer = std::net::SocketAddr::from(([10, 88, 0, 9], 20000 + i));
-            let _ = imds_proxy::firewall::conntrack::connection_mark(local, peer);
+            let _ = imds_proxy::proxy::identify::origin::connection_mark(local, peer);
         }
         t.elapsed() / 1000
     });

@@ -9,24 +9,16 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::nfnl::ct::{
+    AF_INET, AF_INET6, CTA_IP_V4_DST, CTA_IP_V4_SRC, CTA_IP_V6_DST, CTA_IP_V6_SRC, CTA_TUPLE_IP,
+    CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ZONE, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET,
+    NFNL_SUBSYS_CTNETLINK,
+};
 use super::nfnl::{self, Attr};
 use super::plan::{IMDS_V4, IMDS_V6, V6};
-
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const AF_INET: u8 = libc::AF_INET as u8;
-const AF_INET6: u8 = libc::AF_INET6 as u8;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_ZONE: u16 = 18;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
+use crate::addrs::local_addrs;
 
 /// The addresses of one conntrack entry that the selection needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +50,8 @@ fn ip_of(v: &[u8]) -> Option<IpAddr> {
         .map(|b| Ipv6Addr::from(b).into())
 }
 
-fn tuple_addrs(t: Attr<'_>) -> Option<(IpAddr, IpAddr)> {
+/// The source and destination addresses of a conntrack tuple attribute.
+pub fn tuple_addrs(t: Attr<'_>) -> Option<(IpAddr, IpAddr)> {
     let ip = t.nested().get(CTA_TUPLE_IP)?.nested();
     let addr = |v4, v6| ip_of(ip.get(v4).or_else(|| ip.get(v6))?.value);
     Some((
@@ -197,136 +190,6 @@ fn cut_once(
     Ok((deleted, interrupted))
 }
 
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const CTA_MARK: u16 = 8;
-
-/// The conntrack request for the TCP connection whose reply direction goes from
-/// `local` (the proxy's end) to `peer`: after DNAT that is the one unique key of the
-/// container's connection. `None` if the two are of different families.
-fn mark_request(local: SocketAddr, peer: SocketAddr, seq: u32) -> Option<Vec<u8>> {
-    let mut ip = Vec::new();
-    let family = match (local.ip(), peer.ip()) {
-        (IpAddr::V4(l), IpAddr::V4(p)) => {
-            nfnl::put_attr(&mut ip, CTA_IP_V4_SRC, &l.octets());
-            nfnl::put_attr(&mut ip, CTA_IP_V4_DST, &p.octets());
-            AF_INET
-        }
-        (IpAddr::V6(l), IpAddr::V6(p)) => {
-            nfnl::put_attr(&mut ip, CTA_IP_V6_SRC, &l.octets());
-            nfnl::put_attr(&mut ip, CTA_IP_V6_DST, &p.octets());
-            AF_INET6
-        }
-        _ => return None,
-    };
-    let mut proto = Vec::new();
-    nfnl::put_attr(&mut proto, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
-    nfnl::put_attr(&mut proto, CTA_PROTO_SRC_PORT, &local.port().to_be_bytes());
-    nfnl::put_attr(&mut proto, CTA_PROTO_DST_PORT, &peer.port().to_be_bytes());
-    let mut tuple = Vec::new();
-    nfnl::put_attr(&mut tuple, CTA_TUPLE_IP | nfnl::NLA_F_NESTED, &ip);
-    nfnl::put_attr(&mut tuple, CTA_TUPLE_PROTO | nfnl::NLA_F_NESTED, &proto);
-    let mut body = Vec::new();
-    nfnl::put_attr(&mut body, CTA_TUPLE_REPLY | nfnl::NLA_F_NESTED, &tuple);
-    Some(nfnl::request(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-        nfnl::NLM_F_REQUEST,
-        seq,
-        family,
-        &body,
-    ))
-}
-
-/// The connection mark of the TCP connection accepted at `local` from `peer` (both
-/// IPv4 or both IPv6); `None` if conntrack has no such connection (a host process on
-/// loopback may not be tracked). The bridge table stamps container connections with
-/// their bridge port.
-pub fn connection_mark(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u32>> {
-    thread_local! {
-        /// One socket per thread, kept: opening, binding and closing one per request
-        /// was a tenth of the proxy's time under load. Dropped after any error.
-        static SOCKET: std::cell::RefCell<Option<(netlink_sys::Socket, u32)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    SOCKET.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            let sock = nfnl::socket()?;
-            let timeout = nix::sys::time::TimeVal::new(1, 0);
-            nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::ReceiveTimeout,
-                &timeout,
-            )
-            .map_err(io::Error::from)?;
-            *slot = Some((sock, 0));
-        }
-        let (sock, seq) = slot.as_mut().expect("set above");
-        *seq = seq.wrapping_add(1);
-        let result = ask_mark(sock, local, peer, *seq);
-        if result.is_err() {
-            *slot = None;
-        }
-        result
-    })
-}
-
-/// One conntrack GET on `sock`; answers to other sequence numbers (a request that
-/// timed out earlier) are skipped, never read as this connection's.
-fn ask_mark(
-    sock: &netlink_sys::Socket,
-    local: SocketAddr,
-    peer: SocketAddr,
-    seq: u32,
-) -> io::Result<Option<u32>> {
-    let request = mark_request(local, peer, seq).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{local} and {peer} are of different address families"),
-        )
-    })?;
-    sock.send(&request, 0)?;
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = sock.recv(&mut &mut buf[..], 0)?;
-        let Some(m) = nfnl::messages(&buf[..n]).find(|m| m.seq == seq) else {
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "conntrack sent no answer",
-                ));
-            }
-            continue;
-        };
-        match m.error_code() {
-            Some(code) if -code == libc::ENOENT => return Ok(None),
-            Some(code) => return Err(io::Error::from_raw_os_error(-code)),
-            None => {}
-        }
-        let mark = m
-            .attrs()
-            .get(CTA_MARK)
-            .and_then(|a| a.value.get(..4))
-            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
-        return Ok(Some(mark.unwrap_or(0)));
-    }
-}
-
-/// IPv4 and IPv6 addresses configured on this host (in the current network namespace).
-pub fn local_addrs() -> io::Result<HashSet<IpAddr>> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
-    Ok(addrs
-        .filter_map(|a| {
-            let s = a.address?;
-            s.as_sockaddr_in()
-                .map(|sin| IpAddr::V4(sin.ip()))
-                .or_else(|| s.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip())))
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,37 +277,5 @@ mod tests {
     fn without_a_proxy_in_the_family_every_container_flow_is_stale() {
         let e = entry("fd00:dead:beef::2", "fd00:ec2::254", "fd00:ec2::254");
         assert!(is_stale_container_flow(&e, IMDS_V6.into(), None, &local()));
-    }
-
-    #[test]
-    fn the_mark_request_names_the_family_of_its_addresses() {
-        let v4 = mark_request(
-            "169.254.93.254:80".parse().unwrap(),
-            "10.88.0.2:40000".parse().unwrap(),
-            7,
-        )
-        .unwrap();
-        let v6 = mark_request(
-            "[fdf3:6f62:ab7c::254]:80".parse().unwrap(),
-            "[fd00:dead:beef::2]:40000".parse().unwrap(),
-            8,
-        )
-        .unwrap();
-        let family = |m: &[u8]| nfnl::messages(m).next().unwrap().family();
-        assert_eq!(family(&v4), Some(AF_INET));
-        assert_eq!(family(&v6), Some(AF_INET6));
-        // Answers are matched to their request by sequence number.
-        assert_eq!(nfnl::messages(&v4).next().unwrap().seq, 7);
-        // The reply tuple carries 16-byte addresses under the IPv6 attribute types.
-        let msg = nfnl::messages(&v6).next().unwrap();
-        let reply = msg.attrs().get(CTA_TUPLE_REPLY).unwrap();
-        let (src, dst) = tuple_addrs(reply).unwrap();
-        assert_eq!((src, dst), (ip(PROXY6), ip("fd00:dead:beef::2")));
-        assert!(mark_request(
-            "169.254.93.254:80".parse().unwrap(),
-            "[fd00:dead:beef::2]:40000".parse().unwrap(),
-            9
-        )
-        .is_none());
     }
 }

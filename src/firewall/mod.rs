@@ -5,7 +5,7 @@
 //! `cargo test` against [`MemoryFirewall`].
 
 pub mod conntrack;
-mod nfnl;
+pub mod nfnl;
 pub mod nft;
 pub mod plan;
 pub mod watch;

@@ -161,6 +161,30 @@ pub fn socket() -> io::Result<Socket> {
     Ok(s)
 }
 
+/// ctnetlink's message types and attributes (linux/netfilter/nfnetlink_conntrack.h):
+/// the start-up flow cut dumps and deletes entries, the proxy reads one entry's mark.
+pub mod ct {
+    pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    pub const IPCTNL_MSG_CT_GET: u16 = 1;
+    pub const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    pub const AF_INET: u8 = libc::AF_INET as u8;
+    pub const AF_INET6: u8 = libc::AF_INET6 as u8;
+    pub const CTA_TUPLE_ORIG: u16 = 1;
+    pub const CTA_TUPLE_REPLY: u16 = 2;
+    pub const CTA_ZONE: u16 = 18;
+    pub const CTA_TUPLE_IP: u16 = 1;
+    pub const CTA_IP_V4_SRC: u16 = 1;
+    pub const CTA_IP_V4_DST: u16 = 2;
+    pub const CTA_IP_V6_SRC: u16 = 3;
+    pub const CTA_IP_V6_DST: u16 = 4;
+
+    pub const CTA_TUPLE_PROTO: u16 = 2;
+    pub const CTA_PROTO_NUM: u16 = 1;
+    pub const CTA_PROTO_SRC_PORT: u16 = 2;
+    pub const CTA_PROTO_DST_PORT: u16 = 3;
+    pub const CTA_MARK: u16 = 8;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

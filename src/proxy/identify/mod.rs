@@ -10,91 +10,15 @@
 //! an address that belongs to another container is refused, never served as the other
 //! container.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::warn;
-
 use crate::docker::{Endpoint, Inventory};
 
-/// Where a connection came from, as the kernel recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Origin {
-    /// Through a container bridge, by this bridge port (its interface index).
-    Port(u32),
-    /// From this host (loopback, no port stamp): a host process, or a container on
-    /// `--network host`.
-    Host,
-    /// Neither (no stamp and not a local address): trusted with nothing.
-    Elsewhere,
-    /// The kernel could not be asked: nobody is named, the caller is told to retry.
-    Unreadable,
-}
+pub mod origin;
 
-/// Reads the origin of an accepted connection: a kernel side effect behind a trait so
-/// the proxy can be tested without conntrack.
-pub trait Origins: Send + Sync + std::fmt::Debug + 'static {
-    fn origin(&self, local: SocketAddr, peer: SocketAddr) -> Origin;
-}
-
-/// The real one: the conntrack mark of the connection.
-#[derive(Debug)]
-pub struct ConntrackOrigins;
-
-impl Origins for ConntrackOrigins {
-    fn origin(&self, local: SocketAddr, peer: SocketAddr) -> Origin {
-        let (local, peer) = (unmapped(local), unmapped(peer));
-        if local.is_ipv4() != peer.is_ipv4() {
-            return Origin::Elsewhere;
-        }
-        match crate::firewall::conntrack::connection_mark(local, peer) {
-            Ok(Some(mark)) if mark != 0 => Origin::Port(mark),
-            Ok(_) => host_or_elsewhere(peer.ip()),
-            Err(e) => {
-                warn!(error = %e, "cannot read the connection's conntrack mark; the caller is told to retry");
-                Origin::Unreadable
-            }
-        }
-    }
-}
-
-/// `imds-proxy emulate`: no interception, no containers; every caller is the host.
-#[derive(Debug)]
-pub struct EveryoneIsHost;
-
-impl Origins for EveryoneIsHost {
-    fn origin(&self, _local: SocketAddr, _peer: SocketAddr) -> Origin {
-        Origin::Host
-    }
-}
-
-/// An IPv4-mapped IPv6 socket address is the IPv4 address it maps (conntrack tracks it
-/// as IPv4); any other address stays as it is.
-fn unmapped(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(ip) => SocketAddrV4::new(ip, v6.port()).into(),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
-
-/// Unstamped connections reach the proxy only over loopback (the ruleset refuses the
-/// rest); a peer address of this host is a host process.
-fn host_or_elsewhere(peer: IpAddr) -> Origin {
-    if peer.is_loopback() || local_addrs().contains(&peer) {
-        Origin::Host
-    } else {
-        Origin::Elsewhere
-    }
-}
-
-fn local_addrs() -> HashSet<IpAddr> {
-    crate::firewall::conntrack::local_addrs().unwrap_or_default()
-}
+pub use origin::{ConntrackOrigins, EveryoneIsHost, Origin, Origins};
 
 /// Who the caller is, for policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
