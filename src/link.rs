@@ -57,12 +57,12 @@ const IPV6_ALL_DISABLED: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
 /// listen there; only refuse (IPv6 is switched off, so the link can hold no IPv6
 /// address); or nothing (the kernel has no IPv6). Read from the current network
 /// namespace at start-up.
-pub fn ipv6_plan(listen6: SocketAddrV6) -> crate::firewall::plan::V6 {
-    use crate::firewall::plan::V6;
+pub fn ipv6_plan(listen6: SocketAddrV6) -> crate::firewall::plan::Ipv6Service {
+    use crate::firewall::plan::Ipv6Service;
     match std::fs::read_to_string(IPV6_ALL_DISABLED) {
-        Err(_) => V6::Absent,
-        Ok(v) if v.trim() == "0" => V6::Listen(listen6),
-        Ok(_) => V6::RefuseOnly,
+        Err(_) => Ipv6Service::Absent,
+        Ok(v) if v.trim() == "0" => Ipv6Service::Listen(listen6),
+        Ok(_) => Ipv6Service::RefuseOnly,
     }
 }
 

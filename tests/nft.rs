@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use imds_proxy::firewall::nft::NetlinkFirewall;
-use imds_proxy::firewall::plan::{self, BridgePattern, ChainKind, Hook, Mode, Snapshot, V6};
+use imds_proxy::firewall::plan::{
+    self, BridgePattern, ChainKind, Hook, Ipv6Service, Mode, Snapshot,
+};
 use imds_proxy::firewall::{Firewall, FirewallError, TableOwner};
 
 fn snapshot(bridges: &[&str]) -> Snapshot {
@@ -18,7 +20,7 @@ fn snapshot(bridges: &[&str]) -> Snapshot {
         direct: vec![],
         egress_guards: vec![],
         listen: "169.254.93.254:80".parse().unwrap(),
-        v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().unwrap()),
+        v6: Ipv6Service::Listen("[fdf3:6f62:ab7c::254]:80".parse().unwrap()),
         gce_dns: true,
         mode: Mode::Open,
     }

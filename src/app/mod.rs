@@ -190,10 +190,10 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
     let (commands, mut queue) = mpsc::unbounded_channel();
     let mut kernel = startup::Kernel::new(&cfg, commands.clone())?;
     startup::start(&mut kernel).await?;
-    let mut live = kernel.live();
+    let mut running = kernel.running();
     info!(
         listen = %cfg.listen,
-        listen6 = %live.listen6.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        listen6 = %running.listen6.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         upstream = %cfg.upstream.as_ref().map(ToString::to_string).unwrap_or_default(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "interception live"
@@ -201,13 +201,13 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
     // Only now may Docker (ordered after the unit) start its containers.
     let mut notifier = crate::notify::Notifier::from_env();
     notifier.ready("interception live");
-    let emulator_file = live.emulator_tx.as_ref().and_then(|(_, f)| f.clone());
+    let emulator_file = running.emulator_tx.as_ref().and_then(|(_, f)| f.clone());
     running::spawn_sources(signals, cfg.config_file.clone(), emulator_file, commands);
-    let signal = live
+    let signal = running
         .run_until_stopped(&cfg, &mut queue, &reload, &mut notifier)
         .await;
     notifier.stopping();
-    live.shut_down(&cfg, signal).await
+    running.shut_down(&cfg, signal).await
 }
 
 /// SIGTERM and SIGINT end the daemon; SIGHUP reloads.

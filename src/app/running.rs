@@ -65,7 +65,7 @@ impl From<LinkEvent> for Command {
 }
 
 /// What the running daemon holds between start-up and shutdown.
-pub(super) struct Live {
+pub(super) struct Running {
     pub rec: Reconciler,
     pub handle: rtnetlink::Handle,
     pub stop_proxy: oneshot::Sender<()>,
@@ -119,7 +119,7 @@ pub(super) fn spawn_sources(
     });
 }
 
-impl Live {
+impl Running {
     /// Takes commands until one says stop; returns the signal's name.
     pub async fn run_until_stopped(
         &mut self,

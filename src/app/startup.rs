@@ -19,14 +19,14 @@ use tracing::{info, warn};
 
 use super::egress::{log_macvlan_guard, Parents};
 use super::emulate::load_emulator;
-use super::running::{Command, Live};
+use super::running::{Command, Running};
 use super::{current_snapshot, AppError};
 use crate::addrs::IMDS_V4;
 use crate::config::Config;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::firewall::conntrack;
 use crate::firewall::nft::NetlinkFirewall;
-use crate::firewall::plan::{Mode, V6};
+use crate::firewall::plan::{Ipv6Service, Mode};
 use crate::firewall::{watch as drift, Firewall};
 use crate::link;
 use crate::policy::select::Policies;
@@ -63,14 +63,14 @@ pub(super) async fn start(steps: &mut impl Steps) -> Result<(), AppError> {
 }
 
 /// Where answers come from, decided at start.
-enum Source {
+enum AnswerSource {
     Upstream(http::Uri),
     /// The file to serve (`None`: the built-in example).
     Emulator(Option<std::path::PathBuf>),
 }
 
 /// Start-up on the real kernel: what each step made, for the next ones and for
-/// [`Live`].
+/// [`Running`].
 pub(super) struct Kernel<'a> {
     cfg: &'a Config,
     firewall: Arc<dyn Firewall>,
@@ -135,9 +135,9 @@ impl<'a> Kernel<'a> {
     }
 
     /// What the running loop holds, once [`start`] has taken every step.
-    pub fn live(self) -> Live {
+    pub fn running(self) -> Running {
         let (stop_proxy, server) = self.serving.expect("started");
-        Live {
+        Running {
             rec: self.rec.expect("started"),
             handle: self.handle,
             stop_proxy,
@@ -184,12 +184,12 @@ impl Steps for Kernel<'_> {
         log_macvlan_guard(self.cfg, &self.parents, &rec.snapshot().egress_guards);
         info!(table = crate::firewall::plan::TABLE, bridges = ?rec.snapshot().bridges, "interception closed");
         self.listen6 = match rec.snapshot().v6 {
-            V6::Listen(a) => Some(a),
-            V6::RefuseOnly => {
+            Ipv6Service::Listen(a) => Some(a),
+            Ipv6Service::RefuseOnly => {
                 warn!("IPv6 is switched off on this host (net.ipv6.conf.all.disable_ipv6): serving IPv4 only; containers stay refused over IPv6 until a restart with IPv6 on");
                 None
             }
-            V6::Absent => {
+            Ipv6Service::Absent => {
                 info!("this kernel has no IPv6: serving IPv4 only");
                 None
             }
@@ -229,13 +229,13 @@ impl Steps for Kernel<'_> {
     async fn choose_backend(&mut self) -> Result<(), AppError> {
         let (cfg, handle) = (self.cfg, &self.handle);
         let backend = match choose_source(cfg, handle).await? {
-            Source::Upstream(u) => {
+            AnswerSource::Upstream(u) => {
                 // Never hold the real service's address while one is upstream: the host
                 // would lose it.
                 link::remove_own_address(handle, &cfg.link_name, IMDS_V4).await?;
                 proxy::Backend::Upstream(u)
             }
-            Source::Emulator(file) => {
+            AnswerSource::Emulator(file) => {
                 let (tx, rx) = watch::channel(Arc::new(load_emulator(file.as_deref())?));
                 // Host processes reach the emulator at the usual address too.
                 link::add_own_address(handle, &cfg.link_name, self.link_index, IMDS_V4).await?;
@@ -326,12 +326,12 @@ fn log_protection(cfg: &Config, fw: &NetlinkFirewall) -> Result<(), AppError> {
 
 /// `--upstream`, `--emulator`, or, with neither, a real service if one answers at
 /// 169.254.169.254 in time and the built-in example if none does.
-async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Source, AppError> {
+async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<AnswerSource, AppError> {
     if let Some(u) = &cfg.upstream {
-        return Ok(Source::Upstream(u.clone()));
+        return Ok(AnswerSource::Upstream(u.clone()));
     }
     if let Some(f) = &cfg.emulator {
-        return Ok(Source::Emulator(Some(f.clone())));
+        return Ok(AnswerSource::Emulator(Some(f.clone())));
     }
     // An earlier emulator run may have left the address on our link: the probe must
     // not find ourselves.
@@ -344,7 +344,7 @@ async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Sourc
                 upstream = "http://169.254.169.254",
                 "a metadata service answers: forwarding to it"
             );
-            Ok(Source::Upstream(http::Uri::from_static(
+            Ok(AnswerSource::Upstream(http::Uri::from_static(
                 "http://169.254.169.254",
             )))
         }
@@ -362,7 +362,7 @@ async fn choose_source(cfg: &Config, handle: &rtnetlink::Handle) -> Result<Sourc
                 found,
                 "no metadata service: serving the built-in emulator (examples/emulator.toml; choose a file with --emulator, or a service with --upstream)"
             );
-            Ok(Source::Emulator(None))
+            Ok(AnswerSource::Emulator(None))
         }
     }
 }

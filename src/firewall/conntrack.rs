@@ -17,7 +17,7 @@ use super::nfnl::ct::{
     NFNL_SUBSYS_CTNETLINK,
 };
 use super::nfnl::{self, Attr};
-use super::plan::{IMDS_V4, IMDS_V6, V6};
+use super::plan::{Ipv6Service, IMDS_V4, IMDS_V6};
 use crate::addrs::local_addrs;
 
 /// The addresses of one conntrack entry that the selection needs.
@@ -63,13 +63,15 @@ pub fn tuple_addrs(t: Attr<'_>) -> Option<(IpAddr, IpAddr)> {
 /// Cuts stale container flows to the metadata addresses of every family the daemon
 /// intercepts: IPv4 to the proxy at `listen`, and IPv6 as `v6` says. Returns how many
 /// entries were deleted.
-pub fn cut_stale_container_flows(listen: Ipv4Addr, v6: V6) -> io::Result<usize> {
+pub fn cut_stale_container_flows(listen: Ipv4Addr, v6: Ipv6Service) -> io::Result<usize> {
     let local = local_addrs()?;
     let mut cut = cut_stale_flows(IMDS_V4.into(), Some(listen.into()), &local)?;
     match v6 {
-        V6::Absent => {}
-        V6::RefuseOnly => cut += cut_stale_flows(IMDS_V6.into(), None, &local)?,
-        V6::Listen(a) => cut += cut_stale_flows(IMDS_V6.into(), Some((*a.ip()).into()), &local)?,
+        Ipv6Service::Absent => {}
+        Ipv6Service::RefuseOnly => cut += cut_stale_flows(IMDS_V6.into(), None, &local)?,
+        Ipv6Service::Listen(a) => {
+            cut += cut_stale_flows(IMDS_V6.into(), Some((*a.ip()).into()), &local)?
+        }
     }
     Ok(cut)
 }

@@ -87,7 +87,7 @@ impl NetlinkFirewall {
                 // to the owned tables as their owner, and would keep them owned after
                 // the daemon dies.
                 if let Err(e) = nix::fcntl::fcntl(
-                    unsafe_fd(&socket),
+                    socket_fd(&socket),
                     nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
                 ) {
                     let _ = ready_tx.send(Err(FirewallError::from_io(
@@ -100,7 +100,7 @@ impl NetlinkFirewall {
                 // gives up after a few seconds with an error instead.
                 let timeout = nix::sys::time::TimeVal::new(5, 0);
                 if let Err(e) = nix::sys::socket::setsockopt(
-                    &unsafe_fd(&socket),
+                    &socket_fd(&socket),
                     nix::sys::socket::sockopt::ReceiveTimeout,
                     &timeout,
                 ) {
@@ -744,7 +744,7 @@ fn send_and_process(socket: &mnl::Socket, batch: &nftnl::FinalizedBatch) -> io::
 
 /// Reads whatever replies are still queued without blocking.
 fn drain_pending(socket: &mnl::Socket, buffer: &mut [u8]) {
-    let fd = unsafe_fd(socket);
+    let fd = socket_fd(socket);
     loop {
         let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)) {
@@ -758,7 +758,8 @@ fn drain_pending(socket: &mnl::Socket, buffer: &mut [u8]) {
     }
 }
 
-fn unsafe_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
+/// The descriptor of an mnl socket, borrowed for as long as the socket lives.
+fn socket_fd(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
     // SAFETY: mnl_socket_get_fd returns the descriptor owned by `socket`, which outlives
     // the borrow we return.
     unsafe {

@@ -101,7 +101,7 @@ pub enum Mode {
 
 /// What the `ip6` table does, by what the host's IPv6 allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum V6 {
+pub enum Ipv6Service {
     /// The kernel has no IPv6 at all (nor the `ip6` nftables family): there is no
     /// IPv6 path to refuse, and no `ip6` table.
     Absent,
@@ -129,7 +129,7 @@ pub struct Snapshot {
     /// Where the proxy listens.
     pub listen: SocketAddrV4,
     /// Where the proxy listens for IPv6 callers, if anywhere.
-    pub v6: V6,
+    pub v6: Ipv6Service,
     /// Whether container DNS queries for `metadata.google.internal` (and `metadata`)
     /// are answered by the daemon's DNS responder.
     pub gce_dns: bool,
@@ -164,7 +164,7 @@ impl Snapshot {
             direct: vec![],
             egress_guards: vec![],
             listen: "169.254.93.254:80".parse().expect("valid address"),
-            v6: V6::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
+            v6: Ipv6Service::Listen("[fdf3:6f62:ab7c::254]:80".parse().expect("valid address")),
             gce_dns: true,
             mode,
         }
@@ -328,9 +328,9 @@ pub fn plan(s: &Snapshot) -> Ruleset {
     // `ip` and `ip6` tables only honour the stamp from those.
     let mut stamped = vec![IpAddr::V4(IMDS_V4)];
     let chains6 = match s.v6 {
-        V6::Absent => None,
-        V6::RefuseOnly => Some(family_chains(s, IMDS_V6.into(), None)),
-        V6::Listen(listen) => {
+        Ipv6Service::Absent => None,
+        Ipv6Service::RefuseOnly => Some(family_chains(s, IMDS_V6.into(), None)),
+        Ipv6Service::Listen(listen) => {
             stamped.push(IMDS_V6.into());
             Some(family_chains(s, IMDS_V6.into(), Some(listen.into())))
         }

@@ -203,7 +203,7 @@ fn the_plan_is_a_pure_function_of_the_snapshot() {
     s.listen = "169.254.1.1:80".parse().unwrap();
     changed.push(("listen", s));
     let mut s = a.clone();
-    s.v6 = V6::RefuseOnly;
+    s.v6 = Ipv6Service::RefuseOnly;
     changed.push(("v6", s));
     let mut s = a.clone();
     s.gce_dns = !s.gce_dns;
@@ -309,7 +309,7 @@ fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
 #[test]
 fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_none() {
     let mut s = snapshot(&["docker0"], Mode::Open);
-    s.v6 = V6::RefuseOnly;
+    s.v6 = Ipv6Service::RefuseOnly;
     let rs = plan(&s);
     let chains6 = rs.chains6.as_deref().unwrap();
     let rules6: Vec<String> = chains6
@@ -322,7 +322,7 @@ fn with_ipv6_switched_off_the_ip6_table_only_refuses_and_without_ipv6_there_is_n
     // The ip table is untouched by the state of IPv6.
     assert_eq!(rs.chains, plan(&snapshot(&["docker0"], Mode::Open)).chains);
 
-    s.v6 = V6::Absent;
+    s.v6 = Ipv6Service::Absent;
     let rs = plan(&s);
     assert!(rs.chains6.is_none());
     // Only the bridge table names IPv6: a bridge passes IPv6 frames whether or not the
@@ -420,7 +420,7 @@ fn the_dns_redirect_exists_only_when_open_and_switched_on() {
     assert!(!off.contains("dnszone"));
     // Without an IPv6 listen address there is nothing to redirect IPv6 queries to.
     s.gce_dns = true;
-    s.v6 = V6::RefuseOnly;
+    s.v6 = Ipv6Service::RefuseOnly;
     let text = plan(&s).to_string();
     assert_eq!(dns_rules(&text[text.find("table ip6").unwrap()..]), vec![]);
 }
