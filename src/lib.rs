@@ -24,3 +24,4 @@ pub mod probe;
 pub mod providers;
 pub mod proxy;
 pub mod reconcile;
+pub mod request;

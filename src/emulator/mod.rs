@@ -21,9 +21,9 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 
-use crate::policy::canonical::CanonicalPath;
-use crate::policy::Provider;
 use crate::providers::identity::Identity;
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 use tokens::TokenCache;
 
 /// The example shipped with the project, built in: what `run` serves when there is no

@@ -10,11 +10,11 @@
 //! A policy may also carry a [`RateLimit`]; [`ratelimit::RateLimiter`] keeps the
 //! per-container token buckets that enforce it.
 
-pub mod canonical;
 pub mod ratelimit;
 pub mod select;
 
-use canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 pub use ratelimit::{RateLimit, RateLimiter};
 
 /// Allow or deny.
@@ -22,40 +22,6 @@ pub use ratelimit::{RateLimit, RateLimiter};
 pub enum Verdict {
     Allow,
     Deny,
-}
-
-/// Which metadata protocol a request speaks, judged from its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Azure,
-    Gce,
-    Aws,
-    /// `/` and anything else: no provider's tree.
-    Other,
-}
-
-impl Provider {
-    /// Azure under `/metadata`, GCE under `/computeMetadata`, AWS under `/latest` or a
-    /// dated version (`/2021-07-15/...`).
-    pub fn of(path: &CanonicalPath) -> Self {
-        match path.lower().first().map(String::as_str) {
-            Some("metadata") => Provider::Azure,
-            Some("computemetadata") => Provider::Gce,
-            Some("latest") => Provider::Aws,
-            Some(s) if is_dated_version(s) => Provider::Aws,
-            _ => Provider::Other,
-        }
-    }
-}
-
-fn is_dated_version(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
 /// One segment of a path pattern.

@@ -131,17 +131,6 @@ fn decisions_name_the_rule_that_made_them() {
 }
 
 #[test]
-fn providers_are_told_apart_by_path() {
-    let p = |raw: &str| Provider::of(&CanonicalPath::parse(raw).unwrap());
-    assert_eq!(p("/metadata/instance"), Provider::Azure);
-    assert_eq!(p("/computeMetadata/v1/"), Provider::Gce);
-    assert_eq!(p("/latest/meta-data/"), Provider::Aws);
-    assert_eq!(p("/2009-04-04/meta-data/"), Provider::Aws);
-    assert_eq!(p("/2009-04-4x/meta-data/"), Provider::Other);
-    assert_eq!(p("/"), Provider::Other);
-}
-
-#[test]
 fn patterns_parse_strictly() {
     for bad in ["metadata/**", "/a/**/b", "/a/b*", "/a/../b", "/a\\b"] {
         assert!(Pattern::parse(bad).is_err(), "{bad}");

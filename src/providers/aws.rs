@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 use sha2::Sha256;
 
-use crate::policy::canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
 
 /// Request header carrying the session token on GETs.
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";

@@ -6,7 +6,7 @@ use http_body_util::Full;
 
 use super::identity::AzureIdentity;
 use super::query;
-use crate::policy::canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
 
 /// The query parameters that name a user-assigned identity (`mi_res_id` is the older
 /// spelling of `msi_res_id`).

@@ -9,8 +9,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::policy::canonical::CanonicalPath;
 use crate::providers::query;
+use crate::request::canonical::CanonicalPath;
 
 /// Headers every answer of the metadata server carries.
 fn builder(status: StatusCode, content_type: &str) -> http::response::Builder {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::policy::canonical::CanonicalPath;
-use crate::policy::Provider;
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 
 /// A header that marks a request as relayed; every provider refuses it.
 const FORWARDED_FOR: &str = "x-forwarded-for";

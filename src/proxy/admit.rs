@@ -17,10 +17,11 @@ use http_body_util::Full;
 use super::identify::Caller;
 use super::{ClientAddr, ProxyError, RateKey};
 use crate::docker::Endpoint;
-use crate::policy::canonical::CanonicalPath;
-use crate::policy::{self, select, Provider, RateLimit, Verdict};
+use crate::policy::{self, select, RateLimit, Verdict};
 use crate::providers::identity::Identity;
 use crate::providers::{self, aws, azure, gce, query};
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 
 /// What the audit says of a request's fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

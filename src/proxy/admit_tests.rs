@@ -13,11 +13,11 @@ use super::admit::{admit, BackendKind, Context, Gates, Head, Local, Plan};
 use super::identify::{Caller, Origin};
 use super::{ClientAddr, RateKey};
 use crate::docker::{ContainerId, Endpoint};
-use crate::policy::canonical::CanonicalPath;
 use crate::policy::ratelimit::Per;
 use crate::policy::select::{Policies, POLICY_LABEL};
 use crate::policy::{Policy, RateLimit};
 use crate::providers::identity::{AWS_ROLE, AZURE_CLIENT_ID, GCE_SERVICE_ACCOUNT};
+use crate::request::canonical::CanonicalPath;
 
 /// The calling container's id; the gates' record shows it as `C`.
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

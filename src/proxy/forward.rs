@@ -17,9 +17,10 @@ use super::cache::{self, Purpose, Stored};
 use super::identify::Caller;
 use super::{Backend, ClientAddr, Proxy, ProxyError, RateKey};
 use crate::emulator::EmuRequest;
-use crate::policy::canonical::CanonicalPath;
-use crate::policy::{Provider, RateLimit};
+use crate::policy::RateLimit;
 use crate::providers::aws;
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 
 /// The proxy's rate budgets and AWS session tokens, as the decision consults them.
 struct ProxyGates<'a> {

@@ -33,9 +33,10 @@ use tracing::{info, info_span, warn, Instrument};
 use audit::Audit;
 
 use crate::docker::InventoryHandle;
-use crate::policy::canonical::{CanonicalError, CanonicalPath};
-use crate::policy::{self, select, Provider};
+use crate::policy::{self, select};
 use crate::providers::refusal;
+use crate::request::canonical::{CanonicalError, CanonicalPath};
+use crate::request::Provider;
 use identify::{Caller, Lookup, Origin, Origins};
 
 /// Largest answer accepted from the upstream (metadata documents are small; user data

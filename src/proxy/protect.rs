@@ -24,9 +24,10 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::debug;
 
 use super::retry::MIN_ATTEMPT;
-use crate::policy::canonical::CanonicalPath;
 use crate::policy::ratelimit::Per;
-use crate::policy::{Provider, RateLimit};
+use crate::policy::RateLimit;
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 
 /// Which of the service's quotas a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

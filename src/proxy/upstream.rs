@@ -18,9 +18,9 @@ use tracing::{debug, warn};
 use super::protect::{Class, Limits, Protection};
 use super::retry::{self, Next, Outcome};
 use super::{headers, ProxyError, MAX_UPSTREAM_BODY};
-use crate::policy::canonical::CanonicalPath;
-use crate::policy::Provider;
 use crate::providers::aws::{MAX_TTL_SECS, TOKEN_HEADER, TTL_HEADER};
+use crate::request::canonical::CanonicalPath;
+use crate::request::Provider;
 
 /// How long the proxy waits for the upstream's token answer (botocore's own budget
 /// for the whole PUT is 1 s); never more than half the caller's time, so the request

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::*;
 use crate::emulator::{EmulatorConfig, EXAMPLE};
-use crate::policy::canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
 use rsa::pkcs8::DecodePublicKey;
 use x509_cert::der::{DecodePem, Encode};
 

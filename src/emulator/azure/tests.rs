@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 
 use super::*;
 use crate::emulator::{EmulatorConfig, EXAMPLE};
-use crate::policy::canonical::CanonicalPath;
 use crate::providers::identity::{AzureIdentity, Identity};
+use crate::request::canonical::CanonicalPath;
 
 const SYSTEM: &str = "5e2e9d7e-0000-4000-8000-000000000001";
 const SYSTEM_OBJECT: &str = "9a0e4c2b-0000-4000-8000-000000000001";

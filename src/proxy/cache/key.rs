@@ -16,7 +16,7 @@ use std::fmt::Write;
 
 use http::Method;
 
-use crate::policy::canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
 
 /// What a cacheable request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

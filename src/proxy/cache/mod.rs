@@ -257,7 +257,7 @@ impl Cache {
     pub fn classify(
         &self,
         method: &http::Method,
-        path: &crate::policy::canonical::CanonicalPath,
+        path: &crate::request::canonical::CanonicalPath,
         query: Option<&str>,
     ) -> Option<Keyed> {
         let s = &self.inner.settings;

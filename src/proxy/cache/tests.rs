@@ -8,7 +8,7 @@ use http::Method;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::policy::canonical::CanonicalPath;
+use crate::request::canonical::CanonicalPath;
 
 const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::emulator::{EmulatorConfig, EXAMPLE};
-use crate::policy::canonical::CanonicalPath;
 use crate::providers::identity::Identity;
+use crate::request::canonical::CanonicalPath;
 
 const DEFAULT_SA: &str = "demo-vm@demo-project.iam.gserviceaccount.com";
 const BATCH_SA: &str = "batch@demo-project.iam.gserviceaccount.com";
