@@ -11,12 +11,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::firewall::plan::{BridgePattern, IFNAMSIZ, IMDS_V4, IMDS_V6};
-pub use crate::firewall::TableOwner;
+use crate::addrs::{IMDS_V4, IMDS_V6};
+use crate::ifname::{BridgePattern, IFNAMSIZ};
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
 use crate::proxy::cache::CacheSettings;
 use crate::proxy::protect::{Class, Limits, MAX_CONCURRENCY};
+pub use crate::table_owner::TableOwner;
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
