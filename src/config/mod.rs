@@ -5,6 +5,8 @@
 //! own, so a bad configuration is reported whole (every wrong key, its source and the
 //! reason) instead of one error per attempt.
 
+pub mod quotas;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
@@ -15,9 +17,8 @@ use crate::addrs::{IMDS_V4, IMDS_V6};
 use crate::ifname::{BridgePattern, IFNAMSIZ};
 use crate::policy::select::Policies;
 use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
-use crate::proxy::cache::CacheSettings;
-use crate::proxy::protect::{Class, Limits, MAX_CONCURRENCY};
 pub use crate::table_owner::TableOwner;
+pub use quotas::{Class, Limits, MAX_CONCURRENCY};
 
 /// Default address of the proxy: link-local, and used by no cloud for anything.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(169, 254, 93, 254), 80);
@@ -121,6 +122,39 @@ pub struct Config {
     pub policies: Policies,
     /// The file this came from, watched for changes.
     pub config_file: Option<std::path::PathBuf>,
+}
+
+/// The cache's settings (configuration keys `token_cache`, `metadata_cache_ttl_ms`,
+/// `error_cache_ms`, `cache_max_entries`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Hold tokens and credentials, and coalesce requests for them.
+    pub tokens: bool,
+    /// How long metadata documents that do not change are held; zero: not at all.
+    pub metadata_ttl: Duration,
+    /// How long a failing answer (5xx, 429, no answer) for a key is remembered, so a
+    /// broken service is not asked again by every container; zero: not at all.
+    pub errors: Duration,
+    /// Most keys held at once (entries, remembered failures, requests in flight).
+    pub max_entries: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            tokens: true,
+            metadata_ttl: Duration::ZERO,
+            errors: Duration::from_secs(1),
+            max_entries: 4096,
+        }
+    }
+}
+
+impl CacheSettings {
+    /// Whether anything is cached at all.
+    pub fn enabled(&self) -> bool {
+        self.tokens || !self.metadata_ttl.is_zero()
+    }
 }
 
 /// Where a raw value came from, for error messages.
@@ -871,5 +905,4 @@ fn parse_bool(r: &Raw) -> Result<bool, String> {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

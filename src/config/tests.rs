@@ -454,7 +454,6 @@ fn every_bad_rate_limit_is_reported_with_its_policy_and_value() {
 
 #[test]
 fn upstream_protection_defaults_and_overrides() {
-    use crate::proxy::protect::{Class, Limits};
     let c = RawConfig::default().validate(false).unwrap();
     assert_eq!(c.aws_request_timeout, Duration::from_millis(900));
     assert_eq!(c.upstream_limits, Limits::default());
@@ -546,7 +545,6 @@ fn bad_upstream_protection_settings_name_the_class_and_the_reason() {
 
 #[test]
 fn cache_settings_default_override_and_reject_what_makes_no_sense() {
-    use crate::proxy::cache::CacheSettings;
     let c = RawConfig::default().validate(false).unwrap();
     assert_eq!(c.cache, CacheSettings::default());
     assert!(c.cache.tokens && c.cache.metadata_ttl.is_zero());
