@@ -2,6 +2,7 @@
 //! (`upstream_limits`, `upstream_concurrency`): which quota a request uses, and each
 //! quota's rate and cap on requests in flight. The proxy's protection applies them.
 
+use super::Raw;
 use crate::policy::canonical::CanonicalPath;
 use crate::policy::ratelimit::Per;
 use crate::policy::{Provider, RateLimit};
@@ -139,6 +140,76 @@ impl Default for Limits {
             ],
         }
     }
+}
+
+/// The entries of an `upstream_limits` / `upstream_concurrency` table, each checked
+/// by `value`; every bad entry is reported.
+fn class_table<T>(
+    r: &Raw,
+    example: &str,
+    value: impl Fn(&toml::Value) -> Result<T, String>,
+) -> Result<Vec<(Class, T)>, String> {
+    let Raw::Toml(toml::Value::Table(t)) = r else {
+        return Err(format!("expected a table like {example}"));
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (key, v) in t {
+        let Some(class) = Class::from_key(key) else {
+            let known: Vec<&str> = Class::ALL.iter().map(|c| c.key()).collect();
+            errors.push(format!(
+                "{key}: unknown class (known: {})",
+                known.join(", ")
+            ));
+            continue;
+        };
+        match value(v) {
+            Ok(x) => out.push((class, x)),
+            Err(e) => errors.push(format!("{key}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// `[upstream_limits]`: `<class> = "<rate>"` in the syntax of a policy's `rate_limit`
+/// (see [`RateLimit`]), for the classes of [`Class`].
+pub fn parse_rates(r: &Raw) -> Result<Vec<(Class, RateLimit)>, String> {
+    class_table(
+        r,
+        "[upstream_limits] azure = \"5/s burst 1\"",
+        |v| match v {
+            // A rate of 0 is refused with advice for policies (deny them instead), which
+            // does not apply here: only the reason is kept.
+            toml::Value::String(text) => text
+                .parse::<RateLimit>()
+                .map_err(|e| e.split("; to refuse").next().unwrap_or_default().to_owned()),
+            v => Err(format!(
+                "expected a string like \"5/s\" or \"20/s burst 1\", got {}",
+                v.type_str()
+            )),
+        },
+    )
+}
+
+/// `[upstream_concurrency]`: `<class> = <requests in flight>`, 1..=1024.
+pub fn parse_concurrency(r: &Raw) -> Result<Vec<(Class, u32)>, String> {
+    class_table(
+        r,
+        "[upstream_concurrency] azure_identity = 5",
+        |v| match v {
+            toml::Value::Integer(n) if (1..=i64::from(MAX_CONCURRENCY)).contains(n) => {
+                Ok(*n as u32)
+            }
+            toml::Value::Integer(n) => Err(format!(
+                "{n} requests in flight is outside 1..={MAX_CONCURRENCY}"
+            )),
+            v => Err(format!("expected a whole number, got {}", v.type_str())),
+        },
+    )
 }
 
 #[cfg(test)]
