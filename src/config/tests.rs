@@ -628,6 +628,46 @@ fn the_quotas_shown_as_defaults_are_the_defaults() {
     assert_eq!(shown.upstream_limits, d.upstream_limits);
 }
 
+/// The README's table of keys, as the key table gives it.
+fn markdown_table() -> String {
+    let mut out = String::from(
+        "| key (file) | flag / variable | default | what it sets |\n|---|---|---|---|\n",
+    );
+    for key in keys::KEYS {
+        let name = key.name();
+        let flag = match key.form() {
+            keys::Form::FileOnly => "file only".to_owned(),
+            _ => format!("`--{}` / `{}`", keys::long_flag(name), keys::variable(name)),
+        };
+        let default = if key.default_is_value() {
+            format!("`{}`", key.default_text())
+        } else {
+            key.default_text().to_owned()
+        };
+        out += &format!("| `{name}` | {flag} | {default} | {} |\n", key.help());
+    }
+    out
+}
+
+#[test]
+fn the_readme_lists_the_keys_of_the_key_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("| key (file) |")
+        .expect("README.md has a table of keys");
+    let table: String = readme[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let want = markdown_table();
+    assert!(
+        table == want,
+        "README.md's table of keys is not config::keys'; it should read:\n\n{want}"
+    );
+}
+
 #[test]
 fn the_packaged_config_file_shows_the_defaults() {
     let file = std::fs::read_to_string(concat!(
