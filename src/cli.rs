@@ -13,11 +13,24 @@ use crate::config::{Config, ConfigError, RawConfig};
 #[command(
     name = "imds-proxy",
     version,
-    after_help = "Every flag can also be set as IMDS_PROXY_<FLAG> (e.g. IMDS_PROXY_UPSTREAM) or as a key in the --config TOML file (e.g. upstream = \"http://169.254.169.254\"); flags win over variables, variables over the file.\nLogging: IMDS_PROXY_LOG (e.g. debug, or imds_proxy=debug)."
+    after_help = after_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How flags, variables and the file relate, and the keys only the file holds.
+fn after_help() -> String {
+    let tables: Vec<&str> = keys::KEYS
+        .iter()
+        .filter(|k| k.form() == Form::FileOnly)
+        .map(|k| k.name())
+        .collect();
+    format!(
+        "Every flag can also be set as IMDS_PROXY_<FLAG> (e.g. IMDS_PROXY_UPSTREAM) or as a key in the --config TOML file (e.g. upstream = \"http://169.254.169.254\"); flags win over variables, variables over the file, which alone holds the tables {}.\nLogging: IMDS_PROXY_LOG (e.g. debug, or imds_proxy=debug).",
+        tables.join(", ")
+    )
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,7 +18,7 @@ use crate::ifname::BridgePattern;
 use crate::policy::{Policy, RateLimit};
 
 /// One key, typed by the value it gives.
-pub struct Key<T: 'static> {
+pub struct Key<T> {
     /// Its name in the file.
     pub name: &'static str,
     /// One sentence or two for `--help` and the README.
@@ -41,7 +41,7 @@ pub enum Form {
 }
 
 /// What a key not given stands for.
-pub enum DefaultValue<T: 'static> {
+pub enum DefaultValue<T> {
     /// A value written as a flag would give it: parsed for the value, shown as it is.
     Text(&'static str),
     /// A value no text of the key's gives (nothing, or what each class has by itself),
