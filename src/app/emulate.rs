@@ -34,14 +34,16 @@ pub async fn emulate(
         .await
         .map_err(|e| AppError::EmulateListen(listen, e))?;
     let policies = crate::policy::select::Policies::builtin("allow", "allow");
+    // The settings `run` has when nothing is configured.
+    let defaults = crate::config::Config::defaults();
     let proxy = Arc::new(Proxy::new(ProxySettings {
         backend: proxy::Backend::Emulator(emulator),
-        request_timeout: Duration::from_secs(10),
-        aws_request_timeout: crate::config::DEFAULT_AWS_TIMEOUT,
-        upstream_limits: Default::default(),
-        cache: Default::default(),
-        max_body_bytes: 65536,
-        max_header_bytes: 16384,
+        request_timeout: defaults.request_timeout,
+        aws_request_timeout: defaults.aws_request_timeout,
+        upstream_limits: defaults.upstream_limits,
+        cache: defaults.cache,
+        max_body_bytes: defaults.max_body_bytes,
+        max_header_bytes: defaults.max_header_bytes,
         inventory: None,
         identify_wait: Duration::ZERO,
         origins: Arc::new(proxy::identify::EveryoneIsHost),
@@ -66,7 +68,7 @@ pub async fn emulate(
             }
         }
     };
-    proxy::serve(listener, proxy, stop, Duration::from_secs(5)).await;
+    proxy::serve(listener, proxy, stop, defaults.drain_timeout).await;
     Ok(())
 }
 

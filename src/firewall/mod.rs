@@ -12,19 +12,8 @@ pub mod watch;
 
 use std::sync::{Arc, Mutex};
 
+pub use crate::table_owner::TableOwner;
 pub use plan::{plan, BridgePattern, Mode, Ruleset, Snapshot};
-
-/// Whether the daemon's tables are owned by its netlink socket (`table_owner`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableOwner {
-    /// Owned and persistent where the kernel supports it (Linux 6.9+): no other process
-    /// can change or delete them while the daemon runs, and they outlive it. Plain
-    /// tables, restored on drift, elsewhere.
-    Auto,
-    /// Always plain tables, restored on drift: to exercise that path, or to let other
-    /// tools (and `nft flush ruleset`) change the tables.
-    Off,
-}
 
 /// Errors of the firewall module; each names the action that failed.
 #[derive(Debug, thiserror::Error)]

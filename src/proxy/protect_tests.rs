@@ -9,55 +9,6 @@ fn rate(text: &str) -> RateLimit {
 }
 
 #[test]
-fn each_path_uses_its_providers_quota() {
-    for (path, class) in [
-        ("/metadata/instance", Class::Azure),
-        ("/metadata/instance/compute/vmId", Class::Azure),
-        ("/metadata/scheduledevents", Class::Azure),
-        ("/metadata/identity/oauth2/token", Class::AzureIdentity),
-        ("/metadata/identity/info", Class::AzureIdentity),
-        ("/METADATA/Identity/oauth2/token", Class::AzureIdentity),
-        ("/metadata/identityx", Class::Azure),
-        ("/computeMetadata/v1/instance/id", Class::Gce),
-        ("/", Class::Gce),
-        ("/latest/meta-data/", Class::Aws),
-        ("/latest/api/token", Class::Aws),
-        ("/2021-07-15/meta-data/instance-id", Class::Aws),
-    ] {
-        let p = CanonicalPath::parse(path).unwrap();
-        assert_eq!(Class::of(&p), class, "{path}");
-    }
-    for c in Class::ALL {
-        assert_eq!(Class::from_key(c.key()), Some(c));
-    }
-    assert_eq!(Class::from_key("azure-identity"), None);
-}
-
-#[test]
-fn the_defaults_never_let_a_second_exceed_azures_published_limits() {
-    let d = Limits::default();
-    for (class, published, at_once) in [(Class::Azure, 5, 16), (Class::AzureIdentity, 20, 5)] {
-        let l = d.get(class);
-        // A bucket sends `burst` at once, then one per interval: a second from any
-        // instant carries at most burst - 1 + rate.
-        assert_eq!(l.rate.per(), Per::Second);
-        assert!(
-            l.rate.burst() - 1 + l.rate.requests() <= published,
-            "{class}: {}",
-            l.rate
-        );
-        assert_eq!(l.concurrency, at_once, "{class}");
-    }
-    assert_eq!(d.get(Class::Gce).rate.to_string(), "50/s burst 20");
-    assert_eq!(d.get(Class::Aws).rate.to_string(), "50/s burst 20");
-    let mut l = Limits::default();
-    l.set_concurrency(Class::Gce, 0);
-    assert_eq!(l.get(Class::Gce).concurrency, 1);
-    l.set_concurrency(Class::Gce, 1 << 20);
-    assert_eq!(l.get(Class::Gce).concurrency, MAX_CONCURRENCY);
-}
-
-#[test]
 fn intervals_round_up_so_the_rate_is_never_exceeded() {
     for (text, ns) in [
         ("5/s", 200_000_000),

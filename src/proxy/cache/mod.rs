@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 
+pub use crate::config::CacheSettings;
 pub use key::{classify, without_bypass, Keyed, Kind};
 pub use timing::{AWS_MIN_REMAINING, AZURE_MIN_REMAINING, GCE_MIN_REMAINING};
 
@@ -46,39 +47,6 @@ use timing::Decision;
 pub const BYPASS_EVERY: Duration = Duration::from_secs(5);
 /// How often, at most, the whole map is swept of entries no longer of use.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
-/// The cache's settings (configuration keys `token_cache`, `metadata_cache_ttl_ms`,
-/// `error_cache_ms`, `cache_max_entries`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// Hold tokens and credentials, and coalesce requests for them.
-    pub tokens: bool,
-    /// How long metadata documents that do not change are held; zero: not at all.
-    pub metadata_ttl: Duration,
-    /// How long a failing answer (5xx, 429, no answer) for a key is remembered, so a
-    /// broken service is not asked again by every container; zero: not at all.
-    pub errors: Duration,
-    /// Most keys held at once (entries, remembered failures, requests in flight).
-    pub max_entries: usize,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        Self {
-            tokens: true,
-            metadata_ttl: Duration::ZERO,
-            errors: Duration::from_secs(1),
-            max_entries: 4096,
-        }
-    }
-}
-
-impl CacheSettings {
-    /// Whether anything is cached at all.
-    pub fn enabled(&self) -> bool {
-        self.tokens || !self.metadata_ttl.is_zero()
-    }
-}
 
 /// An answer of the metadata service as the proxy keeps it: its end-to-end headers and
 /// whole body.

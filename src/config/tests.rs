@@ -1,3 +1,4 @@
+use super::keys::Described;
 use super::*;
 use crate::policy::Verdict;
 
@@ -18,11 +19,17 @@ fn defaults_with_only_an_upstream() {
         .validate(true)
         .unwrap();
     assert_eq!(c.upstream.unwrap().to_string(), "http://169.254.169.254/");
-    assert_eq!(c.listen, DEFAULT_LISTEN);
-    assert_eq!(c.listen6, DEFAULT_LISTEN6);
+    assert_eq!(c.listen.to_string(), "169.254.93.254:80");
     assert_eq!(c.listen6.to_string(), "[fdf3:6f62:ab7c::254]:80");
     assert_eq!(c.link_name, "imdsproxy0");
-    assert_eq!(c.bridges, default_bridges());
+    assert_eq!(
+        c.bridges,
+        [
+            BridgePattern::Exact("docker0".into()),
+            BridgePattern::Prefix("br-".into())
+        ]
+    );
+    assert_eq!(c.docker_socket, "/var/run/docker.sock");
     assert_eq!(c.request_timeout, Duration::from_secs(10));
     assert!(!c.remove_on_exit);
     assert!(
@@ -161,7 +168,11 @@ fn flags_and_variables_override_the_file() {
         ]
     );
     assert!(!c.remove_on_exit);
-    assert_eq!(c.listen, DEFAULT_LISTEN, "an unset flag does not override");
+    assert_eq!(
+        c.listen,
+        Config::defaults().listen,
+        "an unset flag does not override"
+    );
 }
 
 #[test]
@@ -454,7 +465,6 @@ fn every_bad_rate_limit_is_reported_with_its_policy_and_value() {
 
 #[test]
 fn upstream_protection_defaults_and_overrides() {
-    use crate::proxy::protect::{Class, Limits};
     let c = RawConfig::default().validate(false).unwrap();
     assert_eq!(c.aws_request_timeout, Duration::from_millis(900));
     assert_eq!(c.upstream_limits, Limits::default());
@@ -546,7 +556,6 @@ fn bad_upstream_protection_settings_name_the_class_and_the_reason() {
 
 #[test]
 fn cache_settings_default_override_and_reject_what_makes_no_sense() {
-    use crate::proxy::cache::CacheSettings;
     let c = RawConfig::default().validate(false).unwrap();
     assert_eq!(c.cache, CacheSettings::default());
     assert!(c.cache.tokens && c.cache.metadata_ttl.is_zero());
@@ -589,4 +598,93 @@ fn cache_settings_default_override_and_reject_what_makes_no_sense() {
         "{e:?}"
     );
     assert_eq!(e[3].reason, "0 entries is outside 1..=1000000");
+}
+
+#[test]
+fn every_key_of_the_table_is_validated() {
+    for key in keys::KEYS {
+        let e = errors(&raw(&format!("{} = 1979-05-27", key.name())), false);
+        let got: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(got, [key.name()], "{e:?}");
+    }
+}
+
+#[test]
+fn the_quotas_shown_as_defaults_are_the_defaults() {
+    let d = Config::defaults();
+    // Shown as code in the README: `gce = 16`.
+    let limits = keys::UPSTREAM_LIMITS.default_text().replace('`', "");
+    let concurrency = keys::UPSTREAM_CONCURRENCY.default_text().replace('`', "");
+    for class in Class::ALL {
+        let named = format!("{} = ", class.key());
+        assert!(limits.starts_with(&named) || limits.contains(&format!(", {named}")));
+        assert!(concurrency.starts_with(&named) || concurrency.contains(&format!(", {named}")));
+    }
+    let shown = raw(&format!(
+        "upstream_limits = {{ {limits} }}\nupstream_concurrency = {{ {concurrency} }}"
+    ))
+    .validate(false)
+    .unwrap();
+    assert_eq!(shown.upstream_limits, d.upstream_limits);
+}
+
+/// The README's table of keys, as the key table gives it.
+fn markdown_table() -> String {
+    let mut out = String::from(
+        "| key (file) | flag / variable | default | what it sets |\n|---|---|---|---|\n",
+    );
+    for key in keys::KEYS {
+        let name = key.name();
+        let flag = match key.form() {
+            keys::Form::FileOnly => "file only".to_owned(),
+            _ => format!("`--{}` / `{}`", keys::long_flag(name), keys::variable(name)),
+        };
+        let default = if key.default_is_value() {
+            format!("`{}`", key.default_text())
+        } else {
+            key.default_text().to_owned()
+        };
+        out += &format!("| `{name}` | {flag} | {default} | {} |\n", key.help());
+    }
+    out
+}
+
+#[test]
+fn the_readme_lists_the_keys_of_the_key_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("| key (file) |")
+        .expect("README.md has a table of keys");
+    let table: String = readme[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let want = markdown_table();
+    assert!(
+        table == want,
+        "README.md's table of keys is not config::keys'; it should read:\n\n{want}"
+    );
+}
+
+#[test]
+fn the_packaged_config_file_shows_the_defaults() {
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/config.toml"
+    ))
+    .expect("packaging/config.toml");
+    // Its commented settings, but the two that show where answers could come from.
+    let shown: Vec<&str> = file
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.split_once(" = ")
+                .is_some_and(|(k, _)| keys::known(k) && k != "upstream" && k != "emulator")
+        })
+        .collect();
+    assert!(shown.len() >= 5, "{shown:?}");
+    let c = raw(&shown.join("\n")).validate(false).unwrap();
+    assert_eq!(c, Config::defaults());
 }
