@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::Policy;
-use crate::docker::Endpoint;
 
 /// The label a container picks its policy with.
 pub const POLICY_LABEL: &str = "imds-proxy.policy";
@@ -46,20 +45,25 @@ impl Policies {
     }
 }
 
-/// The policy for a caller (a container, or with `host` a host process, or neither:
-/// unknown) and a short reason, for the log.
-pub fn policy_for<'a>(
-    caller: Option<&Endpoint>,
-    host: bool,
-    policies: &'a Policies,
-) -> (Cow<'a, Policy>, String) {
-    let Some(c) = caller else {
-        if host {
-            return (Cow::Borrowed(&policies.host), "host process".into());
-        }
-        return (Cow::Borrowed(&policies.unknown), "unknown caller".into());
+/// Who asks, as far as choosing a policy goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Asker<'a> {
+    /// A container, with its labels.
+    Container(&'a BTreeMap<String, String>),
+    /// A host process (or a container on `--network host`).
+    Host,
+    /// A caller no known container owns.
+    Unknown,
+}
+
+/// The policy for a caller and a short reason, for the log.
+pub fn policy_for<'a>(asker: Asker<'_>, policies: &'a Policies) -> (Cow<'a, Policy>, String) {
+    let labels = match asker {
+        Asker::Container(labels) => labels,
+        Asker::Host => return (Cow::Borrowed(&policies.host), "host process".into()),
+        Asker::Unknown => return (Cow::Borrowed(&policies.unknown), "unknown caller".into()),
     };
-    if let Some(name) = c.labels.get(POLICY_LABEL) {
+    if let Some(name) = labels.get(POLICY_LABEL) {
         return match policies.get(name.trim()) {
             Some(p) => (Cow::Owned(p), format!("label {POLICY_LABEL}={name}")),
             // A typo must not widen access: an unknown name denies.
@@ -69,7 +73,7 @@ pub fn policy_for<'a>(
             ),
         };
     }
-    if c.labels.contains_key(LEGACY_ALLOW_LABEL) {
+    if labels.contains_key(LEGACY_ALLOW_LABEL) {
         return (
             Cow::Owned(Policy::builtin("allow").expect("built-in")),
             format!("label {LEGACY_ALLOW_LABEL}"),
@@ -84,22 +88,11 @@ pub fn policy_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::ContainerId;
-
-    fn ep(labels: &[(&str, &str)]) -> Endpoint {
-        Endpoint {
-            container: ContainerId("c".repeat(64)),
-            name: "c".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            network: "bridge".into(),
-            ipv4: "172.17.0.2".parse().unwrap(),
-            ipv6: None,
-            mac: None,
-            port: Some(7),
-        }
+    fn ep(labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn defaults() -> Policies {
@@ -109,19 +102,21 @@ mod tests {
     #[test]
     fn labels_pick_the_policy_and_defaults_cover_the_rest() {
         let d = defaults();
-        let name = |c: Option<&Endpoint>| policy_for(c, false, &d).0.name.clone();
+        let name = |labels: &BTreeMap<String, String>| {
+            policy_for(Asker::Container(labels), &d).0.name.clone()
+        };
         assert_eq!(
-            name(Some(&ep(&[("imds-proxy.policy", "metadata-only")]))),
+            name(&ep(&[("imds-proxy.policy", "metadata-only")])),
             "metadata-only"
         );
-        assert_eq!(name(Some(&ep(&[("imds-proxy.policy", "deny")]))), "deny");
-        assert_eq!(name(Some(&ep(&[("MSIClientContainer", "")]))), "allow");
-        assert_eq!(name(Some(&ep(&[("other", "x")]))), "allow");
-        assert_eq!(name(None), "deny");
-        assert_eq!(policy_for(None, true, &d).0.name, "allow");
+        assert_eq!(name(&ep(&[("imds-proxy.policy", "deny")])), "deny");
+        assert_eq!(name(&ep(&[("MSIClientContainer", "")])), "allow");
+        assert_eq!(name(&ep(&[("other", "x")])), "allow");
+        assert_eq!(policy_for(Asker::Unknown, &d).0.name, "deny");
+        assert_eq!(policy_for(Asker::Host, &d).0.name, "allow");
         let mut hardened = defaults();
         hardened.host = Policy::builtin("metadata-only").unwrap();
-        let (p, why) = policy_for(None, true, &hardened);
+        let (p, why) = policy_for(Asker::Host, &hardened);
         assert_eq!(
             (p.name.as_str(), why.as_str()),
             ("metadata-only", "host process")
@@ -131,7 +126,7 @@ mod tests {
     #[test]
     fn a_misspelt_policy_denies() {
         let d = defaults();
-        let (p, why) = policy_for(Some(&ep(&[("imds-proxy.policy", "alow")])), false, &d);
+        let (p, why) = policy_for(Asker::Container(&ep(&[("imds-proxy.policy", "alow")])), &d);
         assert_eq!(p.name, "deny");
         assert!(why.contains("names no policy"), "{why}");
     }
@@ -139,14 +134,8 @@ mod tests {
     #[test]
     fn the_policy_label_wins_over_the_legacy_label() {
         let d = defaults();
-        let (p, _) = policy_for(
-            Some(&ep(&[
-                ("imds-proxy.policy", "deny"),
-                ("MSIClientContainer", ""),
-            ])),
-            false,
-            &d,
-        );
+        let labels = ep(&[("imds-proxy.policy", "deny"), ("MSIClientContainer", "")]);
+        let (p, _) = policy_for(Asker::Container(&labels), &d);
         assert_eq!(p.name, "deny");
     }
 }
@@ -154,7 +143,6 @@ mod tests {
 #[cfg(test)]
 mod named {
     use super::*;
-    use crate::docker::ContainerId;
     use crate::policy::{Pattern, Rule, Verdict};
 
     #[test]
@@ -171,16 +159,8 @@ mod named {
             aws_tokens_required: false,
         };
         p.named.insert("ci".into(), ci.clone());
-        let ep = Endpoint {
-            container: ContainerId("d".repeat(64)),
-            name: "d".into(),
-            labels: [("imds-proxy.policy".to_string(), "ci".to_string())].into(),
-            network: "bridge".into(),
-            ipv4: "172.17.0.9".parse().unwrap(),
-            ipv6: None,
-            mac: None,
-            port: Some(7),
-        };
-        assert_eq!(*policy_for(Some(&ep), false, &p).0, ci);
+        let labels: BTreeMap<String, String> =
+            [("imds-proxy.policy".to_string(), "ci".to_string())].into();
+        assert_eq!(*policy_for(Asker::Container(&labels), &p).0, ci);
     }
 }

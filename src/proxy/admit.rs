@@ -163,7 +163,12 @@ pub(super) fn admit(
         return Err(Local::answer(Decision::Refuse, rule, resp));
     }
     let who = known_caller(cx.caller, provider)?;
-    let (chosen, why) = select::policy_for(who, matches!(cx.caller, Caller::Host), cx.policies);
+    let asker = match (who, cx.caller) {
+        (Some(e), _) => select::Asker::Container(&e.labels),
+        (None, Caller::Host) => select::Asker::Host,
+        (None, _) => select::Asker::Unknown,
+    };
+    let (chosen, why) = select::policy_for(asker, cx.policies);
     let request = policy::Request {
         path: head.path,
         query: head.query,
