@@ -178,7 +178,7 @@ async fn remove_interception(cfg: &Config, fw: Arc<dyn Firewall>) -> Result<(), 
 /// Re-reads the configuration (file, variables, flags) for a reload.
 pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
-/// `imds-proxy run`: start-up ([`startup`]), the running loop ([`running`]), shutdown.
+/// `imds-proxy run`: the ordered start-up, the running loop, then shutdown.
 pub async fn run(cfg: Config, reload: Reload) -> Result<(), AppError> {
     let started = Instant::now();
     require_root()?;
