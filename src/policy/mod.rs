@@ -1,6 +1,6 @@
 //! Per-container policy as a pure function: `(policy, canonical request) -> decision`.
 //!
-//! Paths are matched on their canonical form (see [`canonical`]), segment by segment
+//! Paths are matched on their canonical form (see [`crate::request::canonical`]), segment by segment
 //! and without case. A policy is an ordered list of path rules (first match wins) and a
 //! default. Denying a subtree also covers the ways to read it from above: a GCE
 //! `recursive=true` listing of an ancestor is denied, and an Azure document that would
