@@ -28,10 +28,22 @@ pub enum PortsError {
     Links(#[source] rtnetlink::Error),
 }
 
+/// A bridge port: the interface index of a container's veth on the host's side, which
+/// the ruleset stamps the container's metadata connections with. Not just any link
+/// index: only a port of a container bridge is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BridgePort(pub u32);
+
+impl std::fmt::Display for BridgePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One bridge port whose peer is in another namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
-    pub index: u32,
+    pub index: BridgePort,
     /// Name of the bridge the port belongs to.
     pub bridge: String,
     /// Id (in the host namespace) of the namespace the peer lives in.
@@ -58,7 +70,7 @@ impl PortMap {
 
     /// The port of `bridge` whose peer is in the namespace `nsid`. Pure. Two such ports
     /// (never made by Docker) identify no one.
-    pub fn port_of(&self, bridge: &str, nsid: i32) -> Option<u32> {
+    pub fn port_of(&self, bridge: &str, nsid: i32) -> Option<BridgePort> {
         let mut found = self
             .ports
             .iter()
@@ -193,7 +205,7 @@ impl PortReader {
             raw.into_iter()
                 .filter_map(|(index, master, peer_nsid, peer_index)| {
                     Some(Port {
-                        index,
+                        index: BridgePort(index),
                         bridge: names.get(&master)?.clone(),
                         peer_nsid,
                         peer_index,
@@ -206,8 +218,8 @@ impl PortReader {
     /// The bridge port with interface index `index`, if it is one whose peer lives in
     /// another namespace: its bridge, the peer's namespace id and the peer's own index
     /// there. One request for the link and one for its bridge's name.
-    pub async fn port(&self, index: u32) -> Result<Option<Port>, PortsError> {
-        let Some(l) = self.link(index).await? else {
+    pub async fn port(&self, index: BridgePort) -> Result<Option<Port>, PortsError> {
+        let Some(l) = self.link(index.0).await? else {
             return Ok(None);
         };
         let (mut master, mut nsid, mut peer) = (None, None, None);
@@ -283,7 +295,7 @@ impl PortReader {
 mod tests {
     use super::*;
 
-    fn port(index: u32, bridge: &str, peer_nsid: i32) -> Port {
+    fn port(index: BridgePort, bridge: &str, peer_nsid: i32) -> Port {
         Port {
             index,
             bridge: bridge.into(),
@@ -295,20 +307,23 @@ mod tests {
     #[test]
     fn the_port_is_the_one_on_the_network_bridge_with_the_peer_in_the_container() {
         let map = PortMap::new(vec![
-            port(10, "docker0", 1),
-            port(11, "br-aaa", 1),
-            port(12, "docker0", 2),
+            port(BridgePort(10), "docker0", 1),
+            port(BridgePort(11), "br-aaa", 1),
+            port(BridgePort(12), "docker0", 2),
         ]);
-        assert_eq!(map.port_of("docker0", 1), Some(10));
-        assert_eq!(map.port_of("br-aaa", 1), Some(11));
-        assert_eq!(map.port_of("docker0", 2), Some(12));
+        assert_eq!(map.port_of("docker0", 1), Some(BridgePort(10)));
+        assert_eq!(map.port_of("br-aaa", 1), Some(BridgePort(11)));
+        assert_eq!(map.port_of("docker0", 2), Some(BridgePort(12)));
         assert_eq!(map.port_of("br-aaa", 2), None);
         assert_eq!(map.port_of("docker0", 3), None);
     }
 
     #[test]
     fn two_candidate_ports_identify_no_one() {
-        let map = PortMap::new(vec![port(10, "docker0", 1), port(13, "docker0", 1)]);
+        let map = PortMap::new(vec![
+            port(BridgePort(10), "docker0", 1),
+            port(BridgePort(13), "docker0", 1),
+        ]);
         assert_eq!(map.port_of("docker0", 1), None);
     }
 }

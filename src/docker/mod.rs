@@ -24,6 +24,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::ports::BridgePort;
+
 pub use task::spawn;
 
 /// A Docker container id (64 hex digits).
@@ -52,18 +54,18 @@ pub struct Endpoint {
     pub mac: Option<String>,
     /// Interface index of the endpoint's host bridge port: what the kernel stamps the
     /// container's metadata connections with.
-    pub port: Option<u32>,
+    pub port: Option<BridgePort>,
 }
 
 /// Every known container endpoint, by bridge port. Immutable once published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
-    by_port: HashMap<u32, Arc<Endpoint>>,
+    by_port: HashMap<BridgePort, Arc<Endpoint>>,
     /// Running containers Docker reported.
     containers: usize,
     /// Ports looked into that lead to no container, and when: a request that arrived
     /// before that is answered by it.
-    unowned: HashMap<u32, Instant>,
+    unowned: HashMap<BridgePort, Instant>,
     /// Docker answered last time: an unknown port may be a container whose start is
     /// still being reported, worth a short wait.
     pub connected: bool,
@@ -71,12 +73,12 @@ pub struct Inventory {
 
 impl Inventory {
     /// The endpoint behind host bridge port `port`, if any.
-    pub fn by_port(&self, port: u32) -> Option<&Arc<Endpoint>> {
+    pub fn by_port(&self, port: BridgePort) -> Option<&Arc<Endpoint>> {
         self.by_port.get(&port)
     }
 
     /// Whether port `port` was found, at or after `t`, to lead to no container.
-    pub fn unowned_since(&self, port: u32, t: Instant) -> bool {
+    pub fn unowned_since(&self, port: BridgePort, t: Instant) -> bool {
         self.unowned.get(&port).is_some_and(|at| *at >= t)
     }
 
@@ -99,7 +101,7 @@ impl Inventory {
     /// for the kernel.
     pub fn from_summaries(
         list: &[bollard::models::ContainerSummary],
-        port_of: impl Fn(&str, &str) -> Option<u32>,
+        port_of: impl Fn(&str, &str) -> Option<BridgePort>,
     ) -> Self {
         let mut st = state::State::default();
         let mut networks = HashMap::new();
@@ -163,7 +165,7 @@ pub struct InventoryHandle {
     /// Asks the inventory task to look into a bridge port no known container owns.
     /// With the port, the source address of the request that met it: a new container
     /// is held to that address until Docker's inspect gives the one Docker assigned.
-    pub resolve: mpsc::UnboundedSender<(u32, std::net::IpAddr)>,
+    pub resolve: mpsc::UnboundedSender<(BridgePort, std::net::IpAddr)>,
     /// The Linux bridges of Docker's networks (every bridge-driver network, whatever its
     /// bridge is called, and `docker_gwbridge`): the interfaces to intercept.
     pub bridges: watch::Receiver<BTreeSet<String>>,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ContainerId, Endpoint, Inventory};
+use crate::ports::BridgePort;
 
 /// What Docker assigned a container on one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +57,9 @@ pub struct State {
     /// Which container's processes live in the namespace with this id.
     nsids: HashMap<i32, ContainerId>,
     /// Bridge ports whose peer is in another namespace, by interface index.
-    ports: HashMap<u32, PortFacts>,
+    ports: HashMap<BridgePort, PortFacts>,
     /// Ports that were looked into and lead to no container Docker runs, and when.
-    unowned: HashMap<u32, Instant>,
+    unowned: HashMap<BridgePort, Instant>,
     /// Name and labels of containers Docker reported created and not yet inspected.
     created: HashMap<ContainerId, (String, BTreeMap<String, String>)>,
 }
@@ -224,34 +225,34 @@ impl State {
         self.nsids.remove(&nsid);
     }
 
-    pub fn set_port(&mut self, index: u32, facts: PortFacts) {
+    pub fn set_port(&mut self, index: BridgePort, facts: PortFacts) {
         self.unowned.remove(&index);
         self.ports.insert(index, facts);
     }
 
     /// A link that is no bridge port (any more), or is gone.
-    pub fn remove_port(&mut self, index: u32) {
+    pub fn remove_port(&mut self, index: BridgePort) {
         self.ports.remove(&index);
     }
 
-    pub fn port(&self, index: u32) -> Option<&PortFacts> {
+    pub fn port(&self, index: BridgePort) -> Option<&PortFacts> {
         self.ports.get(&index)
     }
 
     /// Every port of a full link listing: ports not in it are gone.
-    pub fn set_ports(&mut self, ports: HashMap<u32, PortFacts>) {
+    pub fn set_ports(&mut self, ports: HashMap<BridgePort, PortFacts>) {
         self.unowned.retain(|p, _| !ports.contains_key(p));
         self.ports = ports;
     }
 
     /// Port `index` was looked into at `at` and leads to no container.
-    pub fn set_unowned(&mut self, index: u32, at: Instant) {
+    pub fn set_unowned(&mut self, index: BridgePort, at: Instant) {
         self.unowned.insert(index, at);
     }
 
     /// Whether port `index`, whose container is known, lacks that container's addresses
     /// on its bridge: the endpoint is one Docker lists only on the network itself.
-    pub fn lacks_addresses(&self, index: u32) -> Option<&str> {
+    pub fn lacks_addresses(&self, index: BridgePort) -> Option<&str> {
         let facts = self.ports.get(&index)?;
         let c = self.containers.get(self.nsids.get(&facts.nsid)?)?;
         match self.addresses(c, &facts.bridge) {

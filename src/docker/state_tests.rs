@@ -1,4 +1,5 @@
 use super::*;
+use crate::ports::BridgePort;
 use std::net::IpAddr;
 
 fn id(c: char) -> ContainerId {
@@ -61,9 +62,9 @@ fn a_port_names_the_container_of_its_peer_namespace_on_that_bridges_network() {
     st.set_container(container('b', "db", &[("bridge", "172.17.0.3")]));
     st.set_nsid(1, id('a'));
     st.set_nsid(2, id('b'));
-    st.set_port(10, facts("docker0", 1));
-    st.set_port(11, facts("my-bridge", 1));
-    st.set_port(12, facts("docker0", 2));
+    st.set_port(BridgePort(10), facts("docker0", 1));
+    st.set_port(BridgePort(11), facts("my-bridge", 1));
+    st.set_port(BridgePort(12), facts("docker0", 2));
     let inv = st.inventory(true);
     let ep = |p| {
         let e = inv.by_port(p).expect("endpoint");
@@ -75,16 +76,31 @@ fn a_port_names_the_container_of_its_peer_namespace_on_that_bridges_network() {
         )
     };
     assert_eq!(
-        ep(10),
-        ("web".into(), "bridge".into(), "172.17.0.2".into(), Some(10))
+        ep(BridgePort(10)),
+        (
+            "web".into(),
+            "bridge".into(),
+            "172.17.0.2".into(),
+            Some(BridgePort(10))
+        )
     );
     assert_eq!(
-        ep(11),
-        ("web".into(), "custom".into(), "10.5.0.2".into(), Some(11))
+        ep(BridgePort(11)),
+        (
+            "web".into(),
+            "custom".into(),
+            "10.5.0.2".into(),
+            Some(BridgePort(11))
+        )
     );
     assert_eq!(
-        ep(12),
-        ("db".into(), "bridge".into(), "172.17.0.3".into(), Some(12))
+        ep(BridgePort(12)),
+        (
+            "db".into(),
+            "bridge".into(),
+            "172.17.0.3".into(),
+            Some(BridgePort(12))
+        )
     );
     assert_eq!((inv.len(), inv.containers()), (3, 2));
     assert_eq!(
@@ -102,15 +118,15 @@ fn a_swarm_containers_gateway_endpoint_comes_from_the_networks_own_list() {
     // listed by docker_gwbridge alone.
     st.set_container(container('s', "svc.1.x", &[("ov", "10.0.1.3")]));
     st.set_nsid(3, id('s'));
-    st.set_port(20, facts("docker_gwbridge", 3));
-    assert!(st.inventory(true).by_port(20).is_none());
+    st.set_port(BridgePort(20), facts("docker_gwbridge", 3));
+    assert!(st.inventory(true).by_port(BridgePort(20)).is_none());
     assert_eq!(
         st.networks_missing_endpoints(),
         [("docker_gwbridge".to_owned(), id('s'))].into()
     );
     st.set_hidden("docker_gwbridge", vec![(id('s'), addr("172.18.0.3"))]);
     let inv = st.inventory(true);
-    let e = inv.by_port(20).expect("gateway endpoint");
+    let e = inv.by_port(BridgePort(20)).expect("gateway endpoint");
     assert_eq!(
         (e.name.as_str(), e.network.as_str(), e.ipv4.to_string()),
         ("svc.1.x", "docker_gwbridge", "172.18.0.3".into())
@@ -125,12 +141,12 @@ fn ports_without_a_known_container_or_endpoint_name_no_one() {
     st.set_nsid(1, id('a'));
     // A namespace nobody owns (Swarm's ingress-sbox), a bridge Docker does not know
     // (libvirt), a container with no endpoint on that bridge.
-    st.set_port(30, facts("docker_gwbridge", 9));
-    st.set_port(31, facts("virbr0", 1));
-    st.set_port(32, facts("my-bridge", 1));
+    st.set_port(BridgePort(30), facts("docker_gwbridge", 9));
+    st.set_port(BridgePort(31), facts("virbr0", 1));
+    st.set_port(BridgePort(32), facts("my-bridge", 1));
     let inv = st.inventory(true);
     for p in [30, 31, 32, 33] {
-        assert!(inv.by_port(p).is_none(), "port {p}");
+        assert!(inv.by_port(BridgePort(p)).is_none(), "port {p}");
     }
 }
 
@@ -139,13 +155,13 @@ fn a_stopped_container_takes_its_namespace_id_with_it() {
     let mut st = host();
     st.set_container(container('a', "old", &[("bridge", "172.17.0.2")]));
     st.set_nsid(1, id('a'));
-    st.set_port(10, facts("docker0", 1));
+    st.set_port(BridgePort(10), facts("docker0", 1));
     assert!(st.remove_container(&id('a')));
     // The kernel hands the freed id to the next namespace: a new container's new port
     // with the old id must not name the old container.
-    st.set_port(11, facts("docker0", 1));
+    st.set_port(BridgePort(11), facts("docker0", 1));
     let inv = st.inventory(true);
-    assert!(inv.by_port(10).is_none() && inv.by_port(11).is_none());
+    assert!(inv.by_port(BridgePort(10)).is_none() && inv.by_port(BridgePort(11)).is_none());
     assert_eq!(st.container_of_nsid(1), None);
 }
 
@@ -174,15 +190,15 @@ fn a_resync_forgets_the_gone_keeps_the_newer_and_keeps_pids() {
 fn an_unowned_port_answers_requests_that_arrived_before_it_was_looked_into() {
     let mut st = host();
     let before = Instant::now();
-    st.set_unowned(40, Instant::now());
+    st.set_unowned(BridgePort(40), Instant::now());
     let after = Instant::now() + std::time::Duration::from_millis(5);
     let inv = st.inventory(true);
-    assert!(inv.unowned_since(40, before));
-    assert!(!inv.unowned_since(40, after));
-    assert!(!inv.unowned_since(41, before));
+    assert!(inv.unowned_since(BridgePort(40), before));
+    assert!(!inv.unowned_since(BridgePort(40), after));
+    assert!(!inv.unowned_since(BridgePort(41), before));
     // Once the port leads somewhere it is no longer unowned.
-    st.set_port(40, facts("docker0", 1));
-    assert!(!st.inventory(true).unowned_since(40, before));
+    st.set_port(BridgePort(40), facts("docker0", 1));
+    assert!(!st.inventory(true).unowned_since(BridgePort(40), before));
 }
 
 #[test]
@@ -202,9 +218,9 @@ fn a_container_known_only_from_its_create_event_is_named_with_its_namespaces_add
     assert!(!st.set_provisional(&id('c'), "docker0", &[link_local]));
     assert!(st.set_provisional(&id('c'), "docker0", &addrs));
     st.set_nsid(5, id('c'));
-    st.set_port(50, facts("docker0", 5));
+    st.set_port(BridgePort(50), facts("docker0", 5));
     let inv = st.inventory(true);
-    let e = inv.by_port(50).expect("endpoint");
+    let e = inv.by_port(BridgePort(50)).expect("endpoint");
     assert_eq!(
         (
             e.name.as_str(),
@@ -222,5 +238,10 @@ fn a_container_known_only_from_its_create_event_is_named_with_its_namespaces_add
     assert_eq!(e.labels, labels);
     // Docker's inspect replaces it with what Docker assigned.
     st.set_container(container('c', "fresh", &[("bridge", "172.17.0.5")]));
-    assert!(st.inventory(true).by_port(50).unwrap().mac.is_some());
+    assert!(st
+        .inventory(true)
+        .by_port(BridgePort(50))
+        .unwrap()
+        .mac
+        .is_some());
 }

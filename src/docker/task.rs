@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::convert::{self, Change};
 use super::state::{Addresses, Container, PortFacts, State};
 use super::{ApiCalls, ContainerId, Inventory, InventoryHandle};
-use crate::ports::{LinkFacts, PortReader};
+use crate::ports::{BridgePort, LinkFacts, PortReader};
 
 /// How often the inventory is re-listed without any event.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -83,7 +83,7 @@ enum Done {
         ContainerId,
         Result<Option<(Container, Option<i32>)>, bollard::errors::Error>,
     ),
-    Resolved(u32, Instant, Resolution),
+    Resolved(BridgePort, Instant, Resolution),
     Networks(Result<HashMap<String, String>, bollard::errors::Error>),
     Endpoints(
         String,
@@ -96,7 +96,7 @@ enum Done {
 struct Listing {
     containers: Vec<Container>,
     networks: HashMap<String, String>,
-    ports: Option<HashMap<u32, PortFacts>>,
+    ports: Option<HashMap<BridgePort, PortFacts>>,
     nsids: HashMap<i32, ContainerId>,
 }
 
@@ -127,8 +127,8 @@ struct Task {
     inspecting: HashSet<ContainerId>,
     inspected_at: HashMap<ContainerId, Instant>,
     /// Ports that lead to a container being inspected.
-    waiting: HashMap<ContainerId, Vec<u32>>,
-    resolving: HashSet<u32>,
+    waiting: HashMap<ContainerId, Vec<BridgePort>>,
+    resolving: HashSet<BridgePort>,
     /// Networks whose endpoint list is being fetched.
     fetching: HashSet<String>,
     /// Containers whose endpoint on a network was looked for in that network's list.
@@ -152,7 +152,7 @@ async fn next_event(
 impl Task {
     async fn run(
         mut self,
-        mut requests: mpsc::UnboundedReceiver<(u32, IpAddr)>,
+        mut requests: mpsc::UnboundedReceiver<(BridgePort, IpAddr)>,
         mut links: mpsc::UnboundedReceiver<LinkFacts>,
     ) {
         let mut events: Option<Events> = None;
@@ -207,6 +207,7 @@ impl Task {
                 peer_index,
             } => {
                 self.link_names.insert(index, name);
+                let port = BridgePort(index);
                 let bridge = master.and_then(|m| self.link_names.get(&m).cloned());
                 match (bridge, peer_nsid) {
                     (Some(bridge), Some(nsid)) => {
@@ -215,23 +216,23 @@ impl Task {
                             nsid,
                             peer: peer_index,
                         };
-                        if self.state.port(index) != Some(&facts) {
+                        if self.state.port(port) != Some(&facts) {
                             // A port whose namespace is no known container's adds no
                             // endpoint: the inventory is rebuilt only when one can change.
                             let names_one = self.state.container_of_nsid(nsid).is_some();
-                            self.state.set_port(index, facts);
-                            if names_one || self.published(index) {
+                            self.state.set_port(port, facts);
+                            if names_one || self.published(port) {
                                 self.publish();
                             }
                         }
                     }
-                    _ => self.forget_port(index),
+                    _ => self.forget_port(port),
                 }
             }
             LinkFacts::Gone(index) => {
                 self.link_names.remove(&index);
                 self.gone_links.insert(index);
-                self.forget_port(index);
+                self.forget_port(BridgePort(index));
             }
             LinkFacts::Resync => {
                 if let Some(d) = self.docker.clone() {
@@ -242,7 +243,7 @@ impl Task {
     }
 
     /// A link that is no bridge port (any more).
-    fn forget_port(&mut self, index: u32) {
+    fn forget_port(&mut self, index: BridgePort) {
         if self.state.port(index).is_some() {
             self.state.remove_port(index);
             if self.published(index) {
@@ -252,7 +253,7 @@ impl Task {
     }
 
     /// Whether the published inventory names a container behind port `index`.
-    fn published(&self, index: u32) -> bool {
+    fn published(&self, index: BridgePort) -> bool {
         self.tx.borrow().by_port(index).is_some()
     }
 
@@ -385,7 +386,7 @@ impl Task {
 
     /// Looks into a port the proxy met and no known container owns, for a request
     /// from address `from`.
-    fn resolve(&mut self, port: u32, from: IpAddr) {
+    fn resolve(&mut self, port: BridgePort, from: IpAddr) {
         if !self.resolving.insert(port) {
             return;
         }
@@ -536,13 +537,13 @@ impl Task {
         self.fetch_missing_endpoints();
     }
 
-    fn on_resolved(&mut self, port: u32, asked: Instant, r: Resolution) {
+    fn on_resolved(&mut self, port: BridgePort, asked: Instant, r: Resolution) {
         self.resolving.remove(&port);
         // A port the kernel said went away meanwhile: its namespace may be gone and its
         // id another namespace's by now.
         let r = match r {
             Resolution::Container(f, ..) | Resolution::NoContainer(f)
-                if self.gone_links.contains(&port)
+                if self.gone_links.contains(&port.0)
                     || self.state.port(port).is_some_and(|k| *k != f) =>
             {
                 Resolution::NoPort
@@ -632,7 +633,7 @@ async fn list(
     if let Some(k) = kernel {
         match k.ports().await {
             Ok(map) => {
-                let facts: HashMap<u32, PortFacts> = map
+                let facts: HashMap<BridgePort, PortFacts> = map
                     .ports()
                     .iter()
                     .map(|p| {
@@ -673,7 +674,7 @@ async fn list(
 /// namespace lived throughout, so its id was never another namespace's meanwhile.
 async fn resolve_port(
     kernel: &PortReader,
-    port: u32,
+    port: BridgePort,
     known_port: Option<PortFacts>,
     known: Option<(ContainerId, i64)>,
     from: IpAddr,
@@ -711,7 +712,7 @@ async fn resolve_port(
             .remove(&facts.nsid);
     }
     debug!(
-        port,
+        port = port.0,
         by_pid,
         found = found.is_some(),
         link_us = (t0 - asked).as_micros() as u64,

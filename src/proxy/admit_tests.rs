@@ -16,6 +16,7 @@ use crate::docker::{ContainerId, Endpoint};
 use crate::policy::ratelimit::Per;
 use crate::policy::select::{Policies, POLICY_LABEL};
 use crate::policy::{Policy, RateLimit};
+use crate::ports::BridgePort;
 use crate::providers::identity::{AWS_ROLE, AZURE_CLIENT_ID, GCE_SERVICE_ACCOUNT};
 use crate::request::canonical::CanonicalPath;
 
@@ -72,7 +73,7 @@ fn container(labels: &[(&str, &str)]) -> Caller {
         ipv4: "172.17.0.2".parse().unwrap(),
         ipv6: None,
         mac: None,
-        port: Some(7),
+        port: Some(BridgePort(7)),
     }))
 }
 
@@ -191,8 +192,8 @@ fn each_request_is_decided_as_the_table_says() {
         claimed: "172.17.0.9".parse().unwrap(),
     };
     let moved = || Caller::Moved {
-        accepted: Origin::Port(7),
-        now: Origin::Port(8),
+        accepted: Origin::Port(BridgePort(7)),
+        now: Origin::Port(BridgePort(8)),
     };
     let cases = [
         // The provider's own protocol comes before anything about the caller.

@@ -509,7 +509,7 @@ struct OpenConns {
 /// source address cannot use up another container's share), else its address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ConnKey {
-    Port(u32),
+    Port(crate::ports::BridgePort),
     Addr(ClientAddr),
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use imds_proxy::ports::BridgePort;
 use imds_proxy::proxy::{self, Proxy, ProxySettings};
 
 pub struct Running {
@@ -31,14 +32,14 @@ impl proxy::identify::Origins for FakeOrigins {
         use proxy::identify::Origin;
         let again = !self.looked_up.lock().unwrap().insert(peer);
         if let (true, Some(p)) = (again, self.taken_over.get(&peer.ip())) {
-            return Origin::Port(*p);
+            return Origin::Port(BridgePort(*p));
         }
         if let Some(p) = self.forged.get(&peer.ip()) {
-            return Origin::Port(*p);
+            return Origin::Port(BridgePort(*p));
         }
         match peer.ip() {
             std::net::IpAddr::V4(v4) if v4.octets()[3] == 1 => Origin::Host,
-            std::net::IpAddr::V4(v4) => Origin::Port(v4.octets()[3] as u32),
+            std::net::IpAddr::V4(v4) => Origin::Port(BridgePort(v4.octets()[3] as u32)),
             _ => Origin::Elsewhere,
         }
     }
@@ -63,7 +64,7 @@ pub fn inventory_of(
                     .clone()
             })
             .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
-            .map(|ip| ip.octets()[3] as u32)
+            .map(|ip| BridgePort(ip.octets()[3] as u32))
     });
     inv.connected = connected;
     imds_proxy::docker::InventoryHandle::fixed(inv)

@@ -87,6 +87,7 @@ pub fn give_up(inv: Option<&Inventory>, origin: Origin, arrived: Instant) -> Cal
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::BridgePort;
     use bollard::models::{ContainerSummary, ContainerSummaryNetworkSettings, EndpointSettings};
 
     /// Containers `a` (172.17.0.2 and fd00:dead:beef::2, port 10) and `b` (172.17.0.3,
@@ -117,8 +118,8 @@ mod tests {
                 c('c', "172.17.0.4"),
             ],
             |id, _| match &id[..1] {
-                "a" => Some(10),
-                "b" => Some(11),
+                "a" => Some(BridgePort(10)),
+                "b" => Some(BridgePort(11)),
                 _ => None,
             },
         );
@@ -147,34 +148,34 @@ mod tests {
     fn the_port_and_the_address_must_both_be_the_containers() {
         let inv = inventory(true);
         let cases = [
-            (Origin::Port(10), "172.17.0.2", "a"),
-            (Origin::Port(11), "172.17.0.3", "b"),
+            (Origin::Port(BridgePort(10)), "172.17.0.2", "a"),
+            (Origin::Port(BridgePort(11)), "172.17.0.3", "b"),
             // b's port, a's address: b forging a's source address (with or without a's
             // MAC: the port is what counts).
             (
-                Origin::Port(11),
+                Origin::Port(BridgePort(11)),
                 "172.17.0.2",
                 "forged 172.17.0.2 on b's port",
             ),
             (
-                Origin::Port(10),
+                Origin::Port(BridgePort(10)),
                 "172.17.0.9",
                 "forged 172.17.0.9 on a's port",
             ),
             // A port nobody owns yet: wait for Docker, whatever the address claims.
-            (Origin::Port(12), "172.17.0.2", "Wait"),
+            (Origin::Port(BridgePort(12)), "172.17.0.2", "Wait"),
             // c's port was never found: c's address alone identifies no one.
-            (Origin::Port(13), "172.17.0.4", "Wait"),
+            (Origin::Port(BridgePort(13)), "172.17.0.4", "Wait"),
             // IPv6 callers (the IPv6 metadata address): the same rule, with the
             // container's IPv6 address on that network.
-            (Origin::Port(10), "fd00:dead:beef::2", "a"),
+            (Origin::Port(BridgePort(10)), "fd00:dead:beef::2", "a"),
             (
-                Origin::Port(11),
+                Origin::Port(BridgePort(11)),
                 "fd00:dead:beef::2",
                 "forged fd00:dead:beef::2 on b's port",
             ),
             (
-                Origin::Port(10),
+                Origin::Port(BridgePort(10)),
                 "fd00:dead:beef::3",
                 "forged fd00:dead:beef::3 on a's port",
             ),
@@ -195,16 +196,24 @@ mod tests {
     fn without_docker_unknown_ports_are_unknown_at_once() {
         let inv = inventory(false);
         assert_eq!(
-            name(lookup(Some(&inv), Origin::Port(12), ip("172.17.0.2"))),
+            name(lookup(
+                Some(&inv),
+                Origin::Port(BridgePort(12)),
+                ip("172.17.0.2")
+            )),
             "Decided(Unknown)"
         );
         // Known containers keep being served during the outage.
         assert_eq!(
-            name(lookup(Some(&inv), Origin::Port(10), ip("172.17.0.2"))),
+            name(lookup(
+                Some(&inv),
+                Origin::Port(BridgePort(10)),
+                ip("172.17.0.2")
+            )),
             "a"
         );
         assert_eq!(
-            name(lookup(None, Origin::Port(10), ip("172.17.0.2"))),
+            name(lookup(None, Origin::Port(BridgePort(10)), ip("172.17.0.2"))),
             "Decided(Unknown)"
         );
     }
@@ -216,10 +225,10 @@ mod tests {
         let ms = std::time::Duration::from_millis(5);
         let at = |t: Instant| {
             let mut st = State::default();
-            st.set_unowned(12, t);
+            st.set_unowned(BridgePort(12), t);
             st.inventory(true)
         };
-        let port = Origin::Port(12);
+        let port = Origin::Port(BridgePort(12));
         // Looked into before the request arrived: that answer may be stale.
         assert_eq!(
             give_up(Some(&at(arrived - ms)), port, arrived),
@@ -231,7 +240,11 @@ mod tests {
         );
         // Another port's answer says nothing about this one.
         assert_eq!(
-            give_up(Some(&at(arrived + ms)), Origin::Port(13), arrived),
+            give_up(
+                Some(&at(arrived + ms)),
+                Origin::Port(BridgePort(13)),
+                arrived
+            ),
             Caller::NotYetReported
         );
         assert_eq!(give_up(None, port, arrived), Caller::NotYetReported);

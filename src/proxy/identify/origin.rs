@@ -14,12 +14,13 @@ use crate::firewall::nfnl::ct::{
     CTA_PROTO_DST_PORT, CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_TUPLE_IP, CTA_TUPLE_PROTO,
     CTA_TUPLE_REPLY, IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK,
 };
+use crate::ports::BridgePort;
 
 /// Where a connection came from, as the kernel recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
     /// Through a container bridge, by this bridge port (its interface index).
-    Port(u32),
+    Port(BridgePort),
     /// From this host (loopback, no port stamp): a host process, or a container on
     /// `--network host`.
     Host,
@@ -46,7 +47,7 @@ impl Origins for ConntrackOrigins {
             return Origin::Elsewhere;
         }
         match connection_mark(local, peer) {
-            Ok(Some(mark)) if mark != 0 => Origin::Port(mark),
+            Ok(Some(mark)) if mark != 0 => Origin::Port(BridgePort(mark)),
             Ok(_) => host_or_elsewhere(peer.ip()),
             Err(e) => {
                 warn!(error = %e, "cannot read the connection's conntrack mark; the caller is told to retry");
