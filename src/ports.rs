@@ -31,8 +31,15 @@ pub enum PortsError {
 /// A bridge port: the interface index of a container's veth on the host's side, which
 /// the ruleset stamps the container's metadata connections with. Not just any link
 /// index: only a port of a container bridge is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BridgePort(pub u32);
+
+/// The bare index, as logs have always shown a connection's origin (`Port(7)`).
+impl std::fmt::Debug for BridgePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl std::fmt::Display for BridgePort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
