@@ -120,7 +120,8 @@ struct Case {
     asked: &'static [&'static str],
 }
 
-fn run(case: &Case) -> (String, Vec<String>) {
+/// The decision on `case`, and what the gates were asked (the caller's id as `C`).
+fn decide(case: &Case) -> (Result<Plan, Box<Local>>, Vec<String>) {
     let uri: http::Uri = case.target.parse().unwrap();
     let path = CanonicalPath::parse(uri.path()).unwrap();
     let mut headers = HeaderMap::new();
@@ -146,6 +147,11 @@ fn run(case: &Case) -> (String, Vec<String>) {
     };
     let r = admit(&head, &cx, &mut gates);
     let asked = gates.asked.iter().map(|a| a.replace(ID, "C")).collect();
+    (r, asked)
+}
+
+fn run(case: &Case) -> (String, Vec<String>) {
+    let (r, asked) = decide(case);
     (summary(&r), asked)
 }
 
@@ -254,28 +260,7 @@ fn a_denial_carries_the_rule_that_decided_and_why_that_policy_applied() {
         want: "",
         asked: &[],
     };
-    let uri: http::Uri = case.target.parse().unwrap();
-    let path = CanonicalPath::parse(uri.path()).unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("metadata-flavor", HeaderValue::from_static("Google"));
-    let head = Head {
-        method: &case.method,
-        path: &path,
-        query: None,
-        headers: &headers,
-    };
-    let policies = policies();
-    let cx = Context {
-        caller: &case.caller,
-        client: ClientAddr("172.17.0.2".parse().unwrap()),
-        policies: &policies,
-        backend: case.backend,
-    };
-    let mut gates = Scripted {
-        rate: Ok(()),
-        asked: vec![],
-    };
-    let Err(local) = admit(&head, &cx, &mut gates) else {
+    let (Err(local), _) = decide(&case) else {
         panic!("metadata-only must deny a token")
     };
     assert!(local.rule.contains("service-accounts"), "{}", local.rule);
