@@ -612,6 +612,7 @@ fn expectations() -> Value {
         "gce_issuer": gce.identity.as_ref().expect("gce identity").issuer,
         "audience": AUDIENCE,
         "azure_vm_id": azure.instance["compute"]["vmId"],
+        "azure_network": azure.instance["network"],
         "azure_tenant": azure.tenant_id,
         "azure_system_client_id": azure.system.as_ref().expect("system identity").client_id,
         "azure_user_client_id": azure.user_assigned[0].client_id,

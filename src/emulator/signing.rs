@@ -5,6 +5,11 @@
 //! `[signing] key_file`); the self-signed certificate is published at
 //! [`CERTIFICATE_PATH`] (PEM) and its key set at [`KEYS_PATH`] (JWKS, as Entra ID
 //! publishes its token keys), outside every provider's tree.
+//!
+//! The certificate is a function of the key alone (serial and validity included), so
+//! the same key always publishes the same certificate, across reloads and restarts; a
+//! key file whose content changes is a different key, and a reload of the emulator file
+//! (SIGHUP or an edit) publishes the new one.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,8 +44,11 @@ pub const CERTIFICATE_PATH: &str = "/imds-proxy/certificate.pem";
 pub const KEYS_PATH: &str = "/imds-proxy/keys";
 /// Size of a generated key, and the least a key file may hold.
 const KEY_BITS: usize = 2048;
-/// How long the certificate is valid from its making.
-const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// The certificate's validity: fixed, not from its making, so that one key always
+/// makes the same certificate (2024-01-01 to 2049-12-31, the last year X.509's
+/// UTCTime holds).
+const NOT_BEFORE: Duration = Duration::from_secs(1_704_067_200);
+const NOT_AFTER: Duration = Duration::from_secs(2_524_607_999);
 /// The certificate's subject: says whose it is.
 const SUBJECT: &str = "CN=metadata.imds-proxy.invalid,O=imds-proxy emulator";
 
@@ -71,6 +79,8 @@ pub struct InstanceKey {
     certificate_pem: String,
     /// SHA-1 thumbprint of the certificate, base64url: a JWT's `x5t` and `kid`.
     thumbprint: String,
+    /// SHA-256 of the public key (its SubjectPublicKeyInfo, DER): which key this is.
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for InstanceKey {
@@ -109,11 +119,21 @@ impl InstanceKey {
         let subject = Name::from_str(SUBJECT).map_err(SigningError::Encode)?;
         let spki = SubjectPublicKeyInfoOwned::from_key(signer.as_ref().to_public_key())
             .map_err(|e| SigningError::Certificate(e.into()))?;
-        let serial: [u8; 8] = rand::random();
-        let mut serial = serial.to_vec();
+        let fingerprint: [u8; 32] =
+            Sha256::digest(spki.to_der().map_err(SigningError::Encode)?).into();
+        // The serial comes from the key, so the certificate does too.
+        let mut serial = fingerprint[..8].to_vec();
         serial[0] &= 0x7f; // positive
         serial[0] |= 0x01; // no leading zero byte
-        let validity = Validity::from_now(CERTIFICATE_LIFETIME).map_err(SigningError::Encode)?;
+        let time = |since_epoch| {
+            x509_cert::der::asn1::UtcTime::from_unix_duration(since_epoch)
+                .map(x509_cert::time::Time::UtcTime)
+                .map_err(SigningError::Encode)
+        };
+        let validity = Validity {
+            not_before: time(NOT_BEFORE)?,
+            not_after: time(NOT_AFTER)?,
+        };
         let builder = CertificateBuilder::new(
             Profile::Root,
             SerialNumber::new(&serial).map_err(SigningError::Encode)?,
@@ -136,7 +156,13 @@ impl InstanceKey {
             certificate,
             certificate_pem,
             thumbprint,
+            fingerprint,
         })
+    }
+
+    /// SHA-256 of the public key: equal for the same key, whatever file it came from.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// The certificate, PEM.
@@ -223,17 +249,20 @@ impl InstanceKey {
 }
 
 /// `[signing]` of the emulator file: the key the instance signs with, if the file names
-/// one (`key_file`); otherwise one is generated per emulator.
+/// one (`key_file`, read each time the file is); otherwise one is generated per
+/// emulator.
 #[derive(Debug, Clone, Default)]
 pub struct SigningConfig {
     pub key_file: Option<PathBuf>,
     pub key: Option<std::sync::Arc<InstanceKey>>,
 }
 
-/// Two configs are the same when they name the same file.
+/// Two configs are the same when they name the same file holding the same key: a key
+/// file replaced at the same path is a change, and a reload puts the new key in force.
 impl PartialEq for SigningConfig {
     fn eq(&self, other: &Self) -> bool {
-        self.key_file == other.key_file
+        let key = |c: &Self| c.key.as_ref().map(|k| k.fingerprint());
+        self.key_file == other.key_file && key(self) == key(other)
     }
 }
 
@@ -463,6 +492,162 @@ mod tests {
         let e =
             crate::emulator::EmulatorConfig::parse("[signing]\nkey = 1\n", &|_| None).unwrap_err();
         assert!(e[0].starts_with("signing.key: unknown key"), "{e:?}");
+    }
+
+    /// `key` as a PKCS#8 PEM file at `path`.
+    fn write_key(path: &Path, key: &InstanceKey) {
+        use rsa::pkcs8::EncodePrivateKey;
+        let pem = key
+            .signer
+            .as_ref()
+            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        std::fs::write(path, pem.as_bytes()).unwrap();
+    }
+
+    /// A second key, unlike the test binary's one.
+    fn other_key() -> &'static InstanceKey {
+        static KEY: OnceLock<InstanceKey> = OnceLock::new();
+        KEY.get_or_init(|| InstanceKey::generate().expect("an RSA key"))
+    }
+
+    fn parse(text: &str) -> Result<crate::emulator::EmulatorConfig, Vec<String>> {
+        crate::emulator::EmulatorConfig::parse(text, &|_| None)
+    }
+
+    #[test]
+    fn one_key_always_makes_the_same_certificate() {
+        let again = InstanceKey::from_key(key().signer.as_ref().clone()).unwrap();
+        assert_eq!(again.certificate_pem(), key().certificate_pem());
+        assert_eq!(again.key_set(), key().key_set());
+        assert_ne!(other_key().certificate_pem(), key().certificate_pem());
+        assert_ne!(other_key().fingerprint(), key().fingerprint());
+    }
+
+    #[test]
+    fn a_key_file_replaced_at_the_same_path_is_a_change_and_the_same_key_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let text = format!(
+            "[aws]\n[signing]\nkey_file = {:?}\n",
+            path.to_str().unwrap()
+        );
+        write_key(&path, key());
+        let first = parse(&text).unwrap();
+        let reread = parse(&text).unwrap();
+        assert_eq!(first, reread, "an unchanged key file is no change");
+        write_key(&path, other_key());
+        let replaced = parse(&text).unwrap();
+        assert_ne!(first, replaced, "new content at the same path is a change");
+        assert_eq!(
+            replaced.signing.key.unwrap().certificate_pem(),
+            other_key().certificate_pem()
+        );
+        for (content, why) in [
+            (
+                "not a key",
+                "holds no RSA private key in PKCS#8 (or PKCS#1) PEM",
+            ),
+            ("", "holds no RSA private key"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let e = parse(&text).unwrap_err();
+            let want = format!("signing.key_file: {} {why}", path.display());
+            assert!(e.len() == 1 && e[0].starts_with(&want), "{e:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        let e = parse(&text).unwrap_err();
+        let want = format!("signing.key_file: cannot read {}", path.display());
+        assert!(e[0].starts_with(&want), "{e:?}");
+    }
+
+    /// What the emulator answers `path` with (status, body).
+    async fn fetch(emulator: &crate::emulator::Emulator, path: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let (method, headers, body) = (
+            http::Method::GET,
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        );
+        let path = crate::request::canonical::CanonicalPath::parse(path).unwrap();
+        let identity = crate::providers::identity::Identity::default();
+        let req = crate::emulator::EmuRequest {
+            method: &method,
+            path: &path,
+            query: None,
+            headers: &headers,
+            body: &body,
+            identity: &identity,
+            deadline: std::time::Instant::now() + Duration::from_secs(5),
+        };
+        let (parts, body) = emulator.answer(&req).await.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status.as_u16(),
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    /// Whether EC2's `signature` of the served document verifies with `key`.
+    async fn ec2_signed_by(emulator: &crate::emulator::Emulator, key: &InstanceKey) -> bool {
+        use rsa::signature::Verifier;
+        let (_, doc) = fetch(emulator, "/latest/dynamic/instance-identity/document").await;
+        let (status, sig) = fetch(emulator, "/latest/dynamic/instance-identity/signature").await;
+        assert_eq!(status, 200, "{sig}");
+        let sig = STANDARD.decode(sig.replace('\n', "")).unwrap();
+        let public =
+            rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key.signer.as_ref().to_public_key());
+        public
+            .verify(
+                doc.as_bytes(),
+                &Signature::try_from(sig.as_slice()).unwrap(),
+            )
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_reload_with_a_new_key_file_publishes_its_certificate_and_signs_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        let aws = crate::emulator::EXAMPLE
+            .split("\n[aws]\n")
+            .nth(1)
+            .expect("the example has [aws]");
+        let aws = aws.split("\n[signing]").next().unwrap();
+        let text = format!(
+            "[aws]\n{aws}\n[signing]\nkey_file = {:?}\n",
+            path.to_str().unwrap()
+        );
+        write_key(&path, key());
+        let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(parse(&text).unwrap()));
+        let emulator = crate::emulator::Emulator::new(rx);
+        let cert = |e| async move { fetch(e, CERTIFICATE_PATH).await.1 };
+        assert_eq!(cert(&emulator).await, key().certificate_pem());
+        assert!(ec2_signed_by(&emulator, key()).await);
+
+        // As a reload does: the file is read again, and a change replaces the old one.
+        let reload = || match parse(&text) {
+            Ok(new) => Ok(tx.send_if_modified(|cur| {
+                let changed = **cur != new;
+                if changed {
+                    *cur = std::sync::Arc::new(new.clone());
+                }
+                changed
+            })),
+            Err(e) => Err(e),
+        };
+        assert_eq!(reload(), Ok(false), "the same key changes nothing");
+        write_key(&path, other_key());
+        assert_eq!(reload(), Ok(true));
+        assert_eq!(cert(&emulator).await, other_key().certificate_pem());
+        assert!(ec2_signed_by(&emulator, other_key()).await);
+        assert!(!ec2_signed_by(&emulator, key()).await);
+
+        // An invalid replacement is refused and the key in force keeps signing.
+        std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nbroken\n").unwrap();
+        assert!(reload().is_err());
+        assert_eq!(cert(&emulator).await, other_key().certificate_pem());
+        assert!(ec2_signed_by(&emulator, other_key()).await);
     }
 
     #[test]

@@ -151,7 +151,40 @@ def azure(expect, rec):
     must(DataSourceAzure._hostname_from_imds(md) == "demo-vm", "host name")
     must(DataSourceAzure._userdata_from_imds(md), "user data")
     must(ds.validate_imds_network_metadata(md), "the network metadata does not validate")
-    return {"requests": len(seen), "version": DataSourceAzure.IMDS_VER_WANT, "keys": len(keys)}
+    nics = azure_network(ds, md, expect["azure_network"])
+    return {"requests": len(seen), "version": DataSourceAzure.IMDS_VER_WANT, "keys": len(keys), "nics": nics}
+
+
+def azure_network(ds, md, file_network):
+    """The network config cloud-init derives from IMDS (its own network_config, as at
+    boot) must be the one the file's interfaces call for: one ethernet per interface,
+    in order, matched by its MAC; the primary IPv4 (and IPv6 when the file has one) by
+    DHCP, any further address of each family static with its subnet's prefix. The
+    served section must be the file's, so the primary addresses are the file's too."""
+    must(md["network"] == file_network, "served network %r, the file says %r" % (md["network"], file_network))
+    ds._metadata_imds = md
+    derived = ds.network_config
+    ethernets = derived.get("ethernets", {})
+    wanted = file_network["interface"]
+    must(len(ethernets) == len(wanted), "%d interfaces derived, the file has %d: %r" % (len(ethernets), len(wanted), derived))
+    for idx, nic in enumerate(wanted):
+        name = "eth%d" % idx
+        dev = ethernets.get(name)
+        must(dev, "no %s derived: %r" % (name, derived))
+        mac = DataSourceAzure.normalize_mac_address(nic["macAddress"]).lower()
+        must(dev.get("match", {}).get("macaddress") == mac, "%s matches %r, not MAC %s" % (name, dev.get("match"), mac))
+        must(dev.get("set-name") == name, "%s is named %r" % (name, dev.get("set-name")))
+        statics = []
+        for family, dhcp in (("ipv4", "dhcp4"), ("ipv6", "dhcp6")):
+            addresses = nic.get(family, {}).get("ipAddress", [])
+            # cloud-init asks DHCPv4 on every interface it configures, DHCPv6 only
+            # where IMDS lists an IPv6 address.
+            want_dhcp = True if family == "ipv4" else bool(addresses)
+            must(dev.get(dhcp) is want_dhcp, "%s %s is %r, the file has %d %s addresses" % (name, dhcp, dev.get(dhcp), len(addresses), family))
+            prefix = (nic[family].get("subnet") or [{}])[0].get("prefix", "24" if family == "ipv4" else "128") if addresses else None
+            statics += ["%s/%s" % (a["privateIpAddress"], prefix) for a in addresses[1:]]
+        must(sorted(dev.get("addresses", [])) == sorted(statics), "%s static addresses %r, the file says %r" % (name, dev.get("addresses"), statics))
+    return len(ethernets)
 
 
 def main():

@@ -909,3 +909,37 @@ fn static_keys_never_show_in_debug_output() {
         "{shown}"
     );
 }
+
+/// Every newer path EC2 does not have for this instance answers EC2's one 404: the
+/// small XHTML page, `text/html`. AWS documents the 404 for an absent
+/// `spot/instance-action` and rebalance recommendation; the page itself is EC2's
+/// answer to any missing item.
+#[tokio::test]
+async fn the_newer_paths_answer_ec2s_404_page_when_absent() {
+    let (aws, cfg) = (Aws::new(), config(EXAMPLE));
+    let page = "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n\
+        <!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\"\n\
+        \t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n\
+        <html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n \
+        <head>\n  <title>404 - Not Found</title>\n </head>\n \
+        <body>\n  <h1>404 - Not Found</h1>\n </body>\n</html>";
+    for path in [
+        "/latest/dynamic/instance-identity/rsa4096",
+        "/latest/dynamic/instance-identity/document/x",
+        "/2008-09-01/dynamic/instance-identity/pkcs7",
+        "/1999-01-01/meta-data/",
+        "/2016-09-02/meta-data/placement/region",
+        "/latest/meta-data/public-keys/1/openssh-key",
+        "/latest/meta-data/public-keys/-1/openssh-key",
+        "/latest/meta-data/public-keys/0/openssh-key/x",
+        "/latest/meta-data/public-keys/0=demo-key/",
+        "/latest/meta-data/spot/instance-action",
+        "/latest/meta-data/spot/termination-time",
+        "/latest/meta-data/events/recommendations/rebalance",
+    ] {
+        let g = get(&aws, &cfg, t0(), path).await;
+        assert_eq!(g.status, StatusCode::NOT_FOUND, "{path}: {}", g.body);
+        assert_eq!(g.content_type, "text/html", "{path}");
+        assert_eq!(g.body, page, "{path}");
+    }
+}

@@ -317,13 +317,11 @@ async fn attested_answer(ctx: &Ctx, cfg: &AzureConfig, q: &Query) -> Response<Fu
     }
 }
 
-/// The instance document as `version` serves it: `compute` fields from the version
-/// that brought them, and the `extended` object when asked for.
+/// The instance document as `version` serves it: fields (nested ones too) from the
+/// version that brought them, and the `extended` object when asked for.
 fn versioned(cfg: &AzureConfig, version: &str, extended: bool) -> Json {
     let mut doc = cfg.instance.clone();
-    if let Some(Json::Object(c)) = doc.get_mut("compute") {
-        c.retain(|k, _| versions::compute_has(version, k));
-    }
+    versions::shape(&mut doc, version);
     if extended {
         if let Json::Object(d) = &mut doc {
             d.insert("extended".into(), cfg.extended.clone());

@@ -935,3 +935,86 @@ fn config_problems_name_their_keys() {
     let problems = EmulatorConfig::parse("[azure]\ncolour = 1\n", &|_| None).unwrap_err();
     assert_eq!(problems.len(), 2, "{problems:?}");
 }
+
+/// The answers of the newer paths, each pinned whole (status, type, body). Azure
+/// documents the missing/invalid api-version body (with `newest-versions`) and that a
+/// missing nonce is replaced by a timestamp; the nonce's bound (32 letters and digits)
+/// and the wording of the other 400s are the emulator's: Azure documents neither.
+#[tokio::test]
+async fn the_newer_paths_answer_errors_in_imds_shape() {
+    let (az, cfg) = (azure(), config(EXAMPLE));
+    let bad_version = json!({
+        "error": crate::emulator::azure::BAD_API_VERSION,
+        "newest-versions": ["2025-04-07", "2024-07-17", "2024-03-15"],
+    });
+    let bad_nonce = json!({"error": "Bad request. nonce must be at most 32 letters and digits"});
+    let doc = "/metadata/attested/document";
+    for (target, status, body) in [
+        (doc.to_owned(), 400, bad_version.clone()),
+        (
+            format!("{doc}?api-version=2099-01-01"),
+            400,
+            bad_version.clone(),
+        ),
+        (
+            format!("{doc}?api-version=latest&nonce=1234567890"),
+            400,
+            bad_version.clone(),
+        ),
+        (
+            format!("{doc}?api-version=2021-02-01&nonce="),
+            400,
+            bad_nonce.clone(),
+        ),
+        (
+            format!("{doc}?api-version=2021-02-01&nonce=a%20b"),
+            400,
+            bad_nonce.clone(),
+        ),
+        (
+            format!("{doc}?api-version=2021-02-01&nonce={}", "1".repeat(33)),
+            400,
+            bad_nonce.clone(),
+        ),
+    ] {
+        let g = get(&az, &cfg, t0(), &target).await;
+        assert_eq!(g.status.as_u16(), status, "{target}: {}", g.body);
+        assert!(
+            g.content_type.starts_with("application/json"),
+            "{target}: {}",
+            g.content_type
+        );
+        assert_eq!(g.json(), body, "{target}");
+    }
+    // Without a nonce the document is signed with a timestamp in its place.
+    let g = get(&az, &cfg, t0(), &format!("{doc}?api-version=2021-02-01")).await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.json()["encoding"], "pkcs7");
+
+    let events = "/metadata/scheduledevents?api-version=2020-07-01";
+    for body in [
+        &b""[..],
+        b"{",
+        b"[]",
+        b"{}",
+        b"{\"StartRequests\":{}}",
+        b"{\"StartRequests\":[{}]}",
+        b"{\"StartRequests\":[{\"EventId\":1}]}",
+    ] {
+        let g = call_as(
+            &az,
+            &cfg,
+            t0(),
+            Method::POST,
+            events,
+            body,
+            &Identity::default(),
+        )
+        .await;
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(g.status, StatusCode::BAD_REQUEST, "{shown}: {}", g.body);
+        assert!(g.content_type.starts_with("application/json"), "{shown}");
+        let error = g.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.starts_with("Bad request. "), "{shown}: {error}");
+    }
+}
