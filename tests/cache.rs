@@ -238,33 +238,6 @@ async fn two_identities_never_share_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_token_is_never_served_with_less_than_its_minimum_life_left() {
-    // Servable for two seconds, then due: the cache must fetch a new one, not serve it.
-    let min = AZURE_MIN_REMAINING.as_secs();
-    let up = Upstream::start(min + 2, 0);
-    let p = start_settings(settings(&up, CacheSettings::default())).await;
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    let mut tokens = std::collections::HashSet::new();
-    let mut answered = 0;
-    while std::time::Instant::now() < until {
-        let (status, v) = token("127.0.0.2", p.addr, TOKEN).await;
-        assert_eq!(status, 200, "{v}");
-        let left = secs(&v, "expires_on").saturating_sub(now_unix());
-        assert!(left >= min, "served with {left} s left: {v}");
-        assert!(secs(&v, "expires_in") >= min, "{v}");
-        tokens.insert(v["access_token"].as_str().unwrap().to_owned());
-        answered += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(tokens.len() >= 2, "a due token is replaced: {tokens:?}");
-    assert!(
-        up.count() < answered / 4,
-        "{} upstream requests for {answered} answers",
-        up.count()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_upstream_is_not_asked_again_by_every_caller() {
     let up = Upstream::start(3600, 0);
     up.set_failing(true);
