@@ -20,20 +20,17 @@
 //! or newer first on PATH (the one whose version keyed that directory) and cloud-init
 //! for /usr/bin/python3.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use imds_proxy::emulator::EmulatorConfig;
 use serde_json::{json, Value};
 
-use common::docker::*;
-use common::sdk::start_emulated_cloud_serving;
-use common::*;
+use harness::docker::*;
+use harness::sdk::start_emulated_cloud_serving;
+use harness::*;
 
 /// The instances judged: the built-in example.
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/emulator.toml");
@@ -135,8 +132,7 @@ impl Issued {
 
 #[test]
 fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
-    const NAME: &str = "cloud_init_and_the_node_sdks_run_against_the_emulator_directly";
-    let Some((node_modules, node_bin)) = prerequisites(NAME) else {
+    let Some((node_modules, node_bin)) = prerequisites(test_name!()) else {
         return;
     };
     let port = free_port();
@@ -178,22 +174,12 @@ fn cloud_init_and_the_node_sdks_run_against_the_emulator_directly() {
 
 #[test]
 fn cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers() {
-    const NAME: &str = "cloud_init_and_the_node_sdks_run_through_the_proxy_in_containers";
-    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
-        return;
-    }
-    let Some((node_modules, node_bin)) = prerequisites(NAME) else {
+    let Some(_root) = RootNamespace::claim(test_name!()) else {
         return;
     };
-    let _serial: MutexGuard<'static, ()> = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    let (has_link, _, _) = try_cmd(&["ip", "link", "show", "imdsproxy0"]);
-    assert!(
-        !has_table && !has_link,
-        "the root namespace already has the table ip imds_proxy or the link imdsproxy0: \
-         another imds-proxy is running here (`imds-proxy uninstall` if a run left them)"
-    );
-    ensure_image();
+    let Some((node_modules, node_bin)) = prerequisites(test_name!()) else {
+        return;
+    };
     let mut scene = Scene::new();
     let cloud = start_emulated_cloud_serving(&mut scene, FILE);
     scene.installed = true; // from here on the scene runs `imds-proxy uninstall`
@@ -458,10 +444,7 @@ fn a_captured_file_holds_no_credential() {
 /// unless the suite demands every test. A node older than the SDKs need fails.
 fn prerequisites(test: &str) -> Option<(PathBuf, PathBuf)> {
     let fail_or_skip = |why: String| {
-        if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-            panic!("{test}: {why}");
-        }
-        skipped(test, &why);
+        harness::suite::unable(test, &why);
         None
     };
     let (ok, _, err) = try_cmd(&[PYTHON, "-c", "import cloudinit.sources.DataSourceAzure"]);

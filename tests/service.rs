@@ -4,15 +4,13 @@
 //! install, upgrade, removal and purge. Root: namespaces and private mounts, each
 //! removed when the test ends.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use nix::sys::signal::Signal;
 
 /// A datagram socket standing in for systemd's notify socket: what the daemon sends.
@@ -72,9 +70,7 @@ impl NotifySocket {
 
 #[test]
 fn ready_comes_once_the_interception_is_live_and_the_watchdog_keeps_being_fed() {
-    if !root_or_skip("ready_comes_once_the_interception_is_live_and_the_watchdog_keeps_being_fed") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let sock = NotifySocket::new();
     let watchdog = Duration::from_millis(1500);
@@ -152,9 +148,7 @@ fn ready_comes_once_the_interception_is_live_and_the_watchdog_keeps_being_fed() 
 
 #[test]
 fn without_a_notify_socket_the_daemon_runs_as_before() {
-    if !root_or_skip("without_a_notify_socket_the_daemon_runs_as_before") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     // A watchdog interval alone (no socket to send to) changes nothing.
     let d = tb.daemon_unready_env(&[], &[("WATCHDOG_USEC", "1500000")]);
@@ -180,11 +174,10 @@ fn have(tool: &str, test: &str) -> bool {
     if try_cmd(&["sh", "-c", &format!("command -v {tool}")]).0 {
         return true;
     }
-    if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-        panic!("{test}: {tool} not found (scripts/install-deps.sh test installs it)");
-    }
-    skipped(test, &format!("{tool} not found"));
-    false
+    harness::suite::unable(
+        test,
+        &format!("{tool} not found (scripts/install-deps.sh test installs it)"),
+    )
 }
 
 /// Runs a shell script in a private mount namespace (its mounts vanish with it).
@@ -202,7 +195,7 @@ fn in_private_mounts(script: &str) -> (bool, String, String) {
 
 #[test]
 fn the_unit_verifies_clean_and_says_what_the_daemon_needs() {
-    let test = "the_unit_verifies_clean_and_says_what_the_daemon_needs";
+    let test = test_name!();
     if !root_or_skip(test) || !have("systemd-analyze", test) {
         return;
     }
@@ -231,7 +224,7 @@ fn the_unit_verifies_clean_and_says_what_the_daemon_needs() {
     // /usr/bin/imds-proxy, seen by this check only (an overlay in a private mount
     // namespace), never installed on the host.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(BIN, dir.path().join("imds-proxy")).unwrap();
+    std::fs::copy(bin(), dir.path().join("imds-proxy")).unwrap();
     let (ok, out, err) = in_private_mounts(&format!(
         "mount -t overlay overlay -o lowerdir={}:/usr/bin /usr/bin
          systemd-analyze verify --man=no {}",
@@ -328,7 +321,7 @@ fn the_package_holds_the_daemon_its_unit_config_and_docs() {
 
 #[test]
 fn the_maintainer_scripts_open_the_path_only_on_purge() {
-    let test = "the_maintainer_scripts_open_the_path_only_on_purge";
+    let test = test_name!();
     if !root_or_skip(test) {
         return;
     }
@@ -472,7 +465,7 @@ fn bounded(caps: &[String]) -> Vec<String> {
 
 #[test]
 fn the_units_capabilities_are_enough_and_sys_ptrace_is_needed() {
-    let test = "the_units_capabilities_are_enough_and_sys_ptrace_is_needed";
+    let test = test_name!();
     if !root_or_skip(test) || !have("setpriv", test) {
         return;
     }

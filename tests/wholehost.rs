@@ -5,12 +5,10 @@
 //! metadata service directly: while it runs, after SIGKILL and after SIGTERM. Root,
 //! own namespaces, no Docker.
 
-mod common;
-
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use nix::sys::signal::Signal;
 
 const QUICK: Duration = Duration::from_millis(1000);
@@ -116,9 +114,7 @@ fn udp_error(ns: &Netns) -> ErrorKind {
 
 #[test]
 fn paths_no_pattern_names_are_refused_running_after_sigkill_and_after_sigterm() {
-    if !root_or_skip("paths_no_pattern_names_are_refused_running_after_sigkill_and_after_sigterm") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let strangers = Strangers::new(&tb);
     // Without the daemon every one of them reaches the metadata service directly (the
@@ -149,9 +145,7 @@ fn paths_no_pattern_names_are_refused_running_after_sigkill_and_after_sigterm() 
 
 #[test]
 fn ipv6_from_a_bridge_no_pattern_names_is_refused_too() {
-    if !root_or_skip("ipv6_from_a_bridge_no_pattern_names_is_refused_too") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let imds6 = tb.enable_ipv6();
     let strangers = Strangers::new(&tb);
@@ -173,9 +167,7 @@ fn ipv6_from_a_bridge_no_pattern_names_is_refused_too() {
 
 #[test]
 fn direct_interfaces_open_exactly_the_named_interface_and_say_so() {
-    if !root_or_skip("direct_interfaces_open_exactly_the_named_interface_and_say_so") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let strangers = Strangers::new(&tb);
     let d = tb.daemon(&["--direct-interfaces", "lxcbr9"]);
@@ -203,9 +195,7 @@ fn direct_interfaces_open_exactly_the_named_interface_and_say_so() {
 
 #[test]
 fn frames_a_bridge_passes_port_to_port_are_dropped() {
-    if !root_or_skip("frames_a_bridge_passes_port_to_port_are_dropped") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     // A bridge that holds both a client and, on another port, a metadata service (as a
     // bridge with the uplink enslaved does): the host bridges, never routes, the frames.
@@ -289,11 +279,7 @@ fn guards(ns: &Netns, device: &str) -> bool {
 
 #[test]
 fn macvlan_children_of_the_uplink_are_refused_by_default_and_the_host_keeps_its_path() {
-    if !root_or_skip(
-        "macvlan_children_of_the_uplink_are_refused_by_default_and_the_host_keeps_its_path",
-    ) {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let imds6 = tb.enable_ipv6();
     let m = macvlan_container(&tb);
@@ -349,9 +335,7 @@ fn macvlan_children_of_the_uplink_are_refused_by_default_and_the_host_keeps_its_
 
 #[test]
 fn an_empty_macvlan_parents_list_guards_nothing_and_says_so() {
-    if !root_or_skip("an_empty_macvlan_parents_list_guards_nothing_and_says_so") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let m = macvlan_container(&tb);
     // The documented way to opt out: the child reaches the cloud directly again.
@@ -392,11 +376,7 @@ fn an_empty_macvlan_parents_list_guards_nothing_and_says_so() {
 
 #[test]
 fn the_guard_follows_the_route_to_the_metadata_address_when_its_interface_changes() {
-    if !root_or_skip(
-        "the_guard_follows_the_route_to_the_metadata_address_when_its_interface_changes",
-    ) {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     // A second uplink to the cloud, not yet the way to the metadata address.
     tb.host.ip(&format!(
@@ -448,9 +428,7 @@ fn the_guard_follows_the_route_to_the_metadata_address_when_its_interface_change
 
 #[test]
 fn a_macvlan_parent_that_appears_after_start_is_guarded_at_once() {
-    if !root_or_skip("a_macvlan_parent_that_appears_after_start_is_guarded_at_once") {
-        return;
-    }
+    require_root!();
     let tb = Testbed::new();
     let d = tb.daemon(&["--macvlan-parents", "vcl2"]);
     d.wait_for("guarded once it appears", QUICK);
