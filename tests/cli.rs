@@ -1,11 +1,27 @@
-//! The command line as a user meets it: exit codes and messages. No root needed.
+//! The command line as a user meets it: exit codes and messages. No root needed, but
+//! for the check that `rules` changes nothing.
 
 use std::process::Command;
+
+use harness::{require_root, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imds-proxy");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
+    run_in(None, args, env)
+}
+
+/// Runs the command line with `args` and `env` (and no other `IMDS_PROXY_` variable),
+/// inside `ns` if given.
+fn run_in(ns: Option<&Netns>, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
     c.args(args);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("IMDS_PROXY_")) {
         c.env_remove(k);
@@ -122,12 +138,10 @@ fn a_missing_config_file_is_an_error_not_a_panic() {
 
 #[test]
 fn rules_prints_the_table_for_this_host_and_changes_nothing() {
-    let before = host_state();
     // `lo` is a bridge pattern here only so the set has a known element on any host.
-    let (code, out, err) = run(
-        &["rules", "--bridges", "lo,br-*"],
-        &[("IMDS_PROXY_LISTEN", "169.254.7.7:8080")],
-    );
+    let rules = ["rules", "--bridges", "lo,br-*"];
+    let env = [("IMDS_PROXY_LISTEN", "169.254.7.7:8080")];
+    let (code, out, err) = run(&rules, &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("table ip imds_proxy {\n"), "{out}");
     // Other `br-*` links on the host (Docker networks) may follow `lo` in the set.
@@ -139,24 +153,37 @@ fn rules_prints_the_table_for_this_host_and_changes_nothing() {
         "{out}"
     );
     assert!(!out.contains("iifname \"br-*\""), "{out}");
-    // Printing installed nothing: no table, no link, no address.
-    assert_eq!(host_state(), before, "`rules` changed the host");
+
+    // Printing installs nothing. Whether it did shows only to root (the tables), and
+    // only where nothing else changes the network at the same time: a namespace of its
+    // own, where `rules` prints just `lo`.
+    require_root!();
+    let ns = Netns::new("rules");
+    let before = network_state(&ns);
+    let (code, out, err) = run_in(Some(&ns), &rules, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("elements = { \"lo\" }"), "{out}");
+    assert_eq!(network_state(&ns), before, "`rules` changed the network");
+    // The comparison would have seen what `run` installs: a table, a link.
+    ns.nft("table ip imds_proxy {\n}\n");
+    assert_ne!(network_state(&ns), before, "a table went unseen");
+    ns.exec(&["nft", "flush", "ruleset"]);
+    assert_eq!(network_state(&ns), before);
+    // (A bridge: the daemon's fallback where the kernel has no dummy links.)
+    ns.ip("link add imdsproxy0 type bridge");
+    assert_ne!(network_state(&ns), before, "a link went unseen");
 }
 
-/// The host's links with their addresses, and (as root) its nftables tables: what
-/// `run` would change.
-fn host_state() -> (String, String) {
-    let links = Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()
-        .unwrap();
-    let tables = Command::new("nft").args(["list", "tables"]).output();
-    (
-        String::from_utf8_lossy(&links.stdout).into_owned(),
-        tables
-            .map(|t| String::from_utf8_lossy(&t.stdout).into_owned())
-            .unwrap_or_default(),
-    )
+/// Everything `run` would change in `ns`: its links with their addresses, its routes
+/// and its nftables ruleset.
+fn network_state(ns: &Netns) -> String {
+    [
+        ns.exec(&["ip", "-d", "address", "show"]),
+        ns.exec(&["ip", "-4", "route", "show", "table", "all"]),
+        ns.exec(&["ip", "-6", "route", "show", "table", "all"]),
+        ns.exec(&["nft", "list", "ruleset"]),
+    ]
+    .join("\n")
 }
 
 #[test]

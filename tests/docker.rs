@@ -13,39 +13,24 @@
 //! Environment:
 //! - IMDS_PROXY_REQUIRE_ROOT_TESTS=1: no root, no Docker engine or no dockerd the test
 //!   may restart fails instead of skipping.
-//! - IMDS_PROXY_SKIP_FILE: every skip is also appended there (see `common::skipped`).
+//! - IMDS_PROXY_SKIP_FILE: every skip is also appended there (see `harness::suite`).
 //! - IMDS_PROXY_TEST_DOCKERD_PIDFILE / IMDS_PROXY_TEST_DOCKERD_LOG: the dockerd the test
 //!   may restart (started as `dockerd --pidfile <pidfile>`); without them the test
 //!   restarts an active systemd docker.service with `systemctl restart docker`, else the
 //!   dockerd of /var/run/docker.pid only if it can do so faithfully.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::docker::*;
-use common::*;
+use harness::docker::*;
+use harness::*;
 use nix::sys::signal::Signal;
 
 #[test]
 fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
-    const NAME: &str = "docker_containers_reach_the_metadata_service_only_through_the_proxy";
-    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+    let Some(_root) = RootNamespace::claim(test_name!()) else {
         return;
-    }
-    let _serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    // The guard below runs `imds-proxy uninstall` on failure; it must never remove the
-    // table of an imds-proxy this test did not start.
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    let (has_link, _, _) = try_cmd(&["ip", "link", "show", "imdsproxy0"]);
-    assert!(
-        !has_table && !has_link,
-        "the root namespace already has the table ip imds_proxy or the link imdsproxy0: \
-         another imds-proxy is running here, or a previous run left them (`imds-proxy uninstall`)"
-    );
-    ensure_image();
-
+    };
     let mut scene = Scene::new();
 
     // 1. The cloud: a fake metadata service behind a veth pair, link-local /30.
@@ -195,13 +180,8 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
             );
         }
         Err(why) => {
-            if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-                panic!("{NAME}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but the dockerd restart part cannot run: {why}");
-            }
-            skipped(
-                &format!("dockerd restart part of {NAME}"),
-                &format!("no dockerd this test may restart ({why})"),
-            );
+            let part = format!("the dockerd restart part of {}", test_name!());
+            harness::suite::unable(&part, &format!("no dockerd this test may restart ({why})"));
         }
     }
     assert!(
@@ -240,7 +220,7 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
     assert_eq!(imds.count(), before, "a container passed after SIGTERM");
     let left = cmd(&["docker", "ps", "-a", "-q", "--filter", &prefix]);
     assert!(left.trim().is_empty(), "containers left: {left}");
-    cmd(&[BIN, "uninstall"]);
+    cmd(&[bin(), "uninstall"]);
     scene.installed = false;
     assert!(
         !try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]).0,

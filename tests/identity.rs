@@ -3,14 +3,12 @@
 //! reuse with the start race, forged source addresses and MACs, a container on two
 //! networks. The daemon's log is checked for every credential the fake cloud issued.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::docker::*;
-use common::*;
+use harness::docker::*;
+use harness::*;
 
 /// Credentials path: what an attacker wants.
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/role";
@@ -19,16 +17,9 @@ const REUSE_CYCLES: usize = 50;
 
 #[test]
 fn containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery() {
-    const NAME: &str = "containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery";
-    if !root_or_skip(NAME) || !docker_or_skip(NAME) {
+    let Some(_root) = RootNamespace::claim(test_name!()) else {
         return;
-    }
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    assert!(
-        !has_table,
-        "the root namespace already has the table ip imds_proxy: another imds-proxy runs here"
-    );
-    ensure_image();
+    };
     let mut scene = Scene::new();
     let (imds, _root_ip, cloud_ip) = scene.start_cloud();
 

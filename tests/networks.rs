@@ -7,12 +7,10 @@
 //! own container with their own labels, and never reach the cloud directly — for the
 //! swarm also after the daemon is killed and after it is stopped.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::docker::*;
-use common::*;
+use harness::docker::*;
+use harness::*;
 use nix::sys::signal::Signal;
 
 const GWBRIDGE: &str = "docker_gwbridge";
@@ -69,19 +67,6 @@ fn audit_line(d: &Daemon, name: &str) -> String {
         .unwrap_or_else(|| panic!("no audit line for {name}"))
 }
 
-/// Root, Docker, the root namespace to this test alone (no other test's daemon and no
-/// other imds-proxy's table in it) and the test image: `None` when skipped.
-fn root_namespace_to_ourselves(name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    if !root_or_skip(name) || !docker_or_skip(name) {
-        return None;
-    }
-    let serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    assert!(!has_table, "another imds-proxy's table is installed here");
-    ensure_image();
-    Some(serial)
-}
-
 /// A container on `net` labelled `metadata-only` gets metadata through the proxy (one
 /// request upstream, from the proxy's side), is named in the audit line with its policy,
 /// and is refused credentials. Returns its audit line and its address on `net`.
@@ -117,8 +102,7 @@ fn served_by_its_label(
 
 #[test]
 fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
-    const NAME: &str = "swarm_containers_go_through_the_proxy_as_themselves_and_never_directly";
-    let Some(_serial) = root_namespace_to_ourselves(NAME) else {
+    let Some(_root) = RootNamespace::claim(test_name!()) else {
         return;
     };
 
@@ -269,9 +253,7 @@ fn swarm_containers_go_through_the_proxy_as_themselves_and_never_directly() {
 
 #[test]
 fn a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified() {
-    const NAME: &str =
-        "a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_identified";
-    let Some(_serial) = root_namespace_to_ourselves(NAME) else {
+    let Some(_root) = RootNamespace::claim(test_name!()) else {
         return;
     };
 

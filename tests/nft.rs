@@ -1,9 +1,7 @@
 //! The netlink writer against the real kernel, in a private network namespace: what it
 //! installs, that a rejected batch changes nothing, and table removal.
 
-mod common;
-
-use common::*;
+use harness::*;
 use imds_proxy::firewall::nft::NetlinkFirewall;
 use imds_proxy::firewall::plan::{
     self, BridgePattern, ChainKind, Hook, Ipv6Service, Mode, Snapshot,
@@ -28,9 +26,7 @@ fn snapshot(bridges: &[&str]) -> Snapshot {
 
 #[test]
 fn a_batch_the_kernel_rejects_leaves_the_previous_table_untouched() {
-    if !root_or_skip("a_batch_the_kernel_rejects_leaves_the_previous_table_untouched") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nft");
     let good = plan::plan(&snapshot(&["docker0"]));
     let mut bad = plan::plan(&snapshot(&["docker0", "br-new"]));
@@ -62,9 +58,7 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_table_untouched() {
 
 #[test]
 fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
-    if !root_or_skip("applying_twice_yields_one_table_and_remove_reports_what_it_did") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nft2");
     let rs = plan::plan(&snapshot(&["docker0", "br-0a1b2c3d4e5f"]));
     let expected = rs.to_string();
@@ -100,9 +94,7 @@ fn applying_twice_yields_one_table_and_remove_reports_what_it_did() {
 
 #[test]
 fn owned_tables_resist_other_processes_outlive_the_writer_and_are_adopted() {
-    if !root_or_skip("owned_tables_resist_other_processes_outlive_the_writer_and_are_adopted") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nftown");
     let first = plan::plan(&snapshot(&["docker0"]));
     let first_text = first.to_string();
@@ -170,9 +162,7 @@ fn owned_tables_resist_other_processes_outlive_the_writer_and_are_adopted() {
 
 #[test]
 fn the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest() {
-    if !root_or_skip("the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nftegr");
     ns.ip("link add up9 type veth peer name up9p");
     let mut s = snapshot(&["docker0"]);
@@ -206,9 +196,7 @@ fn the_macvlan_egress_guard_is_listed_as_planned_and_removed_with_the_rest() {
 
 #[test]
 fn switching_table_owner_either_way_replaces_the_tables() {
-    if !root_or_skip("switching_table_owner_either_way_replaces_the_tables") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nftswitch");
     let rs = plan::plan(&snapshot(&["docker0"]));
     let expected = rs.to_string();
@@ -241,9 +229,7 @@ fn switching_table_owner_either_way_replaces_the_tables() {
 
 #[test]
 fn with_table_owner_off_the_tables_are_plain() {
-    if !root_or_skip("with_table_owner_off_the_tables_are_plain") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nftoff");
     let rs = plan::plan(&snapshot(&["docker0"]));
     ns.run(move || {
@@ -268,9 +254,7 @@ fn kernel_version() -> (u32, u32) {
 
 #[test]
 fn the_egress_probe_matches_the_kernel_version_and_leaves_nothing() {
-    if !root_or_skip("the_egress_probe_matches_the_kernel_version_and_leaves_nothing") {
-        return;
-    }
+    require_root!();
     let ns = Netns::new("nftegr");
     let egress = ns.run(|| NetlinkFirewall::open(TableOwner::Off).unwrap().egress());
     let version = kernel_version();

@@ -22,14 +22,11 @@
 //! runs only after the last container is gone. Needs $IMDS_PROXY_SDK_VENV (scripts/test.sh
 //! creates the virtualenv).
 
-mod common;
-
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use common::docker::*;
-use common::sdk::*;
-use common::*;
+use harness::docker::*;
+use harness::sdk::*;
+use harness::*;
 
 /// Fewest requests through the proxy that one container's judges make (GCE alone makes
 /// seven): fewer means some went elsewhere.
@@ -37,8 +34,7 @@ const MIN_REQUESTS_PER_CONTAINER: usize = 12;
 
 #[test]
 fn sdks_get_each_containers_own_identity_from_the_emulator() {
-    const NAME: &str = "sdks_get_each_containers_own_identity_from_the_emulator";
-    let Some((sdk, _serial)) = prelude(NAME) else {
+    let Some((sdk, _root)) = prelude(test_name!()) else {
         return;
     };
     let instance = Instance::load();
@@ -53,8 +49,7 @@ fn sdks_get_each_containers_own_identity_from_the_emulator() {
 
 #[test]
 fn sdks_get_each_containers_own_identity_through_the_proxy() {
-    const NAME: &str = "sdks_get_each_containers_own_identity_through_the_proxy";
-    let Some((sdk, _serial)) = prelude(NAME) else {
+    let Some((sdk, _root)) = prelude(test_name!()) else {
         return;
     };
     let instance = Instance::load();
@@ -72,23 +67,11 @@ fn sdks_get_each_containers_own_identity_through_the_proxy() {
     judge(&mut scene, &sdk, &instance, Mode::Proxy, &[&cloud]);
 }
 
-/// Root, Docker and the SDKs, or a skip; the root namespace to this test alone, free of
-/// any other imds-proxy; the busybox image.
-fn prelude(test: &str) -> Option<(Sdk, MutexGuard<'static, ()>)> {
-    if !root_or_skip(test) || !docker_or_skip(test) {
-        return None;
-    }
-    let sdk = Sdk::from_env_or_skip(test)?;
-    let serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
-    let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
-    let (has_link, _, _) = try_cmd(&["ip", "link", "show", "imdsproxy0"]);
-    assert!(
-        !has_table && !has_link,
-        "the root namespace already has the table ip imds_proxy or the link imdsproxy0: \
-         another imds-proxy is running here, or a previous run left them (`imds-proxy uninstall`)"
-    );
-    ensure_image();
-    Some((sdk, serial))
+/// The root namespace to this test alone (see [`RootNamespace`]) and the SDKs, or a
+/// skip.
+fn prelude(test: &str) -> Option<(Sdk, RootNamespace)> {
+    let root = RootNamespace::claim(test)?;
+    Some((Sdk::from_env_or_skip(test)?, root))
 }
 
 /// The three containers of judges, side by side, and what the daemon's log must and

@@ -18,9 +18,12 @@
 //! a container's budget but cannot queue.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+// Tokio's clock: the system's unless a test pauses it, so pacing is tested without
+// waiting on the wall clock.
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::retry::MIN_ATTEMPT;
@@ -123,7 +126,7 @@ impl Protection {
             None
         } else {
             let acquire = guard.slots.acquire();
-            match tokio::time::timeout_at(latest.into(), acquire).await {
+            match tokio::time::timeout_at(latest, acquire).await {
                 Ok(Ok(permit)) => Some(permit),
                 // Waited until the last moment, or (never) the semaphore was closed.
                 _ => return Err(BUSY_RETRY_AFTER),
@@ -136,7 +139,7 @@ impl Protection {
             .expect("pacer lock")
             .reserve(guard.limits.rate, now, latest)?;
         if at > now {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
         }
         let waited = at.max(now) - asked;
         if !waited.is_zero() {

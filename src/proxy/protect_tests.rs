@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
 use super::*;
 
 fn ms(n: u64) -> Duration {
@@ -123,7 +125,7 @@ fn no_span_of_time_carries_more_than_burst_plus_rate() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_class_refuses_at_once_when_the_deadline_cannot_be_met() {
     let mut limits = Limits::default();
     limits.set_rate(Class::Aws, rate("1/min burst 1"));
@@ -142,17 +144,20 @@ async fn a_full_class_refuses_at_once_when_the_deadline_cannot_be_met() {
         .admit(Class::AzureIdentity, deadline, false)
         .await
         .unwrap();
-    let soon = Instant::now() + ms(120);
+    let asked = Instant::now();
+    let soon = asked + ms(120);
     assert_eq!(
         p.admit(Class::AzureIdentity, soon, false).await.err(),
         Some(BUSY_RETRY_AFTER)
     );
+    // Refused at the last moment an attempt still fits, not at the deadline.
+    assert_eq!(asked.elapsed(), ms(120) - MIN_ATTEMPT);
     // ...and goes once the first is done.
     drop(held);
     assert!(p.admit(Class::AzureIdentity, deadline, false).await.is_ok());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_long_poll_takes_no_place_in_flight() {
     let mut limits = Limits::default();
     limits.set_concurrency(Class::Gce, 1);
@@ -166,4 +171,49 @@ async fn a_long_poll_takes_no_place_in_flight() {
             .map(Result::unwrap)
             .collect();
     assert!(p.admit(Class::Gce, deadline, false).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_are_sent_at_the_rate_in_arrival_order_while_their_deadlines_allow() {
+    let mut limits = Limits::default();
+    limits.set_rate(Class::AzureIdentity, rate("5/s burst 1"));
+    let p = Protection::new(&limits);
+    let t0 = Instant::now();
+    // Ten callers at once with a second to spare: five fit (0, 200, ..., 800 ms), the
+    // rest are refused at once, each told to come back when the next send is free (a
+    // refusal reserves nothing).
+    let admits = (0..10).map(|_| async {
+        let a = p.admit(Class::AzureIdentity, t0 + ms(1000), false).await;
+        a.map(|_admitted| t0.elapsed())
+    });
+    let outcomes = futures::future::join_all(admits).await;
+    let sent: Vec<Duration> = outcomes.iter().filter_map(|o| o.ok()).collect();
+    assert_eq!(sent, [ms(0), ms(200), ms(400), ms(600), ms(800)]);
+    let refused: Vec<Duration> = outcomes.iter().filter_map(|o| o.err()).collect();
+    assert_eq!(refused, [ms(1000); 5]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_in_flight_never_exceed_the_cap_and_fill_it() {
+    let mut limits = Limits::default();
+    limits.set_rate(Class::AzureIdentity, rate("1000/s burst 1000"));
+    let p = Protection::new(&limits);
+    let cap = limits.get(Class::AzureIdentity).concurrency as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let t0 = Instant::now();
+    // Forty requests the service takes 150 ms each to answer.
+    let requests = (0..40).map(|_| async {
+        let _admitted = p
+            .admit(Class::AzureIdentity, deadline, false)
+            .await
+            .unwrap();
+        most.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+        tokio::time::sleep(ms(150)).await;
+        now.fetch_sub(1, SeqCst);
+    });
+    futures::future::join_all(requests).await;
+    // As many at once as the cap allows, and never more: eight rounds of five.
+    assert_eq!(most.load(SeqCst), cap);
+    assert_eq!(t0.elapsed(), ms(150) * (40 / cap as u32));
 }

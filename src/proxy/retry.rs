@@ -8,9 +8,10 @@
 //! refusal that means "no" (400, 401, 403, 404, 405) is passed on at once; and a
 //! request with side effects (Azure's scheduled-event approval, a POST) is sent once.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
+use tokio::time::Instant;
 
 /// Attempts at most, the first included: enough to ride out a blip, few enough that a
 /// broken service costs the shared budget little.

@@ -6,13 +6,16 @@
 //! [`Protection`] (rate and requests in flight per provider class), and a transient
 //! failure is tried again while the caller's deadline allows (see [`retry`]).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+// Tokio's clock: the system's unless a test pauses it (pacing, retries and the session
+// token's renewal then follow the test's time).
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::protect::{Class, Limits, Protection};
@@ -112,7 +115,7 @@ impl Upstream {
     /// and the container's own AWS session headers are dropped here). `aws`: the
     /// request is for AWS and carries the proxy's own session token. `deadline`: when
     /// the caller must have its answer; waits for the service's budget and retries end
-    /// in time for it.
+    /// in time for it (a `std` or a tokio instant).
     ///
     /// The answer is the service's last one (a 503 that persisted passes through), or
     /// for a request that never got an answer the proxy's error; a request the budget
@@ -124,8 +127,9 @@ impl Upstream {
         in_headers: &HeaderMap,
         body: Bytes,
         aws: bool,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<Answer, ProxyError> {
+        let deadline = deadline.into();
         let mut hdrs = headers::end_to_end(in_headers);
         // The body was read whole: hyper derives its length from it, so a framing
         // header that disagreed with the body can never reach the upstream.

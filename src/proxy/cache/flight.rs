@@ -3,9 +3,9 @@
 //! stored, failure remembered, refresh rescheduled) before any waiter sees the answer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::{FutureExt, Shared};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{expiry, timing, Entry, Fetch, Inner, Keyed, Kind, Life, Purpose, Stored};
@@ -29,7 +29,7 @@ impl Flight {
     /// request goes on without this caller).
     pub async fn wait(self, deadline: Instant) -> Result<Stored, ProxyError> {
         let from = Instant::now();
-        match tokio::time::timeout_at(deadline.into(), self.answer).await {
+        match tokio::time::timeout_at(deadline, self.answer).await {
             Ok(outcome) => answer(&outcome),
             Err(_) => Err(ProxyError::UpstreamTimeout(
                 deadline.saturating_duration_since(from),
@@ -117,7 +117,15 @@ impl Landing {
     ) -> Option<String> {
         let settings = &self.inner.settings;
         let now = Instant::now();
-        let verdict = judge(kind, outcome, fetched_at, now, settings.metadata_ttl);
+        let unix_now = (self.inner.calendar)();
+        let verdict = judge(
+            kind,
+            outcome,
+            fetched_at,
+            now,
+            unix_now,
+            settings.metadata_ttl,
+        );
         let mut map = self.inner.lock();
         let slot = map.slots.get_mut(&self.key)?;
         if slot.flight.as_ref().is_some_and(|f| f.id == self.id) {
@@ -157,12 +165,14 @@ impl Landing {
     }
 }
 
-/// What `outcome` (for a request of `kind` sent at `fetched_at`) is to the cache.
+/// What `outcome` (for a request of `kind` sent at `fetched_at`) is to the cache, at
+/// `now` (`unix_now` in calendar time).
 fn judge(
     kind: Kind,
     outcome: &Outcome,
     fetched_at: Instant,
     now: Instant,
+    unix_now: u64,
     document_ttl: std::time::Duration,
 ) -> Verdict {
     let stored = match outcome {
@@ -199,7 +209,7 @@ fn judge(
     };
     // Absolute times count from now; relative ones from when the request left (the
     // service answered later than that, so its count ends no earlier than this).
-    let left = parsed.expiry.seconds_left(super::unix_now()).unwrap_or(0);
+    let left = parsed.expiry.seconds_left(unix_now).unwrap_or(0);
     let mut expires_at = now + std::time::Duration::from_secs(left);
     if let Some(r) = parsed.expiry.relative {
         expires_at = expires_at.min(fetched_at + std::time::Duration::from_secs(r));

@@ -27,11 +27,14 @@ mod timing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
+// Tokio's clock, which is the system's monotonic clock unless a test pauses it: every
+// expiry, refresh point and deadline below is then driven by the test.
+use tokio::time::Instant;
 
 pub use crate::config::CacheSettings;
 pub use key::{classify, without_bypass, Keyed, Kind};
@@ -199,7 +202,13 @@ pub struct Cache {
 struct Inner {
     settings: CacheSettings,
     map: Mutex<Map>,
+    /// Calendar time, which absolute expiries (Azure's `expires_on`) count from.
+    calendar: Calendar,
 }
+
+/// Seconds since the Unix epoch: the system's, or in tests a calendar that moves with
+/// tokio's paused clock, so that absolute and relative expiries agree.
+type Calendar = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -210,6 +219,10 @@ impl Inner {
 
 impl Cache {
     pub fn new(settings: CacheSettings) -> Self {
+        Self::with_calendar(settings, Box::new(unix_now))
+    }
+
+    fn with_calendar(settings: CacheSettings, calendar: Calendar) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -217,6 +230,7 @@ impl Cache {
                     slots: HashMap::new(),
                     next_sweep: Instant::now() + SWEEP_EVERY,
                 }),
+                calendar,
             }),
         }
     }
@@ -235,14 +249,15 @@ impl Cache {
     /// The answer for `keyed`, from the cache or from the service; `fetch` builds the
     /// request to the service when one is needed (at most once, under the cache's lock:
     /// it must only build the future). A caller waiting on a request under way gets the
-    /// proxy's timeout answer at `deadline`; the request itself goes on and fills the
-    /// cache.
+    /// proxy's timeout answer at `deadline` (a `std` or a tokio instant); the request
+    /// itself goes on and fills the cache.
     pub async fn get(
         &self,
         keyed: &Keyed,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         fetch: impl FnOnce(Purpose) -> Fetch,
     ) -> (Result<Stored, ProxyError>, How) {
+        let deadline = deadline.into();
         let mut fetch = Some(fetch);
         match self.step(keyed, |p| (fetch.take().expect("fetch is built once"))(p)) {
             Step::Ready(answer, how) => (answer, how),

@@ -9,7 +9,9 @@
 //! any caller has to wait for the service, and tokens fetched together are not all
 //! refreshed together.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::key::Kind;
 

@@ -8,6 +8,8 @@
 
 pub mod plan;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -15,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::docker::*;
-use super::*;
+use crate::docker::*;
+use crate::suite::unable;
+use crate::{cmd, quiet, repo_path, Daemon, IMDS};
 pub use plan::*;
 
-/// The judges' directory, and where it appears inside a container.
-pub const JUDGES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
+/// Where the judges' directory (tests/sdk) appears inside a container.
 const JUDGES_MOUNT: &str = "/imds-proxy-judges";
 /// The virtualenv with the SDKs (scripts/test.sh creates it and sets this).
 pub const VENV_VAR: &str = "IMDS_PROXY_SDK_VENV";
@@ -42,10 +44,7 @@ impl Sdk {
     /// it is missing, unless the suite demands the root tests.
     pub fn from_env_or_skip(test: &str) -> Option<Self> {
         let fail_or_skip = |why: String| {
-            if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-                panic!("{test}: {why}");
-            }
-            skipped(test, &why);
+            unable(test, &why);
             None
         };
         let Ok(venv) = std::env::var(VENV_VAR) else {
@@ -90,7 +89,8 @@ impl Sdk {
             .filter(|d| Path::new(d).exists())
             .flat_map(|d| ["-v".to_owned(), format!("{d}:{d}:ro")])
             .collect();
-        args.extend(["-v".to_owned(), format!("{JUDGES_DIR}:{JUDGES_MOUNT}:ro")]);
+        let judges = repo_path("tests/sdk");
+        args.extend(["-v".to_owned(), format!("{judges}:{JUDGES_MOUNT}:ro")]);
         args
     }
 

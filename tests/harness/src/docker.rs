@@ -1,19 +1,21 @@
-//! Docker scenes for the root-namespace tests: containers and networks the tests create,
-//! the fake cloud behind a veth, the daemon, and their removal in a safe order.
+//! Docker scenes for the root-namespace tests: the namespace claimed, containers and
+//! networks the tests create, the fake cloud behind a veth, the daemon, and their
+//! removal in a safe order.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::*;
+use crate::suite::unable;
+use crate::{bin, cmd, quiet, root_or_skip, try_cmd, Daemon, FakeImds, Netns, AUDIT, IMDS};
 
 /// A `FROM scratch` image holding only busybox-static; built locally, never pulled.
 pub const IMAGE: &str = "imds-proxy-test-busybox:1";
@@ -28,11 +30,47 @@ pub const DOCKER0_PREFIX: &str = "172.17.";
 /// removes any left over by it).
 pub const LABEL: &str = "imds-proxy-test";
 
-/// The scenario uses the root namespace: only one Docker test may run at a time.
-pub static ROOT_NS: Mutex<()> = Mutex::new(());
+/// The root network namespace, claimed by one test at a time: the prelude of every test
+/// that uses it (Docker's bridges live there).
+///
+/// Other processes are kept out by the suite's caller (scripts/test.sh runs under one
+/// lock with anything else that uses the root namespace); a claim checks that no other
+/// imds-proxy has its table or link there, since a scene's clean-up runs
+/// `imds-proxy uninstall`.
+pub struct RootNamespace {
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Only one test of this process in the root namespace at a time.
+static ROOT_NS: Mutex<()> = Mutex::new(());
+
+impl RootNamespace {
+    /// Root, a Docker engine answering, the root namespace to this test alone and free
+    /// of any other imds-proxy, and the test image built; `None` (a skip, recorded)
+    /// when root or Docker is missing, unless the suite demands every test.
+    pub fn claim(test: &str) -> Option<Self> {
+        if !root_or_skip(test) || !docker_or_skip(test) {
+            return None;
+        }
+        // A test that failed while holding it left nothing that matters behind: its
+        // scene cleaned up on the way out.
+        let serial = ROOT_NS.lock().unwrap_or_else(|e| e.into_inner());
+        let (has_table, _, _) = try_cmd(&["nft", "list", "table", "ip", "imds_proxy"]);
+        let (has_link, _, _) = try_cmd(&["ip", "link", "show", "imdsproxy0"]);
+        assert!(
+            !has_table && !has_link,
+            "{test}: the root namespace already has the table ip imds_proxy or the link \
+             imdsproxy0: another imds-proxy is running here, or a previous run left them \
+             (`imds-proxy uninstall`)"
+        );
+        ensure_image();
+        Some(Self { _serial: serial })
+    }
+}
 
 /// Everything the test creates, removed in a safe order on drop (also on panic):
 /// containers, networks, the daemon, its table and link, the cloud.
+#[derive(Default)]
 pub struct Scene {
     pub containers: Vec<String>,
     pub networks: Vec<String>,
@@ -51,15 +89,7 @@ const DIRECT_TABLE: &str = "7301";
 
 impl Scene {
     pub fn new() -> Self {
-        Self {
-            containers: Vec::new(),
-            networks: Vec::new(),
-            daemon: None,
-            installed: false,
-            veth: None,
-            cloud: None,
-            direct_from: Vec::new(),
-        }
+        Self::default()
     }
 
     /// Catches what containers behind `interfaces` send to 169.254.169.254 and the daemon
@@ -366,7 +396,7 @@ impl Drop for Scene {
         // SIGKILL; the table (closed or open) stays until the uninstall below.
         drop(self.daemon.take());
         if self.installed {
-            let _ = quiet(&[BIN, "uninstall"]);
+            let _ = quiet(&[bin(), "uninstall"]);
         }
         for i in &self.direct_from {
             let to = format!("{IMDS}/32");
@@ -438,30 +468,13 @@ pub fn parse_busybox_time(s: &str) -> Option<f64> {
     Some(m.trim().parse::<f64>().ok()? * 60.0 + secs.parse::<f64>().ok()?)
 }
 
-pub fn quiet(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 pub fn docker_answers() -> bool {
     quiet(&["docker", "version"])
 }
 
-/// Like `root_or_skip`: no Docker engine skips, unless the suite demands the root tests.
+/// Like `root_or_skip`: no Docker engine skips, unless the suite demands every test.
 pub fn docker_or_skip(test: &str) -> bool {
-    if docker_answers() {
-        return true;
-    }
-    if std::env::var("IMDS_PROXY_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-        panic!("{test}: root tests are required (IMDS_PROXY_REQUIRE_ROOT_TESTS=1) but no Docker engine answers `docker version`");
-    }
-    skipped(test, "no Docker engine answers `docker version`");
-    false
+    docker_answers() || unable(test, "no Docker engine answers `docker version`")
 }
 
 /// Builds the busybox image from the host's busybox-static unless it exists.

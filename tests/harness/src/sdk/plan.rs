@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 
 /// The file both modes serve.
-pub const EMULATOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/emulator.toml");
+pub const EMULATOR_FILE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/emulator.toml");
 /// The audience the judges ask ID tokens for.
 pub const AUDIENCE: &str = "https://sdk-judge.imds-proxy.test/audience";
 /// The scope the Azure judges ask for (the SDK sends the resource, without `/.default`).

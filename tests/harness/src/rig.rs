@@ -1,14 +1,19 @@
-//! The proxy on loopback, as the loopback tests run it: containers stand in as
-//! addresses 127.0.0.N (bridge port N), an inventory names them, and a raw HTTP client
-//! sends from any of those addresses.
+//! The proxy in-process on loopback, as the loopback tiers run it: containers stand in
+//! as addresses 127.0.0.N (bridge port N), an inventory names them, and a raw HTTP
+//! client sends from any of those addresses.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use imds_proxy::policy::select::Policies;
 use imds_proxy::ports::BridgePort;
 use imds_proxy::proxy::{self, Proxy, ProxySettings};
 
+use crate::{parse_answer, Answer};
+
+/// A proxy serving on a free loopback port; stopped by sending on `stop`, its drain
+/// report in `done`.
 pub struct Running {
     pub addr: SocketAddr,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -70,6 +75,33 @@ pub fn inventory_of(
     imds_proxy::docker::InventoryHandle::fixed(inv)
 }
 
+/// The settings of the loopback tests' proxy in front of the metadata service at
+/// `upstream` (a [`crate::FakeImds`], or an address where none listens): every caller
+/// the host or an unknown one (no inventory), both allowed; 2 s for every request; the
+/// upstream's default limits and the default cache; small bodies. Tests change what
+/// they are about.
+pub fn settings(upstream: SocketAddr) -> ProxySettings {
+    ProxySettings {
+        backend: proxy::Backend::Upstream(format!("http://{upstream}").parse().unwrap()),
+        request_timeout: Duration::from_secs(2),
+        aws_request_timeout: Duration::from_secs(2),
+        upstream_limits: Default::default(),
+        cache: Default::default(),
+        max_body_bytes: 1024,
+        max_header_bytes: 8192,
+        inventory: None,
+        identify_wait: Duration::from_millis(300),
+        origins: Arc::new(FakeOrigins::default()),
+        policies: policies(Policies::builtin("allow", "allow")),
+    }
+}
+
+/// The proxy's view of `policies`, as the daemon's reload would publish them.
+pub fn policies(policies: Policies) -> tokio::sync::watch::Receiver<Arc<Policies>> {
+    tokio::sync::watch::channel(Arc::new(policies)).1
+}
+
+/// Starts a proxy with `settings` on a free port of 127.0.0.1.
 pub async fn start_settings(settings: ProxySettings) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -113,7 +145,7 @@ pub fn container(id: char, ip: &str, policy: &str) -> bollard::models::Container
 }
 
 /// One raw request from `src` (a loopback address standing in for a container).
-pub async fn from_raw(src: &str, addr: SocketAddr, req: String) -> super::Answer {
+pub async fn from_raw(src: &str, addr: SocketAddr, req: String) -> Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
@@ -121,7 +153,7 @@ pub async fn from_raw(src: &str, addr: SocketAddr, req: String) -> super::Answer
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
-    super::parse_answer(&buf).unwrap()
+    parse_answer(&buf).unwrap()
 }
 
 /// A container with address 127.0.0.N (bridge port N) and these labels.
@@ -134,30 +166,4 @@ pub fn labelled(id: char, ip: &str, labels: &[(&str, &str)]) -> bollard::models:
             .collect(),
     );
     c
-}
-
-pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut r =
-        format!("{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
-    }
-    r.push_str("\r\n");
-    r
-}
-
-/// The head of the next request on a connection (up to its empty line), or `None`
-/// once the client has closed it.
-pub fn read_head(r: &mut impl std::io::BufRead) -> Option<String> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            return Some(head);
-        }
-        head.push_str(&line);
-    }
 }
