@@ -172,3 +172,8 @@ if grep -F -f "$IMDS_PROXY_ISSUED_FILE" "$IMDS_PROXY_DAEMON_LOG_FILE" >&2; then
   exit 1
 fi
 echo "credentials: $(wc -l < "$IMDS_PROXY_ISSUED_FILE") issued, none in $(wc -l < "$IMDS_PROXY_DAEMON_LOG_FILE") daemon log lines"
+
+# The VM tier (vagrant/test.sh): the package just built, installed on a real Debian 12
+# under a real systemd in a VM, and the host failing closed across reboots, an upgrade,
+# restarts, a killed, a hung and a stopped daemon; its failure fails the suite.
+vagrant/test.sh "$IMDS_PROXY_DEB"
