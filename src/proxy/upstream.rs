@@ -182,72 +182,16 @@ impl Upstream {
     /// Sends `x`, once or, while it fails in a way worth retrying and the deadline
     /// allows, again; each attempt first passes the class's budget.
     async fn exchange(&self, x: &Exchange<'_>, deadline: Instant) -> Result<Answer, ProxyError> {
-        let mut made = 0;
-        let mut last = None;
-        loop {
-            let admitted = match self.protect.admit(x.class, deadline, x.long_poll).await {
-                Ok(a) => a,
-                // No room for a retry: the previous answer stands.
-                Err(_) if last.is_some() => return last.expect("checked"),
-                Err(retry_after) => {
-                    return Err(ProxyError::UpstreamBusy {
-                        provider: x.provider,
-                        class: x.class,
-                        retry_after,
-                    })
-                }
-            };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let limit = retry::attempt_timeout(remaining, made, x.repeatable);
-            made += 1;
-            let once = self.once(
+        retrying(&self.protect, x, deadline, || {
+            self.once(
                 x.method,
                 x.path_and_query,
                 x.headers,
                 x.body.clone(),
                 x.token.clone(),
-            );
-            let result = match tokio::time::timeout(limit, once).await {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
-            };
-            drop(admitted);
-            let (outcome, retry_after) = match &result {
-                Ok(a) => (
-                    Outcome::Status(a.parts.status),
-                    a.parts
-                        .headers
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
-                ),
-                Err(ProxyError::UpstreamUnreachable(_)) => (Outcome::ConnectFailed, None),
-                Err(ProxyError::UpstreamTimeout(_)) => (Outcome::TimedOut, None),
-                Err(_) => (Outcome::Failed, None),
-            };
-            let next = retry::plan(
-                x.repeatable,
-                made,
-                outcome,
-                retry_after,
-                Instant::now(),
-                deadline,
-                rand::random(),
-            );
-            match next {
-                Next::Stop(why) => {
-                    if made > 1 || outcome.transient() {
-                        debug!(class = x.class.key(), attempts = made, outcome = ?outcome, why = ?why, "no further attempt at the metadata service");
-                    }
-                    return result;
-                }
-                Next::Retry(wait) => {
-                    debug!(class = x.class.key(), attempt = made, outcome = ?outcome, wait_ms = wait.as_millis() as u64, "retrying the metadata service");
-                    last = Some(result);
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+            )
+        })
+        .await
     }
 
     async fn once(
@@ -352,3 +296,83 @@ impl Upstream {
         }
     }
 }
+
+/// The retry loop of [`Upstream::exchange`], apart from the connection pool: makes
+/// `attempt` (one request to the service) once or, while it fails in a way worth
+/// retrying and the deadline allows, again; each attempt first passes the class's
+/// budget in `protect`, and gets the part of the time left that
+/// [`retry::attempt_timeout`] gives it.
+async fn retrying<F, A>(
+    protect: &Protection,
+    x: &Exchange<'_>,
+    deadline: Instant,
+    mut attempt: F,
+) -> Result<Answer, ProxyError>
+where
+    F: FnMut() -> A,
+    A: std::future::Future<Output = Result<Answer, ProxyError>>,
+{
+    let mut made = 0;
+    let mut last = None;
+    loop {
+        let admitted = match protect.admit(x.class, deadline, x.long_poll).await {
+            Ok(a) => a,
+            // No room for a retry: the previous answer stands.
+            Err(_) if last.is_some() => return last.expect("checked"),
+            Err(retry_after) => {
+                return Err(ProxyError::UpstreamBusy {
+                    provider: x.provider,
+                    class: x.class,
+                    retry_after,
+                })
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let limit = retry::attempt_timeout(remaining, made, x.repeatable);
+        made += 1;
+        let result = match tokio::time::timeout(limit, attempt()).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
+        };
+        drop(admitted);
+        let (outcome, retry_after) = match &result {
+            Ok(a) => (
+                Outcome::Status(a.parts.status),
+                a.parts
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
+            ),
+            Err(ProxyError::UpstreamUnreachable(_)) => (Outcome::ConnectFailed, None),
+            Err(ProxyError::UpstreamTimeout(_)) => (Outcome::TimedOut, None),
+            Err(_) => (Outcome::Failed, None),
+        };
+        let next = retry::plan(
+            x.repeatable,
+            made,
+            outcome,
+            retry_after,
+            Instant::now(),
+            deadline,
+            rand::random(),
+        );
+        match next {
+            Next::Stop(why) => {
+                if made > 1 || outcome.transient() {
+                    debug!(class = x.class.key(), attempts = made, outcome = ?outcome, why = ?why, "no further attempt at the metadata service");
+                }
+                return result;
+            }
+            Next::Retry(wait) => {
+                debug!(class = x.class.key(), attempt = made, outcome = ?outcome, wait_ms = wait.as_millis() as u64, "retrying the metadata service");
+                last = Some(result);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;
