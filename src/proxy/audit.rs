@@ -90,10 +90,10 @@ impl Audit {
         let (identify_us, elapsed_ms) = (t.identify_us, t.elapsed_ms);
         match &self.error {
             None => {
-                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
+                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
             }
             Some(error) => {
-                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
+                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
             }
         }
     }
