@@ -167,6 +167,10 @@ fi
 sdk_secrets=$(sed -nE 's/^[[:space:]]*(token|secret_access_key|session_token)[[:space:]]*=[[:space:]]*"([^"]+)".*/\2/p' tests/sdk/emulator.toml)
 [ "$(wc -l <<<"$sdk_secrets")" -ge 12 ] || { echo "tests/sdk/emulator.toml: expected its 12 fixed credentials, found: $sdk_secrets" >&2; exit 1; }
 printf '%s\n' "$sdk_secrets" >>"$IMDS_PROXY_ISSUED_FILE"
+# A credential so short that it matches any line would prove nothing either: say which
+# line of the record it is (never its value) and fail.
+short=$(awk 'length($0) < 12 { print "line " NR " (" length($0) " characters)" }' "$IMDS_PROXY_ISSUED_FILE")
+[ -z "$short" ] || { echo "the record of issued credentials holds entries too short to look for: $short" >&2; exit 1; }
 if grep -F -f "$IMDS_PROXY_ISSUED_FILE" "$IMDS_PROXY_DAEMON_LOG_FILE" >&2; then
   echo "a credential issued during the run appears in a daemon log (above)" >&2
   exit 1

@@ -48,7 +48,9 @@ pub fn append_to_env_file(var: &str, line: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write of the whole line: threads appending at once (a fake serving
+            // several connections) must not interleave their halves.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
