@@ -5,6 +5,7 @@
 //! request fails it, so a container sees the same answer with or without the proxy.
 
 pub mod aws;
+pub mod aws_doc;
 pub mod azure;
 pub mod gce;
 pub mod identity;

@@ -199,7 +199,7 @@ fn target<'a>(cfg: &'a AwsConfig, role: Option<&'a Role>, segs: &[String]) -> Ta
             let Some(d) = doc else {
                 return Target::NotFound;
             };
-            let d = creds::pretty(d);
+            let d = crate::providers::aws_doc::pretty(d);
             match *leaf {
                 "document" => Target::Text(d),
                 "pkcs7" | "rsa2048" => Target::Signed(d, Signed::Pkcs7),

@@ -601,7 +601,7 @@ async fn credentials_rotate_at_half_life_and_always_outlive_sdk_refresh_windows(
     assert_ne!(second, first, "replaced at half its life");
     assert_eq!(
         exp2,
-        creds::timestamp(t0() + Duration::from_secs(LIFE / 2 + LIFE))
+        crate::providers::aws_doc::timestamp(t0() + Duration::from_secs(LIFE / 2 + LIFE))
     );
     // Sampled over two lifetimes, Expiration is never less than half a lifetime
     // ahead: beyond botocore's 15-minute advisory refresh and the Java SDK's window.
@@ -609,7 +609,7 @@ async fn credentials_rotate_at_half_life_and_always_outlive_sdk_refresh_windows(
         let now = t0() + Duration::from_secs(secs);
         let (_, exp) = at(secs).await;
         // Timestamps of one form sort as the times they name.
-        let half_ahead = creds::timestamp(now + Duration::from_secs(LIFE / 2));
+        let half_ahead = crate::providers::aws_doc::timestamp(now + Duration::from_secs(LIFE / 2));
         assert!(
             exp >= half_ahead,
             "{exp} at +{secs}: less than half a lifetime left"
