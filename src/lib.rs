@@ -18,6 +18,7 @@
 //! | `firewall` | the pure ruleset plan, its atomic netlink apply, owned tables, drift watch, the start-up flow cut | `addrs`, `dns`, `ifname`, `table_owner` |
 //! | `docker` | the container inventory: the pure picture (`state`), its one owner task, Docker's shapes | `errors`, `netns`, `ports` |
 //! | `link` | the daemon's own link, link/route notifications, the macvlan parents' facts | `firewall` |
+//! | `assume` | identities obtained for containers: AWS role sessions from STS (the signed call, the one owner of held credentials) | `docker`, `policy`, `providers` |
 //! | `emulator` | the three emulated metadata services and their files | `errors`, `request`, `providers` |
 //! | `reconcile` | the one owner of the interception state: events in, one apply out | `errors`, `firewall`, `link` |
 //! | `proxy` | the HTTP side: who calls (`identify`), the decision (`admit`), the answer (`forward`: emulator, or cache and upstream), the audit line | everything above but `app`, `cli`, `reconcile`, `link` |
@@ -26,6 +27,7 @@
 
 pub mod addrs;
 pub mod app;
+pub mod assume;
 pub mod cli;
 pub mod config;
 pub mod dns;

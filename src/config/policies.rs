@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::Raw;
-use crate::policy::{Pattern, Policy, RateLimit, Rule, Verdict};
+use crate::policy::{Glob, Pattern, Policy, RateLimit, Rule, Verdict};
 
 /// The policy `name` (surrounding blanks ignored) names: one of the file's, or a
 /// built-in one.
@@ -22,7 +22,8 @@ pub fn resolve(name: &str, named: &BTreeMap<String, Policy>) -> Result<Policy, S
 
 /// `[policies.<name>]` tables: `default = "allow"|"deny"`, `deny = [patterns]`,
 /// `allow = [patterns]`, `rate_limit = "20/s"` (optional; see [`RateLimit`]),
-/// `aws_tokens = "optional"|"required"`. Deny patterns are tried first, then allow
+/// `aws_tokens = "optional"|"required"`, `aws_roles = [role ARN globs]`,
+/// `gce_service_accounts = [email globs]`. Deny patterns are tried first, then allow
 /// patterns, then the default. Every problem in every policy is reported.
 pub fn parse_named(r: &Raw) -> Result<BTreeMap<String, Policy>, String> {
     let Raw::Toml(toml::Value::Table(t)) = r else {
@@ -54,6 +55,8 @@ fn policy(name: &str, body: &toml::Table, errors: &mut Vec<String>) -> Policy {
     let mut default = Verdict::Deny;
     let mut rate_limit = None;
     let mut aws_tokens_required = false;
+    let mut aws_roles = Vec::new();
+    let mut gce_service_accounts = Vec::new();
     for (key, v) in body {
         match (key.as_str(), v) {
             ("default", toml::Value::String(d)) if d == "allow" => default = Verdict::Allow,
@@ -84,8 +87,12 @@ fn policy(name: &str, body: &toml::Table, errors: &mut Vec<String>) -> Policy {
             ("aws_tokens", v) => errors.push(format!(
                 "{name}.aws_tokens: expected \"optional\" or \"required\", got {v}"
             )),
+            ("aws_roles", v) => aws_roles = globs(name, "aws_roles", v, errors),
+            ("gce_service_accounts", v) => {
+                gce_service_accounts = globs(name, "gce_service_accounts", v, errors)
+            }
             (other, _) => errors.push(format!(
-                "{name}.{other}: unknown key (default, deny, allow, rate_limit, aws_tokens)"
+                "{name}.{other}: unknown key (default, deny, allow, rate_limit, aws_tokens, aws_roles, gce_service_accounts)"
             )),
         }
     }
@@ -97,7 +104,30 @@ fn policy(name: &str, body: &toml::Table, errors: &mut Vec<String>) -> Policy {
         default,
         rate_limit,
         aws_tokens_required,
+        aws_roles,
+        gce_service_accounts,
     }
+}
+
+/// An allow-list of identities (`aws_roles`, `gce_service_accounts`); its problems are
+/// added to `errors`.
+fn globs(name: &str, list: &str, v: &toml::Value, errors: &mut Vec<String>) -> Vec<Glob> {
+    let Some(items) = v.as_array() else {
+        errors.push(format!(
+            "{name}.{list}: expected a list of patterns like [\"arn:aws:iam::123456789012:role/app-*\"], got {}",
+            v.type_str()
+        ));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str().map(Glob::parse) {
+            Some(Ok(g)) => out.push(g),
+            Some(Err(e)) => errors.push(format!("{name}.{list}[{i}]: {e}")),
+            None => errors.push(format!("{name}.{list}[{i}]: expected a string")),
+        }
+    }
+    out
 }
 
 /// The rules of a policy's `deny` or `allow` list; its problems are added to `errors`.

@@ -457,7 +457,7 @@ fn every_bad_rate_limit_is_reported_with_its_policy_and_value() {
         "absurd.rate_limit: \"1000001/s\": 1000001/s is more than 1000000 requests per second",
         "absurdmin.rate_limit: \"60000001/min\": 60000001/min is more than 1000000 requests per second",
         "number.rate_limit: expected a string like \"20/s\", \"300/min\" or \"5/s burst 10\", got integer",
-        "typo.ratelimit: unknown key (default, deny, allow, rate_limit, aws_tokens)",
+        "typo.ratelimit: unknown key (default, deny, allow, rate_limit, aws_tokens, aws_roles, gce_service_accounts)",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in {text}");
     }

@@ -138,6 +138,80 @@ pub struct Policy {
     /// AWS: whether a GET needs an IMDSv2 session token (401 without one, as with
     /// `HttpTokens=required`); otherwise IMDSv1 works too.
     pub aws_tokens_required: bool,
+    /// Role ARNs a container under this policy may have assumed for it (its
+    /// `imds-proxy.aws.role-arn` label): none unless listed, since a label is not a
+    /// credential.
+    pub aws_roles: Vec<Glob>,
+    /// GCE service accounts a container under this policy may be given by
+    /// impersonation (its `imds-proxy.gce.service-account` label, when the account is
+    /// not the instance's own).
+    pub gce_service_accounts: Vec<Glob>,
+}
+
+/// A pattern over a whole identifier (a role ARN, an account email): `*` stands for
+/// any run of characters, `?` for one; everything else is itself, with case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err("an empty pattern matches nothing".into());
+        }
+        if !t.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!("{t:?}: printable ASCII without spaces only"));
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `s`, whole, matches.
+    pub fn matches(&self, s: &str) -> bool {
+        glob_match(self.0.as_bytes(), s.as_bytes())
+    }
+}
+
+/// Iterative wildcard match: on a mismatch, the last `*` takes one more character.
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+impl Policy {
+    /// Whether this policy lets a container have `arn` assumed for it.
+    pub fn allows_aws_role(&self, arn: &str) -> bool {
+        self.aws_roles.iter().any(|g| g.matches(arn))
+    }
+
+    /// Whether this policy lets a container be given `email` by impersonation.
+    pub fn allows_gce_account(&self, email: &str) -> bool {
+        self.gce_service_accounts.iter().any(|g| g.matches(email))
+    }
 }
 
 /// Paths `metadata-only` denies: tokens and credentials of every provider, and user
@@ -168,6 +242,8 @@ impl Policy {
                 default: Verdict::Allow,
                 rate_limit: None,
                 aws_tokens_required: false,
+                aws_roles: Vec::new(),
+                gce_service_accounts: Vec::new(),
             }),
             "deny" => Some(Self {
                 name: name.into(),
@@ -175,6 +251,8 @@ impl Policy {
                 default: Verdict::Deny,
                 rate_limit: None,
                 aws_tokens_required: false,
+                aws_roles: Vec::new(),
+                gce_service_accounts: Vec::new(),
             }),
             "metadata-only" => Some(Self {
                 name: name.into(),
@@ -182,6 +260,8 @@ impl Policy {
                 default: Verdict::Allow,
                 rate_limit: None,
                 aws_tokens_required: false,
+                aws_roles: Vec::new(),
+                gce_service_accounts: Vec::new(),
             }),
             _ => None,
         }

@@ -157,6 +157,8 @@ mod named {
             default: Verdict::Deny,
             rate_limit: None,
             aws_tokens_required: false,
+            aws_roles: Vec::new(),
+            gce_service_accounts: Vec::new(),
         };
         p.named.insert("ci".into(), ci.clone());
         let labels: BTreeMap<String, String> =

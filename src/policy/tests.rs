@@ -160,3 +160,30 @@ fn built_in_policies_have_no_rate_limit() {
         assert_eq!(Policy::builtin(name).unwrap().rate_limit, None, "{name}");
     }
 }
+
+#[test]
+fn identity_allow_lists_match_whole_identifiers() {
+    let g = |p: &str| Glob::parse(p).unwrap();
+    let role = "arn:aws:iam::123456789012:role/team/app-reader";
+    assert!(g("arn:aws:iam::123456789012:role/team/*").matches(role));
+    assert!(g("arn:aws:iam::123456789012:role/*-reader").matches(role));
+    assert!(g("arn:aws:iam::12345678901?:role/team/app-reader").matches(role));
+    assert!(g("*").matches(role));
+    assert!(
+        !g("arn:aws:iam::123456789012:role/team/app").matches(role),
+        "whole, not a prefix"
+    );
+    assert!(!g("arn:aws:iam::999999999999:role/*").matches(role));
+    assert!(
+        !g("ARN:aws:iam::123456789012:role/team/*").matches(role),
+        "with case"
+    );
+    assert!(g("*@proj.iam.gserviceaccount.com").matches("a@proj.iam.gserviceaccount.com"));
+    assert!(!g("*@proj.iam.gserviceaccount.com").matches("a@proj.iam.gserviceaccount.com.evil"));
+    assert!(Glob::parse("").is_err() && Glob::parse("a b").is_err());
+    let mut p = Policy::builtin("allow").unwrap();
+    assert!(!p.allows_aws_role(role), "nothing is allowed unless listed");
+    p.aws_roles = vec![g("arn:aws:iam::123456789012:role/team/*")];
+    assert!(p.allows_aws_role(role));
+    assert!(!p.allows_gce_account("a@proj.iam.gserviceaccount.com"));
+}

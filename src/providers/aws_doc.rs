@@ -144,6 +144,35 @@ pub fn timestamp(t: SystemTime) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (as STS writes `Expiration`) back to a time.
+pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let time = time.split('.').next()?;
+    let num = |t: &str| t.parse::<i64>().ok();
+    let d: Vec<i64> = date.split('-').map(num).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(num).collect::<Option<_>>()?;
+    let (&[y, m, day], &[hh, mm, ss]) = (&d[..], &t[..]) else {
+        return None;
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let secs = days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (the inverse of [`civil_date`]).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y.rem_euclid(400);
+    let month_from_march = (m + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// The proleptic Gregorian date `days` after 1970-01-01, counted in 400-year eras
 /// (146097 days each) of years starting in March, so that the leap day comes last.
 fn civil_date(days: i64) -> (i64, u32, u32) {
@@ -181,6 +210,26 @@ mod tests {
             timestamp(UNIX_EPOCH + Duration::from_millis(1_700_000_000_999)),
             "2023-11-14T22:13:20Z"
         );
+    }
+
+    #[test]
+    fn timestamps_read_back() {
+        for secs in [0u64, 951_782_400, 951_955_199, 1_700_000_000, 4_102_444_800] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(parse_timestamp(&timestamp(t)), Some(t), "{secs}");
+        }
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.123Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        for bad in [
+            "2023-11-14T22:13:20",
+            "2023-13-14T22:13:20Z",
+            "x",
+            "2023-11-14 22:13:20Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,10 +16,26 @@ pub const AZURE_MSI_RES_ID: &str = "imds-proxy.azure.msi-res-id";
 /// GCE service account (its email): it becomes the container's `default`, and the only
 /// account the container can see.
 pub const GCE_SERVICE_ACCOUNT: &str = "imds-proxy.gce.service-account";
-/// AWS role name (or a role ARN, of which the name is used): the only role under
-/// `iam/security-credentials/` the container can see.
+/// AWS role name: the only one of the instance's roles under
+/// `iam/security-credentials/` the container can see (narrows; assumes nothing).
 pub const AWS_ROLE: &str = "imds-proxy.aws.role";
+/// AWS role to assume for the container through STS: a role ARN, or with
+/// `aws_base_role_arn` configured a role name (or `path/name`) under that base.
 pub const AWS_ROLE_ARN: &str = "imds-proxy.aws.role-arn";
+/// `ExternalId` of the AssumeRole call, when the role's trust policy requires one.
+pub const AWS_EXTERNAL_ID: &str = "imds-proxy.aws.external-id";
+/// `RoleSessionName` of the AssumeRole call (sanitised); by default the container's
+/// service or name.
+pub const AWS_SESSION_NAME: &str = "imds-proxy.aws.session-name";
+
+/// An AWS role to assume for a container, as its labels ask for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsAssume {
+    /// The role ARN, or a name to put under the configured base ARN.
+    pub role: String,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+}
 
 /// An Azure managed identity as a request or a label names it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,7 +70,10 @@ impl AzureIdentity {
 pub struct Identity {
     pub azure: Option<AzureIdentity>,
     pub gce_service_account: Option<String>,
+    /// One of the instance's roles, by name.
     pub aws_role: Option<String>,
+    /// A role to assume through STS.
+    pub aws_assume: Option<AwsAssume>,
 }
 
 /// A label value the proxy cannot use; the container is refused rather than given the
@@ -103,47 +122,36 @@ impl Identity {
                 });
             }
         }
-        let role = get(AWS_ROLE)?;
-        let arn = get(AWS_ROLE_ARN)?;
-        let aws_role = match (role, arn) {
-            (Some(r), None) => Some(r),
-            (None, Some(arn)) => Some(role_name_of_arn(&arn).ok_or(LabelError {
-                label: AWS_ROLE_ARN,
-                reason: "is not a role ARN (arn:aws:iam::<account>:role/<name>)".into(),
-            })?),
-            (Some(r), Some(arn)) => {
-                if role_name_of_arn(&arn).as_deref() != Some(r.as_str()) {
-                    return Err(LabelError {
-                        label: AWS_ROLE_ARN,
-                        reason: format!("names another role than {AWS_ROLE}"),
-                    });
-                }
-                Some(r)
-            }
-            (None, None) => None,
+        let aws_role = get(AWS_ROLE)?;
+        if aws_role.as_deref().is_some_and(|r| r.contains('/')) {
+            return Err(LabelError {
+                label: AWS_ROLE,
+                reason: "a role name has no '/'".into(),
+            });
+        }
+        let aws_assume = match get(AWS_ROLE_ARN)? {
+            Some(role) => Some(AwsAssume {
+                role,
+                external_id: get(AWS_EXTERNAL_ID)?,
+                session_name: get(AWS_SESSION_NAME)?,
+            }),
+            None => None,
         };
-        if let Some(r) = &aws_role {
-            if r.contains('/') {
-                return Err(LabelError {
-                    label: AWS_ROLE,
-                    reason: "a role name has no '/'".into(),
-                });
-            }
+        if aws_role.is_some() && aws_assume.is_some() {
+            return Err(LabelError {
+                label: AWS_ROLE_ARN,
+                reason: format!(
+                    "names a role to assume, and {AWS_ROLE} one of the instance's: give one"
+                ),
+            });
         }
         Ok(Self {
             azure: (!azure.is_system()).then_some(azure),
             gce_service_account,
             aws_role,
+            aws_assume,
         })
     }
-}
-
-/// `arn:aws:iam::123456789012:role/path/name` → `name`.
-fn role_name_of_arn(arn: &str) -> Option<String> {
-    let rest = arn.strip_prefix("arn:")?;
-    let resource = rest.splitn(5, ':').nth(4)?;
-    let name = resource.strip_prefix("role/")?.rsplit('/').next()?;
-    (!name.is_empty()).then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -190,7 +198,10 @@ mod tests {
             id.gce_service_account.as_deref(),
             Some("a@p.iam.gserviceaccount.com")
         );
-        assert_eq!(id.aws_role.as_deref(), Some("reader"));
+        assert_eq!(id.aws_role, None);
+        let assume = id.aws_assume.unwrap();
+        assert_eq!(assume.role, "arn:aws:iam::123456789012:role/team/reader");
+        assert_eq!((assume.external_id, assume.session_name), (None, None));
     }
 
     #[test]
@@ -199,7 +210,7 @@ mod tests {
             (AZURE_CLIENT_ID, ""),
             (AZURE_CLIENT_ID, "a b"),
             (GCE_SERVICE_ACCOUNT, "default"),
-            (AWS_ROLE_ARN, "reader"),
+            (AWS_ROLE_ARN, "two words"),
             (AWS_ROLE, "a/b"),
         ] {
             let e = Identity::from_labels(&labels(&[(k, v)])).unwrap_err();
