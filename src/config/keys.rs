@@ -134,6 +134,11 @@ pub static KEYS: &[&dyn Described] = &[
     &UNKNOWN_POLICY,
     &HOST_POLICY,
     &IDENTIFY_WAIT,
+    &AWS_BASE_ROLE_ARN,
+    &AWS_STS_ENDPOINT,
+    &AWS_SESSION_SECONDS,
+    &AWS_SESSION_TAGS,
+    &AWS_SOURCE_IDENTITY,
     &POLICIES,
 ];
 
@@ -353,6 +358,52 @@ pub static DOCKER_SOCKET: Key<String> = Key {
     form: Form::Flag,
     default: DefaultValue::Text("/var/run/docker.sock"),
     parse: parse::socket_path,
+};
+
+pub static AWS_BASE_ROLE_ARN: Key<Option<String>> = Key {
+    name: "aws_base_role_arn",
+    help: "Role ARN prefix (arn:aws:iam::<account>:role/, optionally with a path) under which an imds-proxy.aws.role-arn label may give only a role name",
+    form: Form::Flag,
+    default: DefaultValue::Described {
+        value: || None,
+        text: "none: labels give whole role ARNs",
+    },
+    parse: |r| parse::base_role_arn(r).map(Some),
+};
+
+pub static AWS_STS_ENDPOINT: Key<Option<http::Uri>> = Key {
+    name: "aws_sts_endpoint",
+    help: "STS endpoint for assumed roles (a VPC endpoint, a test server; http:// allowed); when not given, AWS_ENDPOINT_URL_STS is honoured",
+    form: Form::Flag,
+    default: DefaultValue::Described {
+        value: || None,
+        text: "the regional endpoint of the instance's region, https://sts.<region>.amazonaws.com",
+    },
+    parse: |r| parse::endpoint(r).map(Some),
+};
+
+pub static AWS_SESSION_SECONDS: Key<Duration> = Key {
+    name: "aws_session_seconds",
+    help: "DurationSeconds of each assumed-role session, 900 to 3600 (a role assumed with the instance's role credentials may last at most an hour)",
+    form: Form::Flag,
+    default: DefaultValue::Text("3600"),
+    parse: |r| parse::seconds(r, 900, 3600),
+};
+
+pub static AWS_SESSION_TAGS: Key<bool> = Key {
+    name: "aws_session_tags",
+    help: "Tag each assumed-role session with imds-proxy:container and imds-proxy:host (the role's trust policy must allow sts:TagSession); one session per container then",
+    form: Form::Switch,
+    default: DefaultValue::Text("false"),
+    parse: bool_value,
+};
+
+pub static AWS_SOURCE_IDENTITY: Key<bool> = Key {
+    name: "aws_source_identity",
+    help: "Set SourceIdentity of each assumed-role session to the container's name (the trust policy must allow sts:SetSourceIdentity); one session per container then",
+    form: Form::Switch,
+    default: DefaultValue::Text("false"),
+    parse: bool_value,
 };
 
 /// The name of a policy; `policies` resolves it once the file's policies are read.

@@ -76,6 +76,8 @@ pub struct Config {
     pub identify_wait: Duration,
     /// Named policies and the defaults for unlabelled containers and unknown callers.
     pub policies: Policies,
+    /// How roles are assumed for labelled containers.
+    pub aws_roles: AwsRoleSettings,
     /// The file this came from, watched for changes.
     pub config_file: Option<std::path::PathBuf>,
 }
@@ -88,6 +90,18 @@ impl Config {
             .validate(false)
             .unwrap_or_else(|e| panic!("the keys' defaults are invalid: {e}"))
     }
+}
+
+/// Assumed AWS roles (keys `aws_base_role_arn`, `aws_sts_endpoint`,
+/// `aws_session_seconds`, `aws_session_tags`, `aws_source_identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsRoleSettings {
+    pub base_role_arn: Option<String>,
+    /// `None`: `AWS_ENDPOINT_URL_STS` if set, else the instance region's endpoint.
+    pub sts_endpoint: Option<http::Uri>,
+    pub session: Duration,
+    pub session_tags: bool,
+    pub source_identity: bool,
 }
 
 /// The cache's settings (configuration keys `token_cache`, `metadata_cache_ttl_ms`,

@@ -145,6 +145,56 @@ pub fn upstream(r: &Raw) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// A service endpoint: `http://` or `https://`, host and optional port (and path).
+pub fn endpoint(r: &Raw) -> Result<http::Uri, String> {
+    let s = text(r)?;
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{s:?}: give an http:// or https:// URL"));
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("{s:?}: missing host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("{s:?}: credentials in the URL are not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: no query"));
+    }
+    Ok(uri)
+}
+
+/// `arn:<partition>:iam::<12-digit account>:role/` with an optional path.
+pub fn base_role_arn(r: &Raw) -> Result<String, String> {
+    let s = text(r)?;
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let ok = match parts[..] {
+        ["arn", partition, "iam", "", account, resource] => {
+            partition.starts_with("aws")
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && (resource == "role" || resource.starts_with("role/"))
+                && !resource.contains(char::is_whitespace)
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a role ARN prefix like arn:aws:iam::123456789012:role/"
+        ));
+    }
+    Ok(s)
+}
+
+/// Whole seconds within `min..=max`.
+pub fn seconds(r: &Raw, min: i64, max: i64) -> Result<Duration, String> {
+    let n = integer(r)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} s is outside {min}..={max} s"));
+    }
+    Ok(Duration::from_secs(n as u64))
+}
+
 /// The path of an emulator file.
 pub fn emulator_file(r: &Raw) -> Result<Option<PathBuf>, String> {
     match r {

@@ -3,7 +3,10 @@
 //! the others from being found.
 
 use super::keys::{self, Key};
-use super::{policies, CacheSettings, Config, ConfigError, KeyError, Limits, RawConfig, Source};
+use super::{
+    policies, AwsRoleSettings, CacheSettings, Config, ConfigError, KeyError, Limits, RawConfig,
+    Source,
+};
 use crate::policy::select::Policies;
 
 impl RawConfig {
@@ -34,6 +37,13 @@ impl RawConfig {
             docker_socket: r.read(&keys::DOCKER_SOCKET),
             policies: r.policies(),
             identify_wait: r.read(&keys::IDENTIFY_WAIT),
+            aws_roles: AwsRoleSettings {
+                base_role_arn: r.read(&keys::AWS_BASE_ROLE_ARN),
+                sts_endpoint: r.read(&keys::AWS_STS_ENDPOINT),
+                session: r.read(&keys::AWS_SESSION_SECONDS),
+                session_tags: r.read(&keys::AWS_SESSION_TAGS),
+                source_identity: r.read(&keys::AWS_SOURCE_IDENTITY),
+            },
             config_file: None,
         };
         r.own_link_is_no_bridge(&config);
