@@ -79,6 +79,12 @@ impl ConfigArgs {
         for (key, value) in &self.keys.given {
             raw.set_text(key, Some(value.clone()));
         }
+        // The AWS tools' own variable for STS's endpoint, where ours is not given.
+        raw.set_fallback(
+            keys::AWS_STS_ENDPOINT.name,
+            "AWS_ENDPOINT_URL_STS",
+            std::env::var("AWS_ENDPOINT_URL_STS").ok(),
+        );
         let mut cfg = raw.validate(require_upstream)?;
         cfg.config_file = self.config.clone();
         Ok(cfg)

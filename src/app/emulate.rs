@@ -48,6 +48,7 @@ pub async fn emulate(
         identify_wait: Duration::ZERO,
         origins: Arc::new(proxy::identify::EveryoneIsHost),
         policies: tokio::sync::watch::channel(Arc::new(policies)).1,
+        assume: Default::default(),
     }));
     let mut signals = Signals::install()?;
     info!(%listen, file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in example".into()), "emulator serving");

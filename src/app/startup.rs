@@ -170,7 +170,25 @@ impl<'a> Kernel<'a> {
             identify_wait: cfg.identify_wait,
             origins: Arc::new(proxy::identify::ConntrackOrigins),
             policies,
+            assume: assume_settings(cfg),
         }
+    }
+}
+
+/// The proxy's settings for assumed roles, from the configuration.
+fn assume_settings(cfg: &Config) -> proxy::AssumeSettings {
+    let a = &cfg.aws_roles;
+    proxy::AssumeSettings {
+        aws: crate::assume::spec::AwsSettings {
+            base_role_arn: a.base_role_arn.clone(),
+            duration: a.session,
+            session_tags: a.session_tags,
+            source_identity: a.source_identity,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        },
+        sts_endpoint: a.sts_endpoint.clone(),
     }
 }
 

@@ -16,7 +16,56 @@ pub mod spec;
 pub mod sts;
 pub mod transport;
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use http::Uri;
+
+use broker::Assumer;
+use spec::RoleSpec;
+use sts::{InstanceKeys, StsError, Transport};
+
+/// The instance's own role credentials and region (the proxy reads them from the real
+/// service, through its IMDSv2 session).
+pub trait InstanceKeysSource: Send + Sync + 'static {
+    fn keys_and_region(&self) -> BoxFuture<'static, Result<(InstanceKeys, String), String>>;
+}
+
+/// Assumes roles with the instance's credentials at STS: the regional endpoint of the
+/// instance's region, or the configured one.
+pub struct StsAssumer {
+    pub instance: Arc<dyn InstanceKeysSource>,
+    pub endpoint: Option<Uri>,
+    pub transport: Arc<dyn Transport>,
+}
+
+impl Assumer for StsAssumer {
+    fn assume(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>> {
+        let instance = self.instance.keys_and_region();
+        let endpoint = self.endpoint.clone();
+        let transport = self.transport.clone();
+        async move {
+            let (keys, region) = instance.await.map_err(StsError::NoInstanceCredentials)?;
+            let endpoint = match endpoint {
+                Some(e) => e,
+                None => sts::regional_endpoint(&region).map_err(StsError::NoInstanceCredentials)?,
+            };
+            let now = SystemTime::now();
+            let req = sts::request(&spec, &keys, &endpoint, &region, now)
+                .map_err(StsError::Unreachable)?;
+            let (status, body) = tokio::time::timeout(sts::CALL_TIMEOUT, transport.send(req))
+                .await
+                .map_err(|_| {
+                    StsError::Unreachable(format!("no answer within {:?}", sts::CALL_TIMEOUT))
+                })?
+                .map_err(StsError::Unreachable)?;
+            sts::read_answer(status, &body, now)
+        }
+        .boxed()
+    }
+}
 
 /// Credentials STS issued for one role session.
 #[derive(Clone, PartialEq, Eq)]

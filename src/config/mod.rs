@@ -139,6 +139,8 @@ pub enum Source {
     File,
     /// The key whose flag or variable set it.
     Flag(&'static str),
+    /// A variable of another tool's that the key honours (`AWS_ENDPOINT_URL_STS`).
+    Variable(&'static str),
 }
 
 impl fmt::Display for Source {
@@ -146,6 +148,7 @@ impl fmt::Display for Source {
         match self {
             Source::File => f.write_str("config file"),
             Source::Flag(key) => write!(f, "--{} / {}", keys::long_flag(key), keys::variable(key)),
+            Source::Variable(name) => write!(f, "variable {name}"),
         }
     }
 }
@@ -223,6 +226,20 @@ impl RawConfig {
         if let Some(v) = value {
             self.values
                 .insert(key.to_owned(), (Source::Flag(key), Raw::Text(v)));
+        }
+    }
+
+    /// Sets a key from another tool's variable, unless the key is given already.
+    pub fn set_fallback(
+        &mut self,
+        key: &'static str,
+        variable: &'static str,
+        value: Option<String>,
+    ) {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            self.values
+                .entry(key.to_owned())
+                .or_insert((Source::Variable(variable), Raw::Text(v)));
         }
     }
 

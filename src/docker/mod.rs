@@ -82,6 +82,11 @@ impl Inventory {
         self.unowned.get(&port).is_some_and(|at| *at >= t)
     }
 
+    /// Every endpoint known by its port (a container on two networks appears twice).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.by_port.values()
+    }
+
     /// Endpoints known by their port.
     pub fn len(&self) -> usize {
         self.by_port.len()

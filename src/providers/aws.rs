@@ -33,6 +33,13 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// A plain-text answer of text made at run time.
+pub fn text_owned(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = text(status, "");
+    *r.body_mut() = Full::new(Bytes::from(body.to_owned()));
+    r
+}
+
 /// AWS's answer for something that does not exist.
 pub fn not_found() -> Response<Full<Bytes>> {
     let body = "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\"\n\t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n <head>\n  <title>404 - Not Found</title>\n </head>\n <body>\n  <h1>404 - Not Found</h1>\n </body>\n</html>\n";
@@ -215,6 +222,35 @@ pub fn reads_role(path: &CanonicalPath, role: &str) -> Option<bool> {
     None
 }
 
+/// A path of `/<version>/meta-data/iam/` that an assumed role answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IamPath {
+    /// `iam/security-credentials/`: the role names.
+    Listing,
+    /// `iam/security-credentials/<name>`: whether `<name>` is the caller's role.
+    Credentials { own: bool },
+    /// `iam/info`.
+    Info,
+}
+
+/// Which of the role's paths `path` is, for a caller whose role is `role`.
+pub fn iam_path(path: &CanonicalPath, role: &str) -> Option<IamPath> {
+    let l = path.lower();
+    if l.len() < 4 || l[1] != "meta-data" || l[2] != "iam" {
+        return None;
+    }
+    match (l[3].as_str(), l.len()) {
+        ("info", 4) => Some(IamPath::Info),
+        ("security-credentials", 4) => Some(IamPath::Listing),
+        ("security-credentials", 5) => Some(IamPath::Credentials {
+            own: path.segments()[4] == role,
+        }),
+        // Deeper than a role: nothing there.
+        ("security-credentials", _) => Some(IamPath::Credentials { own: false }),
+        _ => None,
+    }
+}
+
 /// Whether `path` is the role listing `/<version>/meta-data/iam/security-credentials/`.
 pub fn is_role_listing(path: &CanonicalPath) -> bool {
     let l = path.lower();
@@ -327,6 +363,38 @@ mod tests {
             .unwrap();
         let tok = body(r);
         assert_eq!(get(md, &h(&[(TOKEN_HEADER, &tok)]), true), None);
+    }
+
+    #[test]
+    fn an_assumed_role_answers_its_own_iam_paths() {
+        let p = |s: &str| iam_path(&CanonicalPath::parse(s).unwrap(), "reader");
+        let creds = "/latest/meta-data/iam/security-credentials";
+        assert_eq!(p(&format!("{creds}/")), Some(IamPath::Listing));
+        assert_eq!(p(creds), Some(IamPath::Listing));
+        assert_eq!(
+            p(&format!("{creds}/reader")),
+            Some(IamPath::Credentials { own: true })
+        );
+        assert_eq!(
+            p(&format!("{creds}/Reader")),
+            Some(IamPath::Credentials { own: false })
+        );
+        assert_eq!(
+            p(&format!("{creds}/admin")),
+            Some(IamPath::Credentials { own: false })
+        );
+        assert_eq!(
+            p(&format!("{creds}/reader/x")),
+            Some(IamPath::Credentials { own: false })
+        );
+        assert_eq!(p("/2016-09-02/meta-data/iam/info"), Some(IamPath::Info));
+        assert_eq!(
+            p("/latest/meta-data/iam/"),
+            None,
+            "the iam/ listing is the instance's"
+        );
+        assert_eq!(p("/latest/meta-data/instance-id"), None);
+        assert_eq!(p("/latest/meta-data/identity-credentials/ec2/info"), None);
     }
 
     #[test]

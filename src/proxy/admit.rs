@@ -16,6 +16,7 @@ use http_body_util::Full;
 
 use super::identify::Caller;
 use super::{ClientAddr, ProxyError, RateKey};
+use crate::assume::spec::{self, AwsSettings, RoleSpec};
 use crate::docker::Endpoint;
 use crate::policy::{self, select, RateLimit, Verdict};
 use crate::providers::identity::Identity;
@@ -69,6 +70,8 @@ pub(super) struct Context<'a> {
     pub client: ClientAddr,
     pub policies: &'a select::Policies,
     pub backend: BackendKind,
+    /// How labelled roles are assumed.
+    pub aws: &'a AwsSettings,
 }
 
 /// Where the answer will come from, as far as the decision cares.
@@ -147,6 +150,8 @@ pub(super) struct Plan {
     pub fix: gce::Fix,
     /// JSON key paths the policy removes from the answer.
     pub redact: Vec<Vec<String>>,
+    /// The role session whose credentials answer the caller's `iam/` paths.
+    pub assume: Option<RoleSpec>,
 }
 
 /// Decides one request.
@@ -195,11 +200,12 @@ pub(super) fn admit(
     }
     // A label that cannot be read refuses the container rather than hand it the
     // instance's identity.
-    let identity = match who.map(|e| Identity::from_labels(&e.labels)) {
+    let mut identity = match who.map(|e| Identity::from_labels(&e.labels)) {
         None => Identity::default(),
         Some(Ok(id)) => id,
         Some(Err(e)) => return Err(Local::deny(provider, e.to_string())),
     };
+    let assume = assumed_role(provider, head.path, who, &mut identity, &chosen, cx)?;
     let query = provider_gates(provider, head, cx, &chosen, &identity, gates)?;
     let (path, fix) = upstream_route(provider, head.path, query.as_deref(), &identity, cx.backend)?;
     Ok(Plan {
@@ -210,7 +216,44 @@ pub(super) fn admit(
         path,
         fix,
         redact: decision.redact,
+        assume,
     })
+}
+
+/// The role to assume for a container labelled with one, if its policy lists it. A
+/// role the policy does not list refuses the container's `iam/` paths (the instance's
+/// role included); the rest of the instance's metadata stays as the policy says. The
+/// emulator serves the role of that name from its file itself.
+fn assumed_role(
+    provider: Provider,
+    path: &CanonicalPath,
+    who: Option<&Endpoint>,
+    identity: &mut Identity,
+    policy: &policy::Policy,
+    cx: &Context<'_>,
+) -> Result<Option<RoleSpec>, Box<Local>> {
+    let (Provider::Aws, Some(e), Some(asked)) = (provider, who, &identity.aws_assume) else {
+        return Ok(None);
+    };
+    let spec = spec::role_spec(asked, &e.name, &e.labels, cx.aws)
+        .map_err(|err| Local::deny(provider, err.to_string()))?;
+    if !policy.allows_aws_role(&spec.arn) {
+        if aws::iam_path(path, spec.role_name()).is_some() {
+            let rule = format!(
+                "role {} is not in the aws_roles of policy {}",
+                spec.arn, policy.name
+            );
+            return Err(Local::deny(provider, rule));
+        }
+        return Ok(None);
+    }
+    match cx.backend {
+        BackendKind::Emulator { .. } => {
+            identity.aws_role = Some(spec.role_name().to_owned());
+            Ok(None)
+        }
+        BackendKind::Upstream => Ok(Some(spec)),
+    }
 }
 
 /// The container behind the request, if any; callers that cannot be served at all

@@ -12,17 +12,21 @@ use http_body_util::Full;
 use super::admit::{admit, BackendKind, Context, Gates, Head, Local, Plan};
 use super::identify::{Caller, Origin};
 use super::{ClientAddr, RateKey};
+use crate::assume::spec::AwsSettings;
 use crate::docker::{ContainerId, Endpoint};
 use crate::policy::ratelimit::Per;
 use crate::policy::select::{Policies, POLICY_LABEL};
+use crate::policy::Glob;
 use crate::policy::{Policy, RateLimit};
 use crate::ports::BridgePort;
-use crate::providers::identity::{AWS_ROLE, AZURE_CLIENT_ID, GCE_SERVICE_ACCOUNT};
+use crate::providers::identity::{AWS_ROLE, AWS_ROLE_ARN, AZURE_CLIENT_ID, GCE_SERVICE_ACCOUNT};
 use crate::request::canonical::CanonicalPath;
 
 /// The calling container's id; the gates' record shows it as `C`.
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const SA: &str = "reader@p.iam.gserviceaccount.com";
+const READER: &str = "arn:aws:iam::123456789012:role/reader";
+const WRITER: &str = "arn:aws:iam::123456789012:role/writer";
 
 /// The rate budget and session tokens as scripted for one case; records what was asked.
 struct Scripted {
@@ -87,6 +91,10 @@ fn policies() -> Policies {
     strict.name = "strict-aws".into();
     strict.aws_tokens_required = true;
     p.named.insert("strict-aws".into(), strict);
+    let mut roles = Policy::builtin("allow").unwrap();
+    roles.name = "roles".into();
+    roles.aws_roles = vec![Glob::parse("arn:aws:iam::123456789012:role/read*").unwrap()];
+    p.named.insert("roles".into(), roles);
     p
 }
 
@@ -99,7 +107,12 @@ fn summary(r: &Result<Plan, Box<Local>>) -> String {
                 .as_deref()
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
-            format!("forward {}{q} {:?}", p.path, p.fix)
+            let assume = p
+                .assume
+                .as_ref()
+                .map(|a| format!(" assume {} as {}", a.role_name(), a.session_name))
+                .unwrap_or_default();
+            format!("forward {}{q} {:?}{assume}", p.path, p.fix)
         }
         Err(l) => match &l.answer {
             Ok(resp) => format!("{} {}", l.decision.name(), resp.status().as_u16()),
@@ -140,6 +153,7 @@ fn decide(case: &Case) -> (Result<Plan, Box<Local>>, Vec<String>) {
         client: ClientAddr("172.17.0.2".parse().unwrap()),
         policies: &policies,
         backend: case.backend,
+        aws: &AwsSettings::default(),
     };
     let mut gates = Scripted {
         rate: case.rate,
@@ -226,6 +240,17 @@ fn each_request_is_decided_as_the_table_says() {
         // A pinned AWS role: its own credentials only.
         row(container(&[(AWS_ROLE, "reader")]), &get, "/latest/meta-data/iam/security-credentials/admin", &[], up, ok, "refuse 404", &["session container:C required=false"]),
         row(container(&[(AWS_ROLE, "reader")]), &get, "/latest/meta-data/iam/security-credentials/reader", &[], up, ok, "forward /latest/meta-data/iam/security-credentials/reader None", &["session container:C required=false"]),
+        // A role to assume: only where the policy lists it, and only in front of a real
+        // service (the emulator serves the role of that name from its file).
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, READER)]), &get, "/latest/meta-data/iam/security-credentials/reader", &[], up, ok, "forward /latest/meta-data/iam/security-credentials/reader None assume reader as web", &["session container:C required=false"]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, READER)]), &get, "/latest/meta-data/instance-id", &[], up, ok, "forward /latest/meta-data/instance-id None assume reader as web", &["session container:C required=false"]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, WRITER)]), &get, "/latest/meta-data/iam/security-credentials/writer", &[], up, ok, "deny 403", &[]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, WRITER)]), &get, "/latest/meta-data/iam/info", &[], up, ok, "deny 403", &[]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, WRITER)]), &get, "/latest/meta-data/instance-id", &[], up, ok, "forward /latest/meta-data/instance-id None", &["session container:C required=false"]),
+        row(container(&[(AWS_ROLE_ARN, READER)]), &get, "/latest/meta-data/iam/security-credentials/reader", &[], up, ok, "deny 403", &[]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, "reader")]), &get, "/latest/meta-data/instance-id", &[], up, ok, "deny 403", &[]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, READER)]), &get, "/latest/meta-data/iam/security-credentials/admin", &[], emu, ok, "refuse 404", &["session container:C required=false"]),
+        row(container(&[(POLICY_LABEL, "roles"), (AWS_ROLE_ARN, READER)]), &get, "/latest/meta-data/iam/security-credentials/reader", &[], emu, ok, "forward /latest/meta-data/iam/security-credentials/reader None", &["session container:C required=false"]),
         // A pinned Azure identity: asked for by default, no other one.
         row(container(&[(AZURE_CLIENT_ID, "1111")]), &get, azure_token, azure_md, up, ok, "forward /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net&client_id=1111 None", &[]),
         row(container(&[(AZURE_CLIENT_ID, "1111")]), &get, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=r&client_id=2222", azure_md, up, ok, "refuse 400", &[]),

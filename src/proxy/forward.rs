@@ -77,6 +77,7 @@ impl Proxy {
             client,
             policies: &policies,
             backend,
+            aws: &self.settings.assume.aws,
         };
         let head = Head {
             method: &read.parts.method,
@@ -157,6 +158,12 @@ impl Proxy {
                 Response::from_parts(rparts, Full::new(rbody))
             }
             Backend::Upstream(_) => {
+                if let Some(spec) = &plan.assume {
+                    if let Some(resp) = self.answer_assumed(spec, &read.path, deadline, audit).await
+                    {
+                        return Ok(resp);
+                    }
+                }
                 let answer = self.ask_upstream(read, plan, deadline, audit).await?;
                 audit.upstream_status = Some(answer.status.as_u16());
                 let Some(rbody) = fix_upstream_body(read, plan, &answer)? else {

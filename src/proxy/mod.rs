@@ -6,6 +6,7 @@
 mod admit;
 #[cfg(test)]
 mod admit_tests;
+mod assumed;
 mod audit;
 pub mod cache;
 mod forward;
@@ -84,6 +85,16 @@ pub struct ProxySettings {
     pub origins: Arc<dyn Origins>,
     /// The policies in force; replaced whole when the configuration is reloaded.
     pub policies: tokio::sync::watch::Receiver<Arc<select::Policies>>,
+    /// Roles assumed for labelled containers (upstream mode).
+    pub assume: AssumeSettings,
+}
+
+/// How the proxy assumes roles for labelled containers.
+#[derive(Debug, Clone, Default)]
+pub struct AssumeSettings {
+    pub aws: crate::assume::spec::AwsSettings,
+    /// STS's endpoint; `None`: the regional one of the instance's region.
+    pub sts_endpoint: Option<Uri>,
 }
 
 /// Where answers come from.
@@ -250,6 +261,8 @@ pub struct Proxy {
     /// Per-caller request budgets of policies that set `rate_limit` (held only for the
     /// check itself, never across an await).
     limiter: std::sync::Mutex<policy::RateLimiter<RateKey>>,
+    /// The credentials of assumed roles (upstream mode).
+    broker: Option<crate::assume::broker::Broker>,
 }
 
 /// Whose budget a request uses: each container its own; host processes share one,
@@ -273,12 +286,16 @@ impl Proxy {
         };
         let cache = (upstream.is_some() && settings.cache.enabled())
             .then(|| cache::Cache::new(settings.cache.clone()));
+        let broker = upstream
+            .as_ref()
+            .map(|u| assumed::broker(u.clone(), &settings));
         Self {
             settings,
             upstream,
             cache,
             mint: crate::providers::aws::TokenMint::new(),
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
+            broker,
         }
     }
 

@@ -93,6 +93,7 @@ pub fn settings(upstream: SocketAddr) -> ProxySettings {
         identify_wait: Duration::from_millis(300),
         origins: Arc::new(FakeOrigins::default()),
         policies: policies(Policies::builtin("allow", "allow")),
+        assume: Default::default(),
     }
 }
 
