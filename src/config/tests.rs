@@ -688,3 +688,56 @@ fn the_packaged_config_file_shows_the_defaults() {
     let c = raw(&shown.join("\n")).validate(false).unwrap();
     assert_eq!(c, Config::defaults());
 }
+
+#[test]
+fn the_aws_tools_sts_variable_is_a_fallback_and_is_validated() {
+    let mut r = RawConfig::default();
+    r.set_fallback(
+        "aws_sts_endpoint",
+        "AWS_ENDPOINT_URL_STS",
+        Some("http://127.0.0.1:5000".into()),
+    );
+    let c = r.validate(false).unwrap();
+    assert_eq!(
+        c.aws_roles.sts_endpoint.unwrap().to_string(),
+        "http://127.0.0.1:5000/"
+    );
+    // Our own key wins.
+    let mut r = raw("aws_sts_endpoint = \"https://sts.vpce.example\"");
+    r.set_fallback(
+        "aws_sts_endpoint",
+        "AWS_ENDPOINT_URL_STS",
+        Some("http://127.0.0.1:5000".into()),
+    );
+    let c = r.validate(false).unwrap();
+    assert_eq!(
+        c.aws_roles.sts_endpoint.unwrap().host(),
+        Some("sts.vpce.example")
+    );
+    // A bad value names the variable it came from.
+    let mut r = RawConfig::default();
+    r.set_fallback(
+        "aws_sts_endpoint",
+        "AWS_ENDPOINT_URL_STS",
+        Some("ftp://x".into()),
+    );
+    let e = r.validate(false).unwrap_err().to_string();
+    assert!(
+        e.contains("variable AWS_ENDPOINT_URL_STS") && e.contains("http"),
+        "{e}"
+    );
+    for bad in [
+        "aws_session_seconds = 899",
+        "aws_session_seconds = 3601",
+        "aws_base_role_arn = \"arn:aws:iam::123:role/\"",
+        "aws_base_role_arn = \"reader\"",
+    ] {
+        assert!(raw(bad).validate(false).is_err(), "{bad}");
+    }
+    let ok = raw(
+        "aws_base_role_arn = \"arn:aws:iam::123456789012:role/team/\"\naws_session_seconds = 900",
+    )
+    .validate(false)
+    .unwrap();
+    assert_eq!(ok.aws_roles.session, std::time::Duration::from_secs(900));
+}

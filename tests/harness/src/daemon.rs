@@ -51,8 +51,14 @@ impl Daemon {
     /// Runs the daemon in the test process's own (root) network namespace: for the
     /// end-to-end test with the real Docker engine, whose bridges live there.
     pub fn spawn_root(args: &[&str]) -> Self {
+        Self::spawn_root_env(args, &[])
+    }
+
+    /// [`Daemon::spawn_root`] with these environment variables added.
+    pub fn spawn_root_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut c = Command::new(bin());
         c.args(args);
+        c.envs(env.iter().copied());
         Self::spawn_command(c)
     }
 

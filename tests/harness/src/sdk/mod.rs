@@ -34,7 +34,7 @@ const CONTAINER_ENV: &str = "AWS_EC2_METADATA_V1_DISABLED=true";
 
 /// The host's Python and the virtualenv, as containers mount them.
 pub struct Sdk {
-    venv: PathBuf,
+    pub venv: PathBuf,
     /// The interpreter's installation (`sys.base_prefix`), which the venv links into.
     base_prefix: String,
 }
@@ -184,6 +184,16 @@ pub fn judge_container(scene: &mut Scene, sdk: &Sdk, c: &Container, network: &st
 }
 
 impl JudgeRun {
+    /// Names the container `name` (a judge that expects to see its own name).
+    pub fn rename(&mut self, name: &str) {
+        for a in self.args.iter_mut() {
+            if *a == self.name {
+                *a = name.to_owned();
+            }
+        }
+        self.name = name.to_owned();
+    }
+
     /// Runs the container to its end (removing it if it outlives [`JUDGE_TIMEOUT`]).
     pub fn run(self) -> Verdict {
         let start = Instant::now();
@@ -263,6 +273,21 @@ pub fn start_emulated_cloud(scene: &mut Scene) -> Daemon {
 
 /// [`start_emulated_cloud`] serving `file`.
 pub fn start_emulated_cloud_serving(scene: &mut Scene, file: &str) -> Daemon {
+    start_emulated_cloud_until(scene, file, |head| {
+        head.starts_with("HTTP/1.1 200")
+            && head
+                .to_ascii_lowercase()
+                .contains("metadata-flavor: google")
+    })
+}
+
+/// [`start_emulated_cloud`] serving `file`, ready once the answer to a GCE-flavoured
+/// `GET /` has a head `ready` accepts (a file without GCE answers otherwise).
+pub fn start_emulated_cloud_until(
+    scene: &mut Scene,
+    file: &str,
+    ready: fn(&str) -> bool,
+) -> Daemon {
     let (root_ip, cloud_ip) = scene.link_cloud();
     let veth = scene.veth.clone().expect("linked");
     let cloud = scene.cloud.as_ref().expect("linked");
@@ -277,17 +302,10 @@ pub fn start_emulated_cloud_serving(scene: &mut Scene, file: &str) -> Daemon {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match flavored_get(&listen, "/") {
-            Ok(head)
-                if head.starts_with("HTTP/1.1 200")
-                    && head
-                        .to_ascii_lowercase()
-                        .contains("metadata-flavor: google") =>
-            {
-                break
-            }
+            Ok(head) if ready(&head) => break,
             other => assert!(
                 Instant::now() < deadline,
-                "`imds-proxy emulate` did not answer GET / as GCE within 15 s: {other:?}; log:\n{}",
+                "`imds-proxy emulate` did not answer GET / as expected within 15 s: {other:?}; log:\n{}",
                 emulate.log().join("\n")
             ),
         }

@@ -1,0 +1,402 @@
+//! Each container its own AWS role, assumed through an independent STS: `moto`, run as
+//! a server that checks every request's SigV4 signature and session token against the
+//! keys it issued. The stand-in cloud (`imds-proxy emulate` in a namespace at
+//! 169.254.169.254) serves, as the instance's role credentials, an IAM user's keys that
+//! moto knows; the daemon runs in front of it (upstream mode) and finds STS through
+//! `AWS_ENDPOINT_URL_STS`, as the AWS tools do.
+//!
+//! In unmodified containers boto3 (IMDSv2 only) gets credentials from the metadata
+//! address, and moto's `GetCallerIdentity` says whose they are:
+//! - a container labelled with role `reader` (by ARN) gets `assumed-role/reader/<name>`;
+//! - one labelled `writer` by name alone (under the configured base ARN), with its own
+//!   session name, gets `assumed-role/writer/<that name>`;
+//! - an unlabelled one gets the instance's own identity;
+//! - one labelled with a role its policy does not list gets no credentials at all;
+//! - one labelled with a role whose trust policy does not name the instance gets none:
+//!   STS says `AccessDenied`, the container EC2's `AssumeRoleUnauthorizedAccess`;
+//! - twenty replicas of one service starting together share one session: one
+//!   AssumeRole, the same key for all;
+//! - with STS gone, a new replica still gets the held credentials of its session, and a
+//!   session nothing holds answers `503` `CredentialsUnavailable`.
+//!
+//! Root namespace, same safety order as tests/sdk.rs. Needs $IMDS_PROXY_SDK_VENV (with
+//! moto; scripts/test.sh builds it).
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::docker::*;
+use harness::sdk::*;
+use harness::*;
+use serde_json::{json, Value};
+
+const REGION: &str = "us-east-1";
+const REPLICAS: usize = 20;
+
+/// moto's server, stopped when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+    log: std::path::PathBuf,
+}
+
+impl Moto {
+    /// Starts moto on `host:port` (authentication off until [`Moto::setup`]).
+    fn start(sdk: &Sdk, host: &str, port: u16) -> Self {
+        let log = std::env::temp_dir().join(format!("imds-proxy-moto-{}.log", std::process::id()));
+        let child = Command::new(sdk.venv.join("bin/python"))
+            .args(["-m", "moto.server", "-H", host, "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start moto");
+        let addr = format!("{host}:{port}");
+        let moto = Self {
+            child,
+            endpoint: format!("http://{addr}"),
+            log,
+        };
+        until(Duration::from_secs(30), "moto answers", || {
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
+        });
+        moto
+    }
+
+    /// Creates the instance's user and the roles, switches authentication on.
+    fn setup(&self, sdk: &Sdk) -> Value {
+        let out = Command::new(sdk.venv.join("bin/python"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sts/moto_setup.py"
+            ))
+            .arg(&self.endpoint)
+            .output()
+            .expect("run moto_setup.py");
+        assert!(
+            out.status.success(),
+            "moto_setup.py failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("moto_setup.py prints JSON")
+    }
+
+    /// moto's request log: one line per request it answered.
+    fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The stand-in cloud's file: one instance role whose keys are the moto user's.
+fn cloud_file(keys: &Value) -> tempfile::NamedTempFile {
+    let text = format!(
+        r#"[aws]
+http_tokens = "required"
+
+[aws.meta_data]
+instance-id = "i-0a1b2c3d4e5f60718"
+placement = {{ availability-zone = "{REGION}a", region = "{REGION}" }}
+
+[[aws.roles]]
+name = "instance-role"
+default = true
+instance_profile_arn = "arn:aws:iam::123456789012:instance-profile/instance-role"
+instance_profile_id = "AIPASTSTESTINSTANCE0"
+credentials_lifetime_secs = 21600
+access_key_id = "{}"
+secret_access_key = "{}"
+"#,
+        keys["access_key_id"].as_str().unwrap(),
+        keys["secret_access_key"].as_str().unwrap()
+    );
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+/// The daemon's configuration: which roles which policy allows, and the base ARN.
+fn daemon_config(account: &str) -> tempfile::NamedTempFile {
+    let text = format!(
+        r#"aws_base_role_arn = "arn:aws:iam::{account}:role/"
+
+[policies.apps]
+default = "allow"
+aws_roles = ["arn:aws:iam::{account}:role/reader", "arn:aws:iam::{account}:role/writer", "arn:aws:iam::{account}:role/batch", "arn:aws:iam::{account}:role/untrusted"]
+"#
+    );
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+fn container(what: &str, labels: &[String], mode: &str, expect: Value) -> Container {
+    Container {
+        what: what.into(),
+        labels: labels.to_vec(),
+        plan: json!([{"judge": "sts", "mode": mode, "expect": expect}]),
+        has_aws_role: mode == "assumed",
+    }
+}
+
+#[test]
+fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
+    let Some(root) = RootNamespace::claim(test_name!()) else {
+        return;
+    };
+    let Some(sdk) = Sdk::from_env_or_skip(test_name!()) else {
+        return;
+    };
+    let _root = root;
+    let mut scene = Scene::new();
+    let net = format!("ipx{}-sts", std::process::id());
+    scene.networks.push(net.clone());
+    cmd(&[
+        "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
+    ]);
+    // moto listens on the network's gateway: the host's own address, which both the
+    // daemon and the containers reach.
+    let gateway = cmd(&[
+        "docker",
+        "network",
+        "inspect",
+        &net,
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+    ])
+    .trim()
+    .to_owned();
+    let moto = Moto::start(&sdk, &gateway, 5055 + (std::process::id() % 1000) as u16);
+    let keys = moto.setup(&sdk);
+    append_to_env_file(
+        "IMDS_PROXY_ISSUED_FILE",
+        keys["secret_access_key"].as_str().unwrap(),
+    );
+    let account = keys["account"].as_str().unwrap().to_owned();
+    let arn =
+        |role: &str, session: &str| format!("arn:aws:sts::{account}:assumed-role/{role}/{session}");
+
+    let cloud_file = cloud_file(&keys);
+    // An AWS-only cloud: GCE's `/` is not there.
+    let cloud =
+        start_emulated_cloud_until(&mut scene, cloud_file.path().to_str().unwrap(), |head| {
+            head.starts_with("HTTP/1.1 404")
+        });
+    let config = daemon_config(&account);
+    scene.installed = true;
+    scene.daemon = Some(Daemon::spawn_root_env(
+        &[
+            "run",
+            "--upstream",
+            &format!("http://{IMDS}"),
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        &[("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
+    ));
+    scene
+        .daemon()
+        .wait_for("interception live", Duration::from_secs(15));
+
+    let sts = &moto.endpoint.clone();
+    let policy = "imds-proxy.policy=apps".to_owned();
+    let reader_name = format!("ipx{}-reader", std::process::id());
+    let mut cases = vec![
+        container(
+            "role reader by ARN",
+            &[
+                policy.clone(),
+                format!("imds-proxy.aws.role-arn=arn:aws:iam::{account}:role/reader"),
+            ],
+            "assumed",
+            json!({"sts": sts, "region": REGION, "role": "reader", "arn": arn("reader", &reader_name)}),
+        ),
+        container(
+            "role writer by name, own session name",
+            &[
+                policy.clone(),
+                "imds-proxy.aws.role-arn=writer".into(),
+                "imds-proxy.aws.session-name=nightly/report".into(),
+            ],
+            "assumed",
+            json!({"sts": sts, "region": REGION, "role": "writer", "arn": arn("writer", "nightly-report")}),
+        ),
+        container(
+            "unlabelled: the instance's own",
+            &[],
+            "assumed",
+            json!({"sts": sts, "region": REGION, "role": "instance-role", "arn": keys["user_arn"]}),
+        ),
+        container(
+            "a role whose trust policy does not name the instance",
+            &[policy.clone(), "imds-proxy.aws.role-arn=untrusted".into()],
+            "none",
+            json!({"sts": sts, "region": REGION, "role": "untrusted", "status": 200, "code": "AssumeRoleUnauthorizedAccess"}),
+        ),
+        container(
+            "a role its policy does not list",
+            &[
+                policy.clone(),
+                format!("imds-proxy.aws.role-arn=arn:aws:iam::{account}:role/admin"),
+            ],
+            "none",
+            json!({"sts": sts, "region": REGION}),
+        ),
+    ];
+    let start = Instant::now();
+    let mut runs: Vec<JudgeRun> = Vec::new();
+    for (i, c) in cases.drain(..).enumerate() {
+        let mut run = judge_container(&mut scene, &sdk, &c, &net);
+        if i == 0 {
+            run.rename(&reader_name);
+        }
+        runs.push(run);
+    }
+    let verdicts = run_all(runs);
+    for v in &verdicts {
+        eprintln!("{} ({}, {:?}): {:?}", v.what, v.name, v.took, v.lines);
+    }
+    for v in &verdicts {
+        v.assert_passed(Mode::Proxy);
+    }
+    let four = start.elapsed();
+
+    // Twenty replicas of one service, started together: one session, one AssumeRole.
+    let batch: Vec<String> = vec![
+        policy.clone(),
+        "imds-proxy.aws.role-arn=batch".into(),
+        "com.docker.compose.service=batch".into(),
+    ];
+    let replica = container(
+        "batch replica",
+        &batch,
+        "assumed",
+        json!({"sts": sts, "region": REGION, "role": "batch", "arn": arn("batch", "batch")}),
+    );
+    // One replica stays up throughout: the session stays wanted (and held) after the
+    // twenty have gone.
+    let keeper: Vec<&str> = batch.iter().map(String::as_str).collect();
+    scene.start(&net, &keeper, &[]);
+    let start = Instant::now();
+    let runs = (0..REPLICAS)
+        .map(|_| judge_container(&mut scene, &sdk, &replica, &net))
+        .collect();
+    let replicas = run_all(runs);
+    let twenty = start.elapsed();
+    for v in &replicas {
+        v.assert_passed(Mode::Proxy);
+    }
+    let keys_seen: std::collections::BTreeSet<&str> = replicas
+        .iter()
+        .map(|v| v.line("sts", "assumed")["access_key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys_seen.len(),
+        1,
+        "{REPLICAS} replicas got {} different keys",
+        keys_seen.len()
+    );
+    let daemon = scene.daemon();
+    let assumed = |role: &str| {
+        daemon
+            .log()
+            .iter()
+            .filter(|l| l.contains("assumed role") && l.contains(&format!(":role/{role} ")))
+            .count()
+    };
+    assert_eq!(
+        assumed("batch"),
+        1,
+        "AssumeRole calls for {REPLICAS} replicas of one service"
+    );
+    assert_eq!(assumed("reader"), 1);
+    assert_eq!(assumed("writer"), 1);
+    assert_eq!(
+        assumed("admin"),
+        0,
+        "a role no policy lists is never asked for"
+    );
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("STS refused the role")
+                && l.contains(":role/untrusted ")
+                && l.contains("AccessDenied")),
+        "the refusal of role untrusted is logged"
+    );
+    let refused = daemon
+        .log()
+        .iter()
+        .filter(|l| {
+            l.contains("decision=deny") && l.contains("is not in the aws_roles of policy apps")
+        })
+        .count();
+    assert!(refused >= 1, "the refusal of role admin is in the audit");
+
+    // STS gone: a new replica gets the held session; a session nothing holds, none.
+    let held_key = keys_seen.into_iter().next().unwrap().to_owned();
+    drop(moto);
+    let late = container(
+        "batch replica while STS is down",
+        &batch,
+        "held",
+        json!({"role": "batch", "access_key_id": held_key}),
+    );
+    let fresh = container(
+        "a new session while STS is down",
+        &[
+            policy.clone(),
+            "imds-proxy.aws.role-arn=reader".into(),
+            "imds-proxy.aws.session-name=fresh".into(),
+        ],
+        "none",
+        json!({"sts": sts, "region": REGION, "role": "reader", "status": 503, "code": "CredentialsUnavailable"}),
+    );
+    let runs = vec![
+        judge_container(&mut scene, &sdk, &late, &net),
+        judge_container(&mut scene, &sdk, &fresh, &net),
+    ];
+    for v in run_all(runs) {
+        eprintln!("{} ({}, {:?}): {:?}", v.what, v.name, v.took, v.lines);
+        v.assert_passed(Mode::Proxy);
+    }
+    let daemon = scene.daemon();
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("STS failed and no credentials are held")),
+        "the outage is logged"
+    );
+
+    // No secret in any log: the instance's, and every assumed one's (their keys are
+    // what moto verified; their secrets never leave the daemon but to the container).
+    for (who, log) in [("daemon", daemon.log()), ("stand-in cloud", cloud.log())] {
+        let log = log.join("\n");
+        assert!(
+            !log.contains(keys["secret_access_key"].as_str().unwrap()),
+            "the instance's secret key appears in the {who}'s log"
+        );
+    }
+    measure(
+        "sts: four containers, four identities, wall (ms)",
+        four.as_millis(),
+    );
+    measure(
+        &format!("sts: {REPLICAS} replicas of one role, wall (ms)"),
+        twenty.as_millis(),
+    );
+}
