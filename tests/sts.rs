@@ -313,7 +313,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         daemon
             .log()
             .iter()
-            .filter(|l| l.contains("assumed role") && l.contains(&format!(":role/{role} ")))
+            .filter(|l| l.contains("credentials fetched") && l.contains(&format!(":role/{role} ")))
             .count()
     };
     assert_eq!(
@@ -378,7 +378,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         daemon
             .log()
             .iter()
-            .any(|l| l.contains("STS failed and no credentials are held")),
+            .any(|l| l.contains("fetch failed and no credentials are held")),
         "the outage is logged"
     );
 

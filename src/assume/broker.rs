@@ -1,20 +1,23 @@
-//! The one owner of assumed-role credentials. Askers (request handlers), the set of
-//! role sessions the running containers want, and the finished STS calls all arrive
-//! at one task; it alone changes what is held.
+//! The one owner of credentials obtained for containers (AWS role sessions, GCE
+//! impersonated tokens). Askers (request handlers), the set of keys the running
+//! containers want, and the finished calls all arrive at one task; it alone changes
+//! what is held.
 //!
-//! - A session a container wants is fetched when it appears, before its first request.
+//! - What a container wants is fetched when it appears, before its first request.
 //! - Any number of askers while a call is out wait for that one call.
 //! - Held credentials are fetched again ahead of expiry (see [`refresh_in`]), so every
 //!   answer's `Expiration` lies beyond every SDK's own refresh threshold.
-//! - An STS failure worth trying again keeps the held credentials serving while they
-//!   are valid (with a warning) and is retried with backoff; a refusal (`AccessDenied`,
-//!   a role that does not exist) drops them and is remembered for a minute.
-//! - A session no running container wants any more is dropped.
+//! - A failure worth trying again keeps the held credentials serving while they are
+//!   valid (with a warning) and is retried with backoff; a refusal (`AccessDenied`, a
+//!   role or account that does not exist) drops them and is remembered for a minute.
+//! - What no running container wants any more is dropped.
 //!
-//! Time is tokio's, so the tests drive it; the wall-clock time compared with STS's
-//! `Expiration` is derived from it.
+//! Time is tokio's, so the tests drive it; the wall-clock time compared with the
+//! services' expiry times is derived from it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,10 +26,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-
-use super::spec::RoleSpec;
-use super::sts::StsError;
-use super::Session;
 
 /// Fetch again when this much of a session's life is left (or half its life, if that
 /// is less): botocore refreshes 15 min ahead (10 min mandatory), the Java SDK's
@@ -40,26 +39,55 @@ const REFUSED_FOR: Duration = Duration::from_secs(60);
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// What an asker gets: the session, or why there is none.
-pub type Answer = Result<Arc<Session>, Arc<StsError>>;
-
-/// Calls STS (or stands in for it in tests).
-pub trait Assumer: Send + Sync + 'static {
-    fn assume(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>>;
+/// What credentials are held under: a role session, an account and its scopes.
+pub trait Key: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static {
+    /// For the log: what is fetched (never a secret).
+    fn describe(&self) -> String;
 }
+
+/// Credentials as held: when they expire, and what the log may say of them.
+pub trait Held: Send + Sync + 'static {
+    fn expiration(&self) -> SystemTime;
+    fn describe(&self) -> String;
+}
+
+/// Why a fetch failed.
+pub trait Failure: std::error::Error + Send + Sync + 'static {
+    /// Asking again will not help (a refusal of the role or account itself).
+    fn is_permanent(&self) -> bool;
+    /// No answer at all (the broker is gone, a deadline passed).
+    fn unreachable(reason: String) -> Self;
+}
+
+/// What an asker gets: the credentials, or why there are none.
+pub type Answer<V, E> = Result<Arc<V>, Arc<E>>;
+
+/// Fetches credentials (or stands in for the service in tests).
+pub trait Fetcher<K, V, E>: Send + Sync + 'static {
+    fn fetch(&self, key: K) -> BoxFuture<'static, Result<V, E>>;
+}
+
+type Ask<K, V, E> = (K, oneshot::Sender<Answer<V, E>>);
 
 /// How to reach the broker task.
-#[derive(Clone)]
-pub struct Broker {
-    tx: mpsc::UnboundedSender<(RoleSpec, oneshot::Sender<Answer>)>,
+pub struct Broker<K, V, E> {
+    tx: mpsc::UnboundedSender<Ask<K, V, E>>,
 }
 
-impl Broker {
-    /// Starts the task. `wanted`: the role sessions of the running containers.
-    pub fn spawn(assumer: Arc<dyn Assumer>, wanted: watch::Receiver<BTreeSet<RoleSpec>>) -> Self {
+impl<K, V, E> Clone for Broker<K, V, E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<K: Key, V: Held, E: Failure> Broker<K, V, E> {
+    /// Starts the task. `wanted`: the keys of the running containers.
+    pub fn spawn(fetcher: Arc<dyn Fetcher<K, V, E>>, wanted: watch::Receiver<BTreeSet<K>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
-            assumer,
+            fetcher,
             entries: HashMap::new(),
             jobs: JoinSet::new(),
             clock: Clock::new(),
@@ -68,15 +96,11 @@ impl Broker {
         Self { tx }
     }
 
-    /// The credentials for `spec`, waiting for STS if none are held.
-    pub async fn get(&self, spec: RoleSpec) -> Answer {
+    /// The credentials for `key`, waiting for the service if none are held.
+    pub async fn get(&self, key: K) -> Answer<V, E> {
         let (tx, rx) = oneshot::channel();
-        let gone = || {
-            Arc::new(StsError::Unreachable(
-                "the credential broker stopped".into(),
-            ))
-        };
-        self.tx.send((spec, tx)).map_err(|_| gone())?;
+        let gone = || Arc::new(E::unreachable("the credential broker stopped".into()));
+        self.tx.send((key, tx)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -100,25 +124,38 @@ impl Clock {
     }
 }
 
-#[derive(Default)]
-struct Entry {
-    held: Option<Arc<Session>>,
+struct Entry<V, E> {
+    held: Option<Arc<V>>,
     fetching: bool,
-    waiters: Vec<oneshot::Sender<Answer>>,
+    waiters: Vec<oneshot::Sender<Answer<V, E>>>,
     /// When to fetch again (ahead of expiry, or after a failure).
     again_at: Option<Instant>,
     /// A refusal, believed until the instant.
-    refused: Option<(Arc<StsError>, Instant)>,
+    refused: Option<(Arc<E>, Instant)>,
     /// Failures worth trying again since the last success.
     failures: u32,
     /// A running container wants it.
     wanted: bool,
 }
 
-struct Task {
-    assumer: Arc<dyn Assumer>,
-    entries: HashMap<RoleSpec, Entry>,
-    jobs: JoinSet<(RoleSpec, Result<Session, StsError>)>,
+impl<V, E> Default for Entry<V, E> {
+    fn default() -> Self {
+        Self {
+            held: None,
+            fetching: false,
+            waiters: Vec::new(),
+            again_at: None,
+            refused: None,
+            failures: 0,
+            wanted: false,
+        }
+    }
+}
+
+struct Task<K, V, E> {
+    fetcher: Arc<dyn Fetcher<K, V, E>>,
+    entries: HashMap<K, Entry<V, E>>,
+    jobs: JoinSet<(K, Result<V, E>)>,
     clock: Clock,
 }
 
@@ -128,11 +165,11 @@ pub fn refresh_in(now: SystemTime, expiration: SystemTime) -> Duration {
     (life - REFRESH_AHEAD.min(life / 2)).max(Duration::from_secs(1))
 }
 
-impl Task {
+impl<K: Key, V: Held, E: Failure> Task<K, V, E> {
     async fn run(
         mut self,
-        mut asks: mpsc::UnboundedReceiver<(RoleSpec, oneshot::Sender<Answer>)>,
-        wanted: watch::Receiver<BTreeSet<RoleSpec>>,
+        mut asks: mpsc::UnboundedReceiver<Ask<K, V, E>>,
+        wanted: watch::Receiver<BTreeSet<K>>,
     ) {
         let mut wanted = Some(wanted);
         let first = wanted.as_mut().map(|w| w.borrow_and_update().clone());
@@ -147,7 +184,7 @@ impl Task {
                 Some(set) = next_wanted(&mut wanted) => self.want(set),
                 Some(done) = self.jobs.join_next() => match done {
                     Ok((spec, result)) => self.fetched(spec, result),
-                    Err(e) => warn!(error = %e, "an STS call ended abnormally"),
+                    Err(e) => warn!(error = %e, "a credential fetch ended abnormally"),
                 },
                 _ = sleep_until(next) => self.fetch_due(),
             }
@@ -165,34 +202,34 @@ impl Task {
 
     fn fetch_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<RoleSpec> = self
+        let due: Vec<K> = self
             .entries
             .iter()
             .filter(|(_, e)| e.wanted && !e.fetching && e.again_at.is_some_and(|t| t <= now))
             .map(|(s, _)| s.clone())
             .collect();
-        for spec in due {
-            debug!(role = %spec.arn, session = %spec.session_name, "fetching role credentials ahead of expiry");
-            self.start(spec);
+        for key in due {
+            debug!(what = %key.describe(), "fetching credentials again");
+            self.start(key);
         }
     }
 
-    fn start(&mut self, spec: RoleSpec) {
-        let e = self.entries.entry(spec.clone()).or_default();
+    fn start(&mut self, key: K) {
+        let e = self.entries.entry(key.clone()).or_default();
         if e.fetching {
             return;
         }
         e.fetching = true;
         e.again_at = None;
-        let fut = self.assumer.assume(spec.clone());
-        self.jobs.spawn(async move { (spec, fut.await) });
+        let fut = self.fetcher.fetch(key.clone());
+        self.jobs.spawn(async move { (key, fut.await) });
     }
 
-    fn ask(&mut self, spec: RoleSpec, tx: oneshot::Sender<Answer>) {
+    fn ask(&mut self, spec: K, tx: oneshot::Sender<Answer<V, E>>) {
         let now = Instant::now();
         let wall = self.clock.wall(now);
         let e = self.entries.entry(spec.clone()).or_default();
-        if let Some(s) = e.held.as_ref().filter(|s| serveable(s, wall)) {
+        if let Some(s) = e.held.as_ref().filter(|s| serveable(s.as_ref(), wall)) {
             let _ = tx.send(Ok(s.clone()));
             return;
         }
@@ -206,7 +243,7 @@ impl Task {
         self.start(spec);
     }
 
-    fn want(&mut self, set: BTreeSet<RoleSpec>) {
+    fn want(&mut self, set: BTreeSet<K>) {
         self.entries.retain(|spec, e| {
             e.wanted = set.contains(spec);
             e.wanted || e.fetching || !e.waiters.is_empty()
@@ -215,28 +252,28 @@ impl Task {
             let e = self.entries.entry(spec.clone()).or_default();
             e.wanted = true;
             if e.held.is_none() && !e.fetching && e.refused.is_none() && e.failures == 0 {
-                info!(role = %spec.arn, session = %spec.session_name, "a container wants this role: fetching its credentials");
+                info!(what = %spec.describe(), "a container wants these credentials: fetching them");
                 self.start(spec);
             }
         }
     }
 
-    fn fetched(&mut self, spec: RoleSpec, result: Result<Session, StsError>) {
+    fn fetched(&mut self, spec: K, result: Result<V, E>) {
         let now = Instant::now();
         let wall = self.clock.wall(now);
         let Some(e) = self.entries.get_mut(&spec) else {
             return;
         };
         e.fetching = false;
-        let answer: Answer = match result {
+        let answer: Answer<V, E> = match result {
             Ok(session) => {
                 let session = Arc::new(session);
-                e.again_at = Some(now + refresh_in(wall, session.expiration));
+                e.again_at = Some(now + refresh_in(wall, session.expiration()));
                 info!(
-                    role = %spec.arn,
-                    assumed = %session.assumed_role_arn,
-                    expires = %crate::providers::aws_doc::timestamp(session.expiration),
-                    "assumed role"
+                    what = %spec.describe(),
+                    got = %session.describe(),
+                    expires = %crate::providers::aws_doc::timestamp(session.expiration()),
+                    "credentials fetched"
                 );
                 e.held = Some(session.clone());
                 e.failures = 0;
@@ -244,7 +281,7 @@ impl Task {
                 Ok(session)
             }
             Err(err) if err.is_permanent() => {
-                warn!(role = %spec.arn, error = %err, "STS refused the role: its credentials are dropped");
+                warn!(what = %spec.describe(), error = %err, "refused: the held credentials are dropped");
                 let err = Arc::new(err);
                 e.held = None;
                 e.failures = 0;
@@ -259,19 +296,19 @@ impl Task {
                     .min(RETRY_MAX);
                 e.again_at = Some(now + backoff);
                 let err = Arc::new(err);
-                match e.held.as_ref().filter(|s| serveable(s, wall)) {
+                match e.held.as_ref().filter(|s| serveable(s.as_ref(), wall)) {
                     Some(s) => {
                         warn!(
-                            role = %spec.arn,
+                            what = %spec.describe(),
                             error = %err,
-                            until = %crate::providers::aws_doc::timestamp(s.expiration),
+                            until = %crate::providers::aws_doc::timestamp(s.expiration()),
                             retry_in = ?backoff,
-                            "STS failed: the held credentials keep serving"
+                            "fetch failed: the held credentials keep serving"
                         );
                         Ok(s.clone())
                     }
                     None => {
-                        warn!(role = %spec.arn, error = %err, retry_in = ?backoff, "STS failed and no credentials are held");
+                        warn!(what = %spec.describe(), error = %err, retry_in = ?backoff, "fetch failed and no credentials are held");
                         e.held = None;
                         Err(err)
                     }
@@ -287,15 +324,13 @@ impl Task {
     }
 }
 
-fn serveable(s: &Session, wall: SystemTime) -> bool {
-    wall + SERVE_MARGIN < s.expiration
+fn serveable<V: Held>(s: &V, wall: SystemTime) -> bool {
+    wall + SERVE_MARGIN < s.expiration()
 }
 
 /// The next set of wanted sessions; never, once no one can send one (the last set
 /// stays in force).
-async fn next_wanted(
-    w: &mut Option<watch::Receiver<BTreeSet<RoleSpec>>>,
-) -> Option<BTreeSet<RoleSpec>> {
+async fn next_wanted<K: Key>(w: &mut Option<watch::Receiver<BTreeSet<K>>>) -> Option<BTreeSet<K>> {
     let Some(rx) = w else {
         return futures::future::pending().await;
     };

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 use futures::FutureExt;
 
 use super::*;
+use crate::assume::spec::RoleSpec;
+use crate::assume::sts::StsError;
+use crate::assume::{RoleBroker, Session};
 
 /// What the stand-in answers next.
 #[derive(Clone)]
@@ -45,8 +48,8 @@ impl FakeSts {
     }
 }
 
-impl Assumer for FakeSts {
-    fn assume(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>> {
+impl Fetcher<RoleSpec, Session, StsError> for FakeSts {
+    fn fetch(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let next = self
             .script
@@ -120,7 +123,7 @@ fn denied() -> StsError {
 async fn a_wanted_role_is_fetched_before_anyone_asks_and_once_for_many() {
     let sts = FakeSts::new(Duration::from_millis(300));
     let (tx, rx) = watch::channel(BTreeSet::new());
-    let broker = Broker::spawn(sts.clone(), rx);
+    let broker = RoleBroker::spawn(sts.clone(), rx);
     let reader = spec("reader");
     tx.send(set(&[&reader])).unwrap();
     settle().await;
@@ -143,7 +146,7 @@ async fn a_wanted_role_is_fetched_before_anyone_asks_and_once_for_many() {
 async fn credentials_are_fetched_again_ahead_of_every_sdks_threshold() {
     let sts = FakeSts::new(Duration::from_millis(10));
     let (tx, rx) = watch::channel(BTreeSet::new());
-    let broker = Broker::spawn(sts.clone(), rx);
+    let broker = RoleBroker::spawn(sts.clone(), rx);
     let reader = spec("reader");
     tx.send(set(&[&reader])).unwrap();
     let first = broker.get(reader.clone()).await.unwrap();
@@ -177,7 +180,7 @@ async fn credentials_are_fetched_again_ahead_of_every_sdks_threshold() {
 async fn an_sts_outage_keeps_the_held_credentials_serving() {
     let sts = FakeSts::new(Duration::from_millis(10));
     let (tx, rx) = watch::channel(BTreeSet::new());
-    let broker = Broker::spawn(sts.clone(), rx);
+    let broker = RoleBroker::spawn(sts.clone(), rx);
     let reader = spec("reader");
     tx.send(set(&[&reader])).unwrap();
     let held = broker.get(reader.clone()).await.unwrap();
@@ -214,7 +217,7 @@ async fn an_sts_outage_keeps_the_held_credentials_serving() {
 async fn a_refusal_drops_the_credentials_and_is_remembered_for_a_while() {
     let sts = FakeSts::new(Duration::from_millis(10));
     let (tx, rx) = watch::channel(BTreeSet::new());
-    let broker = Broker::spawn(sts.clone(), rx);
+    let broker = RoleBroker::spawn(sts.clone(), rx);
     let reader = spec("reader");
     sts.then(Script::Fail(denied()));
     tx.send(set(&[&reader])).unwrap();
@@ -243,7 +246,7 @@ async fn a_refusal_drops_the_credentials_and_is_remembered_for_a_while() {
 async fn a_role_no_container_wants_is_dropped_and_not_refreshed() {
     let sts = FakeSts::new(Duration::from_millis(10));
     let (tx, rx) = watch::channel(BTreeSet::new());
-    let broker = Broker::spawn(sts.clone(), rx);
+    let broker = RoleBroker::spawn(sts.clone(), rx);
     let (reader, writer) = (spec("reader"), spec("writer"));
     tx.send(set(&[&reader, &writer])).unwrap();
     settle().await;

@@ -23,9 +23,36 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::Uri;
 
-use broker::Assumer;
+use broker::{Failure, Fetcher, Held, Key};
 use spec::RoleSpec;
 use sts::{InstanceKeys, StsError, Transport};
+
+/// The broker of assumed AWS roles.
+pub type RoleBroker = broker::Broker<RoleSpec, Session, StsError>;
+
+impl Key for RoleSpec {
+    fn describe(&self) -> String {
+        format!("role {} session {}", self.arn, self.session_name)
+    }
+}
+
+impl Held for Session {
+    fn expiration(&self) -> SystemTime {
+        self.expiration
+    }
+    fn describe(&self) -> String {
+        self.assumed_role_arn.clone()
+    }
+}
+
+impl Failure for StsError {
+    fn is_permanent(&self) -> bool {
+        StsError::is_permanent(self)
+    }
+    fn unreachable(reason: String) -> Self {
+        StsError::Unreachable(reason)
+    }
+}
 
 /// The instance's own role credentials and region (the proxy reads them from the real
 /// service, through its IMDSv2 session).
@@ -41,8 +68,8 @@ pub struct StsAssumer {
     pub transport: Arc<dyn Transport>,
 }
 
-impl Assumer for StsAssumer {
-    fn assume(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>> {
+impl Fetcher<RoleSpec, Session, StsError> for StsAssumer {
+    fn fetch(&self, spec: RoleSpec) -> BoxFuture<'static, Result<Session, StsError>> {
         let instance = self.instance.keys_and_region();
         let endpoint = self.endpoint.clone();
         let transport = self.transport.clone();

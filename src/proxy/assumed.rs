@@ -17,10 +17,9 @@ use super::admit::Decision;
 use super::audit::Audit;
 use super::upstream::Upstream;
 use super::{Proxy, ProxySettings};
-use crate::assume::broker::Broker;
 use crate::assume::spec::{role_spec, AwsSettings, RoleSpec};
 use crate::assume::sts::{InstanceKeys, StsError};
-use crate::assume::{InstanceKeysSource, StsAssumer};
+use crate::assume::{InstanceKeysSource, RoleBroker, StsAssumer};
 use crate::docker::Inventory;
 use crate::policy::select::{self, Policies};
 use crate::providers::aws::{self, IamPath};
@@ -31,7 +30,7 @@ use crate::providers::identity::Identity;
 const INSTANCE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The broker for this proxy, following the containers Docker reports.
-pub(super) fn broker(upstream: Arc<Upstream>, settings: &ProxySettings) -> Broker {
+pub(super) fn broker(upstream: Arc<Upstream>, settings: &ProxySettings) -> RoleBroker {
     let assumer = StsAssumer {
         instance: Arc::new(FromUpstream(upstream)),
         endpoint: settings.assume.sts_endpoint.clone(),
@@ -46,7 +45,7 @@ pub(super) fn broker(upstream: Arc<Upstream>, settings: &ProxySettings) -> Broke
             tx,
         ));
     }
-    Broker::spawn(Arc::new(assumer), rx)
+    RoleBroker::spawn(Arc::new(assumer), rx)
 }
 
 /// Publishes the wanted role sessions whenever the containers or the policies change.

@@ -262,7 +262,7 @@ pub struct Proxy {
     /// check itself, never across an await).
     limiter: std::sync::Mutex<policy::RateLimiter<RateKey>>,
     /// The credentials of assumed roles (upstream mode).
-    broker: Option<crate::assume::broker::Broker>,
+    broker: Option<crate::assume::RoleBroker>,
 }
 
 /// Whose budget a request uses: each container its own; host processes share one,
