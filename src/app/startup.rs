@@ -189,6 +189,7 @@ fn assume_settings(cfg: &Config) -> proxy::AssumeSettings {
                 .unwrap_or_default(),
         },
         sts_endpoint: a.sts_endpoint.clone(),
+        gce_iam_url: Some(cfg.gce_iam_credentials_url.clone()),
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`transport`]: HTTPS (rustls, the system's CA store) or plain HTTP to test servers.
 
 pub mod broker;
+pub mod gce;
 pub mod spec;
 pub mod sts;
 pub mod transport;

@@ -139,6 +139,7 @@ pub static KEYS: &[&dyn Described] = &[
     &AWS_SESSION_SECONDS,
     &AWS_SESSION_TAGS,
     &AWS_SOURCE_IDENTITY,
+    &GCE_IAM_CREDENTIALS_URL,
     &POLICIES,
 ];
 
@@ -404,6 +405,14 @@ pub static AWS_SOURCE_IDENTITY: Key<bool> = Key {
     form: Form::Switch,
     default: DefaultValue::Text("false"),
     parse: bool_value,
+};
+
+pub static GCE_IAM_CREDENTIALS_URL: Key<http::Uri> = Key {
+    name: "gce_iam_credentials_url",
+    help: "The IAM Credentials service that impersonates GCE service accounts for labelled containers (http:// allowed, for test servers)",
+    form: Form::Flag,
+    default: DefaultValue::Text("https://iamcredentials.googleapis.com"),
+    parse: parse::endpoint,
 };
 
 /// The name of a policy; `policies` resolves it once the file's policies are read.

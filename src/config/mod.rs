@@ -78,6 +78,8 @@ pub struct Config {
     pub policies: Policies,
     /// How roles are assumed for labelled containers.
     pub aws_roles: AwsRoleSettings,
+    /// Where GCE service accounts are impersonated.
+    pub gce_iam_credentials_url: http::Uri,
     /// The file this came from, watched for changes.
     pub config_file: Option<std::path::PathBuf>,
 }

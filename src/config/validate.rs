@@ -44,6 +44,7 @@ impl RawConfig {
                 session_tags: r.read(&keys::AWS_SESSION_TAGS),
                 source_identity: r.read(&keys::AWS_SOURCE_IDENTITY),
             },
+            gce_iam_credentials_url: r.read(&keys::GCE_IAM_CREDENTIALS_URL),
             config_file: None,
         };
         r.own_link_is_no_bridge(&config);

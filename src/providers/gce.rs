@@ -88,6 +88,142 @@ pub enum Fix {
     Accounts(u8),
 }
 
+/// The scope an impersonated account's token is asked for when the request names
+/// none, and the scopes it is shown with.
+pub const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// A request under `service-accounts/` of a container whose account is impersonated:
+/// the proxy answers all of it (the real server does not have the account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Impersonated {
+    /// `service-accounts/` (as JSON when recursive).
+    Listing {
+        recursive: bool,
+    },
+    /// `service-accounts/<default|email>/`.
+    Account {
+        recursive: bool,
+    },
+    Email,
+    Aliases,
+    Scopes,
+    Token,
+    Identity,
+    /// Another account, or nothing there.
+    NotFound,
+}
+
+/// What `path` is for a container given `email` by impersonation; `None`: not under
+/// `service-accounts/` (the real server answers; a recursive answer above it is fixed
+/// with [`fix_impersonated`]).
+pub fn impersonated(path: &CanonicalPath, recursive: bool, email: &str) -> Option<Impersonated> {
+    let l = path.lower();
+    if l.len() < SA.len() || l.iter().zip(SA).any(|(a, b)| a.as_str() != b) {
+        return None;
+    }
+    let Some(account) = path.segments().get(4) else {
+        return Some(Impersonated::Listing { recursive });
+    };
+    if account != "default" && !account.eq_ignore_ascii_case(email) {
+        return Some(Impersonated::NotFound);
+    }
+    Some(match l.get(5).map(String::as_str) {
+        None => Impersonated::Account { recursive },
+        Some(_) if l.len() > 6 => Impersonated::NotFound,
+        Some("email") => Impersonated::Email,
+        Some("aliases") => Impersonated::Aliases,
+        Some("scopes") => Impersonated::Scopes,
+        Some("token") => Impersonated::Token,
+        Some("identity") => Impersonated::Identity,
+        Some(_) => Impersonated::NotFound,
+    })
+}
+
+/// The account as its recursive answer shows it.
+pub fn impersonated_account(email: &str) -> Value {
+    serde_json::json!({ "aliases": ["default"], "email": email, "scopes": [DEFAULT_SCOPE] })
+}
+
+/// The answer to an impersonated container's `service-accounts/` request that needs no
+/// token; `None` for the token and identity paths.
+pub fn impersonated_answer(kind: &Impersonated, email: &str) -> Option<Response<Full<Bytes>>> {
+    let text = |body: String| {
+        builder(StatusCode::OK, "application/text")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    let json = |v: Value| {
+        builder(StatusCode::OK, "application/json")
+            .body(Full::new(Bytes::from(v.to_string())))
+            .expect("static response parts are valid")
+    };
+    Some(match kind {
+        Impersonated::Listing { recursive: false } => text(format!("default/\n{email}/\n")),
+        Impersonated::Listing { recursive: true } => {
+            let a = impersonated_account(email);
+            json(serde_json::json!({ "default": a, email: a }))
+        }
+        Impersonated::Account { recursive: false } => {
+            text("aliases\nemail\nidentity\nscopes\ntoken\n".into())
+        }
+        Impersonated::Account { recursive: true } => json(impersonated_account(email)),
+        Impersonated::Email => text(email.to_owned()),
+        Impersonated::Aliases => text("default\n".into()),
+        Impersonated::Scopes => text(format!("{DEFAULT_SCOPE}\n")),
+        Impersonated::NotFound => not_found(),
+        Impersonated::Token | Impersonated::Identity => return None,
+    })
+}
+
+/// An access token's answer, as the metadata server gives it.
+pub fn token_answer(token: &str, expires_in: u64) -> Response<Full<Bytes>> {
+    let v = serde_json::json!({ "access_token": token, "expires_in": expires_in, "token_type": "Bearer" });
+    builder(StatusCode::OK, "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .expect("static response parts are valid")
+}
+
+/// An ID token's answer: the JWT as text.
+pub fn identity_answer(token: &str) -> Response<Full<Bytes>> {
+    builder(StatusCode::OK, "text/html; charset=UTF-8")
+        .body(Full::new(Bytes::from(token.to_owned())))
+        .expect("static response parts are valid")
+}
+
+/// 400 with the server's message (a missing audience, bad scopes).
+pub fn bad_request(message: &str) -> Response<Full<Bytes>> {
+    builder(StatusCode::BAD_REQUEST, "text/html; charset=UTF-8")
+        .body(Full::new(Bytes::from(format!("{message}\n"))))
+        .expect("static response parts are valid")
+}
+
+/// A recursive answer above `service-accounts/` for an impersonated container: its
+/// accounts are `default` and the impersonated one, never the instance's.
+pub fn fix_impersonated(fix: Fix, email: &str, status: StatusCode, body: Bytes) -> Bytes {
+    let Fix::Accounts(depth) = fix else {
+        return body;
+    };
+    if !status.is_success() {
+        return body;
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    let a = impersonated_account(email);
+    let view = serde_json::json!({ "default": a, email: a });
+    let slot = match depth {
+        0 => Some(&mut v),
+        1 => v.get_mut("serviceAccounts"),
+        _ => v
+            .get_mut("instance")
+            .and_then(|i| i.get_mut("serviceAccounts")),
+    };
+    if let Some(slot) = slot {
+        *slot = view;
+    }
+    Bytes::from(v.to_string())
+}
+
 /// Where `/computeMetadata/v1/instance/service-accounts/...` starts, in segments.
 const SA: [&str; 4] = ["computemetadata", "v1", "instance", "service-accounts"];
 
@@ -217,6 +353,68 @@ mod tests {
 
     fn p(s: &str) -> CanonicalPath {
         CanonicalPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn an_impersonated_account_is_answered_whole_by_the_proxy() {
+        let e = "app@p.iam.gserviceaccount.com";
+        let k = |s: &str, r: bool| impersonated(&p(s), r, e);
+        let sa = "/computeMetadata/v1/instance/service-accounts";
+        assert_eq!(
+            k(&format!("{sa}/"), false),
+            Some(Impersonated::Listing { recursive: false })
+        );
+        assert_eq!(
+            k(&format!("{sa}/default/"), true),
+            Some(Impersonated::Account { recursive: true })
+        );
+        assert_eq!(
+            k(&format!("{sa}/{e}/token"), false),
+            Some(Impersonated::Token)
+        );
+        assert_eq!(
+            k(&format!("{sa}/default/identity"), false),
+            Some(Impersonated::Identity)
+        );
+        assert_eq!(
+            k(&format!("{sa}/default/email"), false),
+            Some(Impersonated::Email)
+        );
+        assert_eq!(
+            k(
+                &format!("{sa}/instance@p.iam.gserviceaccount.com/token"),
+                false
+            ),
+            Some(Impersonated::NotFound)
+        );
+        assert_eq!(
+            k(&format!("{sa}/default/token/x"), false),
+            Some(Impersonated::NotFound)
+        );
+        assert_eq!(k("/computeMetadata/v1/instance/id", false), None);
+        assert_eq!(k("/computeMetadata/v1/instance/", true), None);
+        let body = |r: Response<Full<Bytes>>| {
+            let b = futures::executor::block_on(http_body_util::BodyExt::collect(r.into_body()))
+                .unwrap();
+            String::from_utf8(b.to_bytes().to_vec()).unwrap()
+        };
+        let listing = impersonated_answer(&Impersonated::Listing { recursive: false }, e).unwrap();
+        assert_eq!(listing.headers()["metadata-flavor"], "Google");
+        assert_eq!(body(listing), format!("default/\n{e}/\n"));
+        assert_eq!(
+            body(impersonated_answer(&Impersonated::Email, e).unwrap()),
+            e
+        );
+        assert!(impersonated_answer(&Impersonated::Token, e).is_none());
+        // The instance's accounts vanish from a recursive answer above them.
+        let real = Bytes::from(
+            r#"{"id":1,"serviceAccounts":{"default":{"email":"instance@p"},"instance@p":{"email":"instance@p"}}}"#,
+        );
+        let fixed = fix_impersonated(Fix::Accounts(1), e, StatusCode::OK, real);
+        let v: Value = serde_json::from_slice(&fixed).unwrap();
+        assert_eq!(v["id"], 1);
+        assert_eq!(v["serviceAccounts"]["default"]["email"], e);
+        assert!(!String::from_utf8_lossy(&fixed).contains("instance@p"));
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub(super) struct Plan {
     pub redact: Vec<Vec<String>>,
     /// The role session whose credentials answer the caller's `iam/` paths.
     pub assume: Option<RoleSpec>,
+    /// The caller's pinned GCE account may be impersonated, should the instance not
+    /// have it (its policy lists it in `gce_service_accounts`).
+    pub gce_impersonate: bool,
 }
 
 /// Decides one request.
@@ -208,6 +211,12 @@ pub(super) fn admit(
     let assume = assumed_role(provider, head.path, who, &mut identity, &chosen, cx)?;
     let query = provider_gates(provider, head, cx, &chosen, &identity, gates)?;
     let (path, fix) = upstream_route(provider, head.path, query.as_deref(), &identity, cx.backend)?;
+    let gce_impersonate = provider == Provider::Gce
+        && cx.backend == BackendKind::Upstream
+        && identity
+            .gce_service_account
+            .as_deref()
+            .is_some_and(|email| chosen.allows_gce_account(email));
     Ok(Plan {
         provider,
         rule,
@@ -217,6 +226,7 @@ pub(super) fn admit(
         fix,
         redact: decision.redact,
         assume,
+        gce_impersonate,
     })
 }
 

@@ -15,6 +15,7 @@ use super::admit::{self, BackendKind, Context, Decision, Gates, Head, Local, Pla
 use super::audit::{query_keys, Audit};
 use super::cache::{self, Purpose, Stored};
 use super::identify::Caller;
+use super::impersonated::Pinned;
 use super::{Backend, ClientAddr, Proxy, ProxyError, RateKey};
 use crate::emulator::EmuRequest;
 use crate::policy::RateLimit;
@@ -164,9 +165,30 @@ impl Proxy {
                         return Ok(resp);
                     }
                 }
+                let mut impersonating = None;
+                if let (Provider::Gce, Some(email), Some(side)) =
+                    (plan.provider, &plan.identity.gce_service_account, &self.gce)
+                {
+                    let query = read.parts.uri.query();
+                    match side
+                        .pinned(
+                            email,
+                            plan.gce_impersonate,
+                            &read.path,
+                            query,
+                            deadline,
+                            audit,
+                        )
+                        .await
+                    {
+                        Pinned::Own => {}
+                        Pinned::Answer(r) => return r,
+                        Pinned::Impersonated => impersonating = Some(email.as_str()),
+                    }
+                }
                 let answer = self.ask_upstream(read, plan, deadline, audit).await?;
                 audit.upstream_status = Some(answer.status.as_u16());
-                let Some(rbody) = fix_upstream_body(read, plan, &answer)? else {
+                let Some(rbody) = fix_upstream_body(read, plan, &answer, impersonating)? else {
                     return Ok(aws::not_found());
                 };
                 let mut resp = Response::builder()
@@ -267,10 +289,13 @@ fn fix_upstream_body(
     read: &Read,
     plan: &Plan,
     answer: &Stored,
+    impersonating: Option<&str>,
 ) -> Result<Option<Bytes>, ProxyError> {
     let status = answer.status;
     let mut body = answer.body.clone();
-    if let Some(email) = &plan.identity.gce_service_account {
+    if let Some(email) = impersonating {
+        body = crate::providers::gce::fix_impersonated(plan.fix, email, status, body);
+    } else if let Some(email) = &plan.identity.gce_service_account {
         body = crate::providers::gce::fix_body(plan.fix, &read.path, email, status, body);
     }
     if let Some(role) = &plan.identity.aws_role {

@@ -12,6 +12,7 @@ pub mod cache;
 mod forward;
 pub mod headers;
 pub mod identify;
+mod impersonated;
 pub mod protect;
 pub mod retry;
 pub mod upstream;
@@ -95,6 +96,8 @@ pub struct AssumeSettings {
     pub aws: crate::assume::spec::AwsSettings,
     /// STS's endpoint; `None`: the regional one of the instance's region.
     pub sts_endpoint: Option<Uri>,
+    /// The IAM Credentials service impersonating GCE accounts.
+    pub gce_iam_url: Option<Uri>,
 }
 
 /// Where answers come from.
@@ -263,6 +266,8 @@ pub struct Proxy {
     limiter: std::sync::Mutex<policy::RateLimiter<RateKey>>,
     /// The credentials of assumed roles (upstream mode).
     broker: Option<crate::assume::RoleBroker>,
+    /// Impersonated GCE accounts (upstream mode).
+    gce: Option<impersonated::GceSide>,
 }
 
 /// Whose budget a request uses: each container its own; host processes share one,
@@ -289,6 +294,9 @@ impl Proxy {
         let broker = upstream
             .as_ref()
             .map(|u| assumed::broker(u.clone(), &settings));
+        let gce = upstream
+            .as_ref()
+            .and_then(|u| impersonated::side(u.clone(), &settings));
         Self {
             settings,
             upstream,
@@ -296,6 +304,7 @@ impl Proxy {
             mint: crate::providers::aws::TokenMint::new(),
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
             broker,
+            gce,
         }
     }
 
