@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # in a `cargo test` log (between its `Running` line and the next one) must say ok., at
 # least 1 passed and 0 ignored. Prints one line per tier; fails if any tier falls short.
 check_tiers() {
-  awk -v tiers="lib netns wholehost docker identity networks proxy cache cli nft sdk sts agents service" '
+  awk -v tiers="lib netns wholehost docker identity networks proxy cache cli nft sdk sts impersonation agents service" '
     BEGIN { n = split(tiers, order, " "); for (i = 1; i <= n; i++) want[order[i]] = 1 }
     { gsub(/\033\[[0-9;]*[A-Za-z]/, "") }            # CARGO_TERM_COLOR=always
     /^ *Running / {                                  # a new test binary starts

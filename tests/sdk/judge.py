@@ -14,9 +14,9 @@ import traceback
 
 from common import Failure, check_environment
 
-JUDGES = {"gce": "gce_judge", "azure": "azure_judge", "aws": "aws_judge", "sts": "sts_judge"}
+JUDGES = {"gce": "gce_judge", "azure": "azure_judge", "aws": "aws_judge", "sts": "sts_judge", "iam": "iam_judge"}
 # Modes a judge may offer; a plan naming another is a mistake in the plan.
-MODES = ("serve", "refuse", "absent", "assumed", "none", "held")
+MODES = ("serve", "refuse", "absent", "assumed", "none", "held", "impersonated", "denied")
 
 
 def main():
