@@ -332,7 +332,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         daemon
             .log()
             .iter()
-            .any(|l| l.contains("STS refused the role")
+            .any(|l| l.contains("refused: the held credentials are dropped")
                 && l.contains(":role/untrusted ")
                 && l.contains("AccessDenied")),
         "the refusal of role untrusted is logged"

@@ -14,6 +14,7 @@ held expects: {"role", "access_key_id"}
 """
 
 import datetime
+import json
 
 from common import IMDS, Failure, must, raw
 
@@ -53,6 +54,13 @@ def assumed(expect):
     must(
         status == 200 and listing.split() == [expect["role"]],
         "the role listing is %s %r, expected exactly %r" % (status, listing[:200], expect["role"]),
+    )
+    status, _, info = raw("GET", BASE + "/latest/meta-data/iam/info", {"X-aws-ec2-metadata-token": token})
+    must(status == 200, "iam/info: %s %r" % (status, info[:200]))
+    info = json.loads(info)
+    must(
+        info.get("Code") == "Success" and info.get("InstanceProfileArn", "").endswith("/" + expect["role"]),
+        "iam/info answers %r, not for role %r" % (info, expect["role"]),
     )
     sts = boto3.Session(
         aws_access_key_id=frozen.access_key,
