@@ -18,6 +18,23 @@ use crate::config::{Config, ConfigError, RawConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written: `text` (key=value after the message) or `json` (one
+    /// object per line: timestamp, level, message and the event's fields, each once).
+    #[arg(
+        long,
+        global = true,
+        env = "IMDS_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The log's line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How flags, variables and the file relate, and the keys only the file holds.

@@ -3,19 +3,30 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use imds_proxy::cli::{Cli, Command};
+use imds_proxy::cli::{Cli, Command, LogFormat};
 use imds_proxy::{app, errors::error_chain};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMDS_PROXY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Stable field names at the top level of each object; the spans' context is
+        // left out (the audit event carries its own client, method and path).
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 
     let cfg = match &cli.command {
         Command::Run(a) | Command::Rules(a) | Command::Uninstall(a) => match a.load(false) {

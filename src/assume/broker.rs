@@ -35,6 +35,10 @@ pub const REFRESH_AHEAD: Duration = Duration::from_secs(30 * 60);
 const SERVE_MARGIN: Duration = Duration::from_secs(60);
 /// How long a refusal is believed before the role is asked for again.
 const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// How long what no container wants any more is kept (not refreshed) before it is
+/// dropped: a container restarted, or one Docker's listing missed for a moment, finds
+/// it still held.
+pub const KEEP_UNWANTED: Duration = Duration::from_secs(120);
 /// Backoff after failures worth trying again: doubles from the first, up to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -136,6 +140,8 @@ struct Entry<V, E> {
     failures: u32,
     /// A running container wants it.
     wanted: bool,
+    /// Since when no running container has wanted it.
+    unwanted_since: Option<Instant>,
 }
 
 impl<V, E> Default for Entry<V, E> {
@@ -148,6 +154,7 @@ impl<V, E> Default for Entry<V, E> {
             refused: None,
             failures: 0,
             wanted: false,
+            unwanted_since: None,
         }
     }
 }
@@ -202,6 +209,7 @@ impl<K: Key, V: Held, E: Failure> Task<K, V, E> {
 
     fn fetch_due(&mut self) {
         let now = Instant::now();
+        self.prune(now);
         let due: Vec<K> = self
             .entries
             .iter()
@@ -229,6 +237,11 @@ impl<K: Key, V: Held, E: Failure> Task<K, V, E> {
         let now = Instant::now();
         let wall = self.clock.wall(now);
         let e = self.entries.entry(spec.clone()).or_default();
+        if !e.wanted {
+            // Asked for without a container wanting it (a token for other scopes, an ID
+            // token): kept while it is asked for.
+            e.unwanted_since = Some(now);
+        }
         if let Some(s) = e.held.as_ref().filter(|s| serveable(s.as_ref(), wall)) {
             let _ = tx.send(Ok(s.clone()));
             return;
@@ -244,18 +257,36 @@ impl<K: Key, V: Held, E: Failure> Task<K, V, E> {
     }
 
     fn want(&mut self, set: BTreeSet<K>) {
-        self.entries.retain(|spec, e| {
-            e.wanted = set.contains(spec);
-            e.wanted || e.fetching || !e.waiters.is_empty()
-        });
+        let now = Instant::now();
+        let wall = self.clock.wall(now);
+        for (spec, e) in self.entries.iter_mut() {
+            if e.wanted && !set.contains(spec) {
+                e.wanted = false;
+                e.unwanted_since = Some(now);
+            }
+        }
+        self.prune(now);
         for spec in set {
             let e = self.entries.entry(spec.clone()).or_default();
             e.wanted = true;
-            if e.held.is_none() && !e.fetching && e.refused.is_none() && e.failures == 0 {
+            e.unwanted_since = None;
+            let held = e.held.as_ref().is_some_and(|h| serveable(h.as_ref(), wall));
+            if !held && !e.fetching && e.refused.is_none() && e.failures == 0 {
                 info!(what = %spec.describe(), "a container wants these credentials: fetching them");
                 self.start(spec);
             }
         }
+    }
+
+    /// Drops what no container has wanted for [`KEEP_UNWANTED`] (unless a call or an
+    /// asker is waiting on it).
+    fn prune(&mut self, now: Instant) {
+        self.entries.retain(|_, e| {
+            let kept = e
+                .unwanted_since
+                .is_some_and(|t| now.duration_since(t) < KEEP_UNWANTED);
+            e.wanted || kept || e.fetching || !e.waiters.is_empty()
+        });
     }
 
     fn fetched(&mut self, spec: K, result: Result<V, E>) {

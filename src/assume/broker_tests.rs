@@ -267,3 +267,44 @@ async fn a_role_no_container_wants_is_dropped_and_not_refreshed() {
     broker.get(reader.clone()).await.unwrap();
     assert_eq!(sts.calls(), before + 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_role_missed_for_a_moment_is_still_held_when_wanted_again() {
+    let sts = FakeSts::new(Duration::from_millis(10));
+    let (tx, rx) = watch::channel(BTreeSet::new());
+    let broker = RoleBroker::spawn(sts.clone(), rx);
+    let reader = spec("reader");
+    tx.send(set(&[&reader])).unwrap();
+    let first = broker.get(reader.clone()).await.unwrap();
+    // Its container restarts, or a listing misses it: gone, and back within the grace.
+    tx.send(set(&[])).unwrap();
+    settle().await;
+    tokio::time::sleep(KEEP_UNWANTED / 2).await;
+    tx.send(set(&[&reader])).unwrap();
+    settle().await;
+    assert_eq!(sts.calls(), 1, "no new call for a role held a moment ago");
+    assert_eq!(
+        broker.get(reader.clone()).await.unwrap().access_key_id,
+        first.access_key_id
+    );
+    // Gone for longer than the grace: dropped, and wanted again it costs a call.
+    tx.send(set(&[])).unwrap();
+    settle().await;
+    tokio::time::sleep(KEEP_UNWANTED + Duration::from_secs(1)).await;
+    tx.send(set(&[&spec("other")])).unwrap();
+    settle().await;
+    tx.send(set(&[&reader])).unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.calls(), 3, "other once, reader again");
+    // Asked for by a request alone, it is kept while asked for.
+    let scoped = spec("scoped");
+    broker.get(scoped.clone()).await.unwrap();
+    let calls = sts.calls();
+    for _ in 0..5 {
+        tokio::time::sleep(KEEP_UNWANTED / 2).await;
+        tx.send(set(&[&reader])).unwrap();
+        broker.get(scoped.clone()).await.unwrap();
+    }
+    assert_eq!(sts.calls(), calls, "held while asked for within the grace");
+}

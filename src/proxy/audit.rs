@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::admit::Decision;
 use super::cache;
-use super::identify::Caller;
+use super::identify::{Caller, Origin};
 use super::ClientAddr;
 
 /// What the audit event of one request says besides who called.
@@ -56,6 +56,7 @@ impl Audit {
         &self,
         caller: &Caller,
         client: ClientAddr,
+        origin: Origin,
         method: &Method,
         status: StatusCode,
         t: Timing,
@@ -88,12 +89,14 @@ impl Audit {
         let upstream_status = self.upstream_status.unwrap_or(0);
         let cache = self.cache.map_or("-", cache::How::name);
         let (identify_us, elapsed_ms) = (t.identify_us, t.elapsed_ms);
+        // A root event: outside the connection's and request's spans, so that each of
+        // its fields is written once (the spans would repeat client, method and path).
         match &self.error {
             None => {
-                info!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
+                info!(parent: None, %client, origin = ?origin, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
             }
             Some(error) => {
-                warn!(%client, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
+                warn!(parent: None, %client, origin = ?origin, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
             }
         }
     }

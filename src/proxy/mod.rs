@@ -372,7 +372,7 @@ impl Proxy {
             identify_us,
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
-        audit.write(&caller, client, &method, resp.status(), timing);
+        audit.write(&caller, client, origin, &method, resp.status(), timing);
         resp
     }
 
