@@ -93,6 +93,10 @@ node_sdks() {
 [ "$(id -u)" = 0 ] || { echo "the suite needs root (namespaces, nftables, Docker)" >&2; exit 1; }
 scripts/install-deps.sh test
 sdk_venv
+# lyft's metadataproxy, the peer tests/sts.rs compares the daemon with (built and cached
+# by the same script as bench/run.sh uses).
+IMDS_PROXY_METADATAPROXY_VENV=$(bench/peers/metadataproxy-venv.sh)
+export IMDS_PROXY_METADATAPROXY_VENV
 node_sdks
 
 work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)
