@@ -3,12 +3,17 @@
 # own DNAT path, against nginx on the same host, all in one run so that the ratios hold
 # on a noisy machine. Prints one markdown table and saves it to bench/results/latest.md.
 #
+# Beside it, for assumed AWS roles, lyft's metadataproxy (bench/peers/) on the same host
+# against the same STS: moto, run as a server that checks every signature.
+#
 # On a fresh Debian machine, as root:   ./bench/run.sh
 #
-# Installs what it needs (wrk, nginx-light, docker.io, busybox-static, ...), starts
-# dockerd if none answers, builds the daemon in release mode, and removes everything it
-# made on exit, failure included: containers, network, image, the daemon and its table
-# and link (`imds-proxy uninstall`), its nginx instances, its own link. Refuses to run
+# Installs what it needs (wrk, nginx-light, docker.io, busybox-static, the virtualenvs
+# of scripts/sdk-venv.sh and bench/peers/metadataproxy-venv.sh, ...), starts dockerd if
+# none answers, builds the daemon in release mode, and removes everything it made on
+# exit, failure included: containers, network, image, the daemon and its table and link
+# (`imds-proxy uninstall`), its nginx instances, moto, metadataproxy, its own link.
+# Refuses to run
 # while another imds-proxy holds the root namespace (the daemon under test runs there,
 # because Docker's bridges live there). Never touches a system nginx or dockerd.
 #
@@ -36,6 +41,9 @@ token_path=/computeMetadata/v1/instance/service-accounts/default/token
 meta_path=/computeMetadata/v1/instance/id
 meta_value=4520031799277581759
 flavor='Metadata-Flavor: Google'
+account=123456789012                # moto's account
+role_arn=arn:aws:iam::$account:role/reader
+creds_path=/latest/meta-data/iam/security-credentials/reader
 
 case $seconds in '' | *[!0-9]* | 0) echo "IMDS_PROXY_BENCH_SECONDS must be a whole number of seconds" >&2; exit 2 ;; esac
 case $burst in '' | *[!0-9]* | 0) echo "IMDS_PROXY_BENCH_BURST must be a positive number" >&2; exit 2 ;; esac
@@ -45,6 +53,7 @@ work=$(mktemp -d /tmp/imds-proxy-bench.XXXXXX)
 res=$work/results
 mkdir -p "$res"
 made_policy="" started_dockerd="" built_image="" made_link="" daemon_pid="" sampler_pid="" bin=""
+moto_pid="" mp_pid=""
 
 # stop_pid PID [SECONDS]: SIGTERM, then SIGKILL if it is still there after SECONDS.
 stop_pid() {
@@ -79,6 +88,11 @@ cleanup() {
   for pidfile in "$work"/nginx-*/nginx.pid; do
     [ -f "$pidfile" ] && stop_pid "$(cat "$pidfile")" 5
   done
+  if [ -n "$mp_pid" ]; then
+    [ "$status" != 0 ] && { echo "== last metadataproxy log lines" >&2; tail -n 15 "$work/metadataproxy.log" >&2; }
+    stop_pid "$mp_pid" 10 # gunicorn's master stops its workers on SIGTERM
+  fi
+  [ -n "$moto_pid" ] && stop_pid "$moto_pid" 10
   [ -n "$made_link" ] && ip link del "$link" 2>/dev/null
   [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
   if [ -n "$started_dockerd" ] && [ -f "$work/dockerd.pid" ]; then
@@ -123,6 +137,10 @@ fi
 if [ -n "${IMDS_PROXY_BENCH_PERF:-}" ] && ! command -v perf >/dev/null; then
   fail "IMDS_PROXY_BENCH_PERF needs perf (Debian: linux-perf)"
 fi
+
+# --- moto's and metadataproxy's virtualenvs (built once, cached) --------------------
+sdk_venv=$(scripts/sdk-venv.sh)
+mp_venv=$(bench/peers/metadataproxy-venv.sh)
 
 # --- the root namespace must be free --------------------------------------------------
 busy() {
@@ -171,6 +189,30 @@ free_port() { # a TCP port no socket of this host listens on, not handed out bef
 direct_port=$(free_port) # the origin, asked directly (nginx-static, direct)
 up_port=$(free_port)     # the origin as the daemon's upstream: counts token requests
 proxy_port=$(free_port)  # nginx-proxy
+moto_port=$(free_port)   # moto, the STS of the assumed-role rows, on loopback
+mp_port=$(free_port)     # metadataproxy, on the bench network's gateway address
+
+# --- moto: STS for both proxies -------------------------------------------------------
+# It checks every request's SigV4 signature against the keys it issued; setup creates
+# the IAM user `instance` (the instance's role credentials, served by the origin below)
+# and the role reader, whose trust policy names that user.
+"$sdk_venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+sts=http://127.0.0.1:$moto_port
+for _ in $(seq 150); do
+  [ -n "$(ss -Htln "sport = :$moto_port")" ] && break
+  kill -0 "$moto_pid" 2>/dev/null || fail "moto exited while starting: $(tail -3 "$work/moto.log")"
+  sleep 0.2
+done
+[ -n "$(ss -Htln "sport = :$moto_port")" ] || fail "moto did not listen within 30 s"
+"$sdk_venv/bin/python" tests/sts/moto_setup.py "$sts" >"$work/moto-keys.json" \
+  || fail "tests/sts/moto_setup.py failed"
+moto_key() { "$sdk_venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/moto-keys.json" "$1"; }
+instance_key=$(moto_key access_key_id)
+instance_secret=$(moto_key secret_access_key)
+[ "$(moto_key account)" = "$account" ] || fail "moto's account is $(moto_key account), not $account"
+moto_setup_lines=$(wc -l <"$work/moto.log") # from here on, every `POST /` is an STS call
+
 ip link add "$link" type bridge # no dummy driver on every kernel; an empty bridge works the same
 made_link=1
 ip addr add "$addr/32" dev "$link"
@@ -179,6 +221,9 @@ ip link set "$link" up
 # A GCE token answer as the real service gives it; the token is random per run.
 token=ya29.c.bench-$(head -c 150 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 180)
 token_json="{\"access_token\":\"$token\",\"expires_in\":3599,\"token_type\":\"Bearer\"}"
+# EC2's answers for the instance's own role, which the daemon reads (through its IMDSv2
+# session) to sign AssumeRole with: moto's user keys, no session token.
+instance_json="{\"Code\":\"Success\",\"LastUpdated\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"$instance_key\",\"SecretAccessKey\":\"$instance_secret\",\"Token\":\"\",\"Expiration\":\"$(date -u -d '+6 hours' +%Y-%m-%dT%H:%M:%SZ)\"}"
 
 nginx_conf() { # nginx_conf DIR SERVERS...: the whole file, the servers' text appended
   local dir=$1
@@ -217,6 +262,22 @@ origin_server() { # origin_server PORT [DIRECTIVE for the token location]
         location = $meta_path {
             default_type application/text;
             return 200 '$meta_value';
+        }
+        location = /latest/api/token {
+            default_type text/plain;
+            return 200 'bench-imdsv2-session';
+        }
+        location = /latest/meta-data/iam/security-credentials/ {
+            default_type text/plain;
+            return 200 'instance-role';
+        }
+        location = /latest/meta-data/iam/security-credentials/instance-role {
+            default_type text/plain;
+            return 200 '$instance_json';
+        }
+        location = /latest/meta-data/placement/region {
+            default_type text/plain;
+            return 200 'us-east-1';
         }
         location / {
             return 404;
@@ -268,24 +329,61 @@ for i in $(seq 0 $((ncont - 1))); do
   docker run -d --rm --label "$label" --name "$net-c$i" --network "$net" "$image" sleep 900 >/dev/null &
   pids+=($!)
 done
+# The assumed-role load comes from two more: one labelled for imds-proxy (its policy
+# allows the role), one with metadataproxy's IAM_ROLE in its environment.
+docker run -d --rm --label "$label" --name "$net-aws" --network "$net" \
+  --label imds-proxy.policy=bench-aws --label "imds-proxy.aws.role-arn=$role_arn" \
+  "$image" sleep 900 >/dev/null &
+pids+=($!)
+docker run -d --rm --label "$label" --name "$net-mp" --network "$net" --env IAM_ROLE=reader \
+  "$image" sleep 900 >/dev/null &
+pids+=($!)
 for p in "${pids[@]}"; do wait "$p" || fail "a container did not start"; done
 netns=()
 for i in $(seq 0 $((ncont - 1))); do
   netns+=(--netns "/proc/$(docker inspect -f '{{.State.Pid}}' "$net-c$i")/ns/net")
 done
 cpid=$(docker inspect -f '{{.State.Pid}}' "$net-c0") # the steady-state load comes from this one
+aws_pid=$(docker inspect -f '{{.State.Pid}}' "$net-aws")
+mp_cpid=$(docker inspect -f '{{.State.Pid}}' "$net-mp")
+gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "$net")
+
+# --- metadataproxy --------------------------------------------------------------------
+# As its settings.py reads them: the caller's role from its container's IAM_ROLE, found
+# through the Docker socket by source address; STS through botocore (its own AWS_REGION
+# would hard-code the real STS endpoint, so only AWS_DEFAULT_REGION is set); paths other
+# than credentials to the origin. gunicorn's sync workers, as many as the daemon's.
+env -i PATH=/usr/bin:/bin HOME="$work" \
+  METADATA_URL="http://$addr:$direct_port" DEFAULT_ACCOUNT_ID="$account" \
+  AWS_ACCESS_KEY_ID="$instance_key" AWS_SECRET_ACCESS_KEY="$instance_secret" \
+  AWS_DEFAULT_REGION=us-east-1 AWS_ENDPOINT_URL_STS="$sts" AWS_EC2_METADATA_DISABLED=true \
+  "$mp_venv/bin/gunicorn" metadataproxy:app -b "$gateway:$mp_port" -w "$workers" \
+  >"$work/metadataproxy.log" 2>&1 &
+mp_pid=$!
+for _ in $(seq 150); do
+  [ -n "$(ss -Htln "sport = :$mp_port")" ] && break
+  kill -0 "$mp_pid" 2>/dev/null || fail "metadataproxy exited while starting: $(tail -3 "$work/metadataproxy.log")"
+  sleep 0.2
+done
+[ -n "$(ss -Htln "sport = :$mp_port")" ] || fail "metadataproxy did not listen within 30 s"
 
 # --- the daemon -----------------------------------------------------------------------
 if why=$(busy); then fail "$why (it started while this run was being set up)"; fi
 # The GCE class's quota on the real service (50/s, 16 in flight) would measure the quota,
 # not the proxy: the origin here is local, so the bench lifts it. The cache stays on.
-cat >"$work/daemon.toml" <<'TOML'
+cat >"$work/daemon.toml" <<TOML
 [upstream_limits]
 gce = "1000000/s burst 1000000"
 [upstream_concurrency]
 gce = 1024
+
+# The assumed-role rows: the one role the labelled container asks for.
+[policies.bench-aws]
+default = "allow"
+aws_roles = ["$role_arn"]
 TOML
-IMDS_PROXY_LOG=info "$bin" run --config "$work/daemon.toml" --upstream "http://$addr:$up_port" >"$work/daemon.log" 2>&1 &
+AWS_ENDPOINT_URL_STS=$sts IMDS_PROXY_LOG=info "$bin" run --config "$work/daemon.toml" \
+  --upstream "http://$addr:$up_port" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 200); do
   grep -q "interception live" "$work/daemon.log" && break
@@ -296,10 +394,11 @@ grep -q "interception live" "$work/daemon.log" || fail "the daemon did not go li
 # Only now may a container send to 169.254.169.254.
 
 kv() { sed -n "s/^$2=//p" "$1" | tail -n 1; } # kv FILE KEY
+hdr=(-H "$flavor") # the request header of checks and loads: GCE's, but none for AWS
 check() { # check NAME ADDR PATH EXPECT COUNT [NETNS...]: COUNT answers, each containing EXPECT
   local name=$1 to=$2 path=$3 expect=$4 count=$5
   shift 5
-  "$tool" burst "$@" --addr "$to" --path "$path" -H "$flavor" --expect "$expect" --total "$count" >"$work/check.txt"
+  "$tool" burst "$@" --addr "$to" --path "$path" "${hdr[@]}" --expect "$expect" --total "$count" >"$work/check.txt"
   [ "$(kv "$work/check.txt" ok)" = "$count" ] || fail "$name: $(tr '\n' ' ' <"$work/check.txt")"
 }
 imds=169.254.169.254:80
@@ -328,18 +427,19 @@ sampler_pid=$!
 max_rss() { awk -v p="$1" '/^phase/ { on = ($2 == p); next } on && $1 > m { m = $1 } END { print m + 0 }' "$work/rss.txt"; }
 
 # --- steady load with wrk, from container 0's namespace --------------------------------
+load_pid=$cpid # the container whose network namespace the load comes from
 measure() { # measure NAME URL CONNECTIONS [perf]: a warm-up, then the measured run
   local name=$1 url=$2 conns=$3 threads=1 perf_pid=""
   [ "$conns" -gt 1 ] && threads=$workers
-  local args=(-t"$threads" -c"$conns" --timeout 5s -H "$flavor" -s bench/wrk-report.lua)
+  local args=(-t"$threads" -c"$conns" --timeout 5s "${hdr[@]}" -s bench/wrk-report.lua)
   sleep 0.5 # the previous run's connections are closed: the daemon counts 64 per container
-  nsenter -t "$cpid" -n wrk "${args[@]}" -d"${warmup}s" "$url" >/dev/null
+  nsenter -t "$load_pid" -n wrk "${args[@]}" -d"${warmup}s" "$url" >/dev/null
   sleep 0.5
   if [ "${4:-}" = perf ] && [ -n "${IMDS_PROXY_BENCH_PERF:-}" ]; then
     perf record -q -g -p "$daemon_pid" -o "$IMDS_PROXY_BENCH_PERF" -- sleep "$seconds" 2>/dev/null &
     perf_pid=$!
   fi
-  nsenter -t "$cpid" -n wrk "${args[@]}" -d"${seconds}s" "$url" >"$res/$name.txt"
+  nsenter -t "$load_pid" -n wrk "${args[@]}" -d"${seconds}s" "$url" >"$res/$name.txt"
   if [ -n "$perf_pid" ]; then wait "$perf_pid" || echo "bench: perf record failed" >&2; fi
   printf '  %-18s %8.0f req/s  p50 %5s µs  p99 %6s µs  errors %s\n' "$name" \
     "$(kv "$res/$name.txt" rps)" "$(kv "$res/$name.txt" p50_us)" "$(kv "$res/$name.txt" p99_us)" \
@@ -381,6 +481,31 @@ for c in 1 64; do
   measure "cached-static-c$c" "$direct_url$token_path" "$c"
 done
 
+# 5. Assumed AWS role credentials, cached: role reader for a container, through
+#    imds-proxy (its broker holds the session) and through metadataproxy (which caches
+#    the role's credentials). Both answer a plain IMDSv1 GET (metadataproxy has no
+#    IMDSv2); each container's first request has been answered before the warm-up.
+echo "assumed role, cached (${seconds} s each; metadataproxy with $workers sync workers):" >&2
+echo "phase assumed" >>"$work/rss.txt"
+hdr=()
+check "imds-proxy, assumed role" "$imds" "$creds_path" AccessKeyId 1 --netns "/proc/$aws_pid/ns/net"
+check "metadataproxy, assumed role" "$gateway:$mp_port" "$creds_path" AccessKeyId 1 --netns "/proc/$mp_cpid/ns/net"
+for c in 1 64; do
+  load_pid=$aws_pid
+  measure "aws-daemon-c$c" "$daemon_url$creds_path" "$c"
+  load_pid=$mp_cpid
+  measure "aws-mp-c$c" "http://$gateway:$mp_port$creds_path" "$c"
+done
+load_pid=$cpid
+hdr=(-H "$flavor")
+# Who asked STS how often: the daemon logs each AssumeRole; moto logs every call.
+{
+  echo "daemon_assume=$(grep -c " assumed role " "$work/daemon.log" || true)"
+  echo "sts_calls=$(tail -n +$((moto_setup_lines + 1)) "$work/moto.log" | grep -c '"POST / HTTP' || true)"
+} >"$res/aws.txt"
+grep " assumed role " "$work/daemon.log" | sed 's/^/  daemon: /' >&2 || true
+echo "  STS calls: $(kv "$res/aws.txt" sts_calls), of them imds-proxy's AssumeRole: $(kv "$res/aws.txt" daemon_assume)" >&2
+
 # --- 4. memory, the machine, the report ---------------------------------------------
 kill "$sampler_pid" 2>/dev/null
 wait "$sampler_pid" 2>/dev/null || true
@@ -389,6 +514,7 @@ sampler_pid=""
   echo "steady_rss_kib=$(max_rss steady)"
   echo "burst_rss_kib=$(max_rss burst)"
   echo "cached_rss_kib=$(max_rss cached)"
+  echo "assumed_rss_kib=$(max_rss assumed)"
   echo "hwm_kib=$(status_kib VmHWM)"
 } >>"$res/memory.txt"
 {
@@ -403,6 +529,9 @@ sampler_pid=""
   echo "seconds=$seconds"
   echo "warmup=$warmup"
   echo "workers=$workers"
+  echo "metadataproxy=$("$mp_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("metadataproxy"))')"
+  echo "gunicorn=$("$mp_venv/bin/gunicorn" --version 2>&1 | awk '{ print $NF }' | tr -d '()')"
+  echo "moto=$("$sdk_venv/bin/python" -c 'import moto; print(moto.__version__)')"
 } >"$res/meta.txt"
 warnings=$(grep -c ' WARN ' "$work/daemon.log" || true)
 [ "$warnings" = 0 ] || echo "the daemon logged $warnings warnings, e.g.: $(grep -m1 ' WARN ' "$work/daemon.log")" >&2

@@ -46,29 +46,12 @@ check_tiers() {
 }
 
 # sdk_venv: the virtualenv with the SDKs of tests/sdk/requirements.txt (tests/sdk.rs runs
-# them in containers, through read-only mounts). Built once per requirements file and
-# interpreter, kept under /var/cache; exported as IMDS_PROXY_SDK_VENV.
+# them in containers, through read-only mounts), built once per requirements file and
+# interpreter and kept under /var/cache by scripts/sdk-venv.sh (bench/run.sh uses it
+# too); exported as IMDS_PROXY_SDK_VENV.
 sdk_venv() {
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "installing: python3 python3-venv" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends python3 python3-venv >/dev/null
-  fi
-  local key venv
-  key=$({ cat tests/sdk/requirements.txt; python3 -c 'import sys; print(sys.version, sys.base_prefix)'; } \
-    | sha256sum | cut -c1-16)
-  venv=/var/cache/imds-proxy-test/sdk-venv-$key
-  if [ ! -f "$venv/.complete" ]; then
-    echo "creating the SDK virtualenv $venv" >&2
-    rm -rf "$venv"
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
-    "$venv/bin/python" -c 'import google.auth, azure.identity, boto3, cryptography, moto.server'
-    touch "$venv/.complete"
-  fi
-  export IMDS_PROXY_SDK_VENV=$venv
+  IMDS_PROXY_SDK_VENV=$(scripts/sdk-venv.sh)
+  export IMDS_PROXY_SDK_VENV
 }
 
 # node_sdks: the Node.js SDKs of tests/agents/package.json (tests/agents.rs runs them on
@@ -93,6 +76,10 @@ node_sdks() {
 [ "$(id -u)" = 0 ] || { echo "the suite needs root (namespaces, nftables, Docker)" >&2; exit 1; }
 scripts/install-deps.sh test
 sdk_venv
+# lyft's metadataproxy, the peer tests/sts.rs compares the daemon with (built and cached
+# by the same script as bench/run.sh uses).
+IMDS_PROXY_METADATAPROXY_VENV=$(bench/peers/metadataproxy-venv.sh)
+export IMDS_PROXY_METADATAPROXY_VENV
 node_sdks
 
 work=$(mktemp -d /tmp/imds-proxy-test.XXXXXX)

@@ -19,8 +19,12 @@
 //! - with STS gone, a new replica still gets the held credentials of its session, and a
 //!   session nothing holds answers `503` `CredentialsUnavailable`.
 //!
+//! A second test runs lyft's metadataproxy beside the daemon, against the same moto,
+//! and shows what a user would notice through each (IMDSv2, session names).
+//!
 //! Root namespace, same safety order as tests/sdk.rs. Needs $IMDS_PROXY_SDK_VENV (with
-//! moto; scripts/test.sh builds it).
+//! moto; scripts/test.sh builds it) and, for the second test,
+//! $IMDS_PROXY_METADATAPROXY_VENV (bench/peers/metadataproxy-venv.sh).
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -399,4 +403,274 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         &format!("sts: {REPLICAS} replicas of one role, wall (ms)"),
         twenty.as_millis(),
     );
+}
+
+/// lyft's metadataproxy (gunicorn, sync workers), stopped when dropped.
+struct MetadataProxy {
+    child: Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl MetadataProxy {
+    /// Starts metadataproxy from the virtualenv of $IMDS_PROXY_METADATAPROXY_VENV on
+    /// `host:port` (bench/peers/metadataproxy-venv.sh builds it; scripts/test.sh sets
+    /// the variable), signing its STS calls with `keys` and sending them to `sts`; it
+    /// finds a caller's role in the container's `IAM_ROLE` through the Docker socket,
+    /// as it is usually run. Paths other than credentials go to `metadata_url`.
+    fn start(
+        test: &str,
+        host: &str,
+        port: u16,
+        keys: &Value,
+        sts: &str,
+        metadata_url: &str,
+    ) -> Option<Self> {
+        const VAR: &str = "IMDS_PROXY_METADATAPROXY_VENV";
+        let Ok(venv) = std::env::var(VAR) else {
+            harness::suite::unable(
+                test,
+                &format!("{VAR} is not set (bench/peers/metadataproxy-venv.sh builds it)"),
+            );
+            return None;
+        };
+        let gunicorn = std::path::Path::new(&venv).join("bin/gunicorn");
+        if !gunicorn.is_file() {
+            harness::suite::unable(test, &format!("{} is missing", gunicorn.display()));
+            return None;
+        }
+        let log = std::env::temp_dir().join(format!(
+            "imds-proxy-metadataproxy-{}.log",
+            std::process::id()
+        ));
+        let child = Command::new(gunicorn)
+            .args([
+                "metadataproxy:app",
+                "-b",
+                &format!("{host}:{port}"),
+                "-w",
+                "2",
+            ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", std::env::temp_dir())
+            .env("METADATA_URL", metadata_url)
+            .env("DEFAULT_ACCOUNT_ID", keys["account"].as_str().unwrap())
+            .env("AWS_ACCESS_KEY_ID", keys["access_key_id"].as_str().unwrap())
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                keys["secret_access_key"].as_str().unwrap(),
+            )
+            // Its own AWS_REGION would hard-code the real STS endpoint; botocore's
+            // default region and STS endpoint variables point it at moto instead.
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_ENDPOINT_URL_STS", sts)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start metadataproxy");
+        let addr = format!("{host}:{port}");
+        let mp = Self {
+            child,
+            url: format!("http://{addr}"),
+            log,
+        };
+        until(Duration::from_secs(30), "metadataproxy answers", || {
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
+        });
+        Some(mp)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MetadataProxy {
+    fn drop(&mut self) {
+        // SIGTERM: gunicorn's master stops its workers, then itself.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// What a user of each proxy notices, from containers asking for role `reader`, both
+/// proxies running side by side on this host against the same moto:
+/// - imds-proxy answers the IMDSv2 token PUT, and boto3 with IMDSv1 disabled (the
+///   hardened default of current AWS images) gets `assumed-role/reader/<container>`:
+///   STS, and so CloudTrail, names the container that acted;
+/// - metadataproxy answers the PUT with 405 (it has GET routes only), so the same boto3
+///   finds no credentials at all;
+/// - with IMDSv1 allowed, boto3 gets `assumed-role/reader/devproxyauth` through
+///   metadataproxy, the same key in two containers: a session name that says nothing
+///   about which container acted (its session is cached per role, not per container).
+#[test]
+fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
+    let Some(root) = RootNamespace::claim(test_name!()) else {
+        return;
+    };
+    let Some(sdk) = Sdk::from_env_or_skip(test_name!()) else {
+        return;
+    };
+    let _root = root;
+    let mut scene = Scene::new();
+    let net = format!("ipx{}-mp", std::process::id());
+    scene.networks.push(net.clone());
+    cmd(&[
+        "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
+    ]);
+    let gateway = cmd(&[
+        "docker",
+        "network",
+        "inspect",
+        &net,
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+    ])
+    .trim()
+    .to_owned();
+    let base_port = 6055 + (std::process::id() % 1000) as u16;
+    let moto = Moto::start(&sdk, &gateway, base_port);
+    let keys = moto.setup(&sdk);
+    append_to_env_file(
+        "IMDS_PROXY_ISSUED_FILE",
+        keys["secret_access_key"].as_str().unwrap(),
+    );
+    let account = keys["account"].as_str().unwrap().to_owned();
+    let arn =
+        |role: &str, session: &str| format!("arn:aws:sts::{account}:assumed-role/{role}/{session}");
+
+    let cloud_file = cloud_file(&keys);
+    let cloud =
+        start_emulated_cloud_until(&mut scene, cloud_file.path().to_str().unwrap(), |head| {
+            head.starts_with("HTTP/1.1 404")
+        });
+    let config = daemon_config(&account);
+    scene.installed = true;
+    scene.daemon = Some(Daemon::spawn_root_env(
+        &[
+            "run",
+            "--upstream",
+            &format!("http://{IMDS}"),
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        &[("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
+    ));
+    scene
+        .daemon()
+        .wait_for("interception live", Duration::from_secs(15));
+    // metadataproxy on the network's gateway, where the containers reach it. Its
+    // pass-through goes to the stand-in cloud: from here on 169.254.169.254 is routed to
+    // it, and metadataproxy is stopped (dropped) before the scene removes that route.
+    let Some(mp) = MetadataProxy::start(
+        test_name!(),
+        &gateway,
+        base_port + 1,
+        &keys,
+        &moto.endpoint,
+        &format!("http://{IMDS}"),
+    ) else {
+        return;
+    };
+
+    let sts = &moto.endpoint.clone();
+    let reader = json!({"sts": sts, "region": REGION, "role": "reader"});
+    let with = |extra: Value| {
+        let mut v = reader.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let ours_name = format!("ipx{}-ours", std::process::id());
+    let ours = container(
+        "imds-proxy, IMDSv1 disabled",
+        &[
+            "imds-proxy.policy=apps".into(),
+            format!("imds-proxy.aws.role-arn=arn:aws:iam::{account}:role/reader"),
+        ],
+        "assumed",
+        with(json!({"arn": arn("reader", &ours_name)})),
+    );
+    let mut runs = vec![judge_container(&mut scene, &sdk, &ours, &net)];
+    runs[0].rename(&ours_name);
+    // The one change a container needs for metadataproxy: boto3 pointed at its address.
+    // metadataproxy does not intercept 169.254.169.254 itself; deployments add a DNAT
+    // rule of their own, which this test may not add to the host's firewall.
+    let endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", mp.url);
+    let peer_env = |v1_disabled: bool| {
+        let mut env = vec![
+            "IMDS_PROXY_JUDGE_PEER=metadataproxy".to_owned(),
+            endpoint.clone(),
+            "IAM_ROLE=reader".to_owned(),
+        ];
+        if v1_disabled {
+            env.push(CONTAINER_ENV.to_owned());
+        }
+        env
+    };
+    let theirs_v2 = Container {
+        what: "metadataproxy, IMDSv1 disabled".into(),
+        labels: vec![],
+        plan: json!([{"judge": "sts", "mode": "no_v2", "expect": {"status": 405}}]),
+        has_aws_role: false,
+    };
+    let theirs_v1 = Container {
+        what: "metadataproxy, IMDSv1 allowed".into(),
+        labels: vec![],
+        plan: json!([{"judge": "sts", "mode": "assumed_v1",
+                      "expect": with(json!({"arn": arn("reader", "devproxyauth")}))}]),
+        has_aws_role: true,
+    };
+    for (c, v1_disabled) in [(&theirs_v2, true), (&theirs_v1, false), (&theirs_v1, false)] {
+        let env = peer_env(v1_disabled);
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        runs.push(judge_container_env(&mut scene, &sdk, c, &net, &env));
+    }
+    let verdicts = run_all(runs);
+    for v in &verdicts {
+        eprintln!("{} ({}, {:?}): {:?}", v.what, v.name, v.took, v.lines);
+    }
+    for v in &verdicts {
+        if v.lines.iter().any(|l| l["ok"] != true) {
+            eprintln!("metadataproxy's log:\n{}", mp.log());
+        }
+        v.assert_passed(Mode::Proxy);
+    }
+    let key = |v: &Verdict, mode: &str| v.line("sts", mode)["access_key_id"].clone();
+    assert_eq!(
+        key(&verdicts[2], "assumed_v1"),
+        key(&verdicts[3], "assumed_v1"),
+        "metadataproxy gives two containers of one role the same session"
+    );
+    assert_ne!(
+        key(&verdicts[0], "assumed"),
+        key(&verdicts[2], "assumed_v1")
+    );
+    assert_eq!(verdicts[2].line("sts", "assumed_v1")["token_status"], 405);
+
+    let daemon = scene.daemon();
+    for (who, log) in [
+        ("daemon", daemon.log().join("\n")),
+        ("stand-in cloud", cloud.log().join("\n")),
+    ] {
+        assert!(
+            !log.contains(keys["secret_access_key"].as_str().unwrap()),
+            "the instance's secret key appears in the {who}'s log"
+        );
+    }
+    drop(mp);
 }

@@ -276,6 +276,33 @@ fn rows(r: &Results) -> Vec<Row> {
             Verdict::None,
         ));
     }
+    for conns in [1, 64] {
+        let daemon = Steady::get(r, &format!("aws-daemon-c{conns}"));
+        let peer = Steady::get(r, &format!("aws-mp-c{conns}"));
+        let against = format!(
+            "{} metadataproxy req/s; p99 {} metadataproxy's",
+            times(ratio(daemon.map(|d| d.rps), peer.map(|p| p.rps))),
+            times(ratio(daemon.map(|d| d.p99), peer.map(|p| p.p99))),
+        );
+        rows.push(steady_row(
+            "assumed role, cached",
+            "imds-proxy",
+            conns,
+            daemon,
+            against,
+            "",
+            Verdict::None,
+        ));
+        rows.push(steady_row(
+            "assumed role, cached",
+            "metadataproxy",
+            conns,
+            peer,
+            "peer".into(),
+            "",
+            Verdict::None,
+        ));
+    }
     rows.push(burst_row(r));
     rows.push(memory_row(r));
     rows
@@ -315,14 +342,15 @@ fn burst_row(r: &Results) -> Row {
 
 fn memory_row(r: &Results) -> Row {
     let kib = |k| r.num("memory", k);
-    let (steady, burst, cached, hwm) = (
+    let (steady, burst, cached, assumed, hwm) = (
         kib("steady_rss_kib"),
         kib("burst_rss_kib"),
         kib("cached_rss_kib"),
+        kib("assumed_rss_kib"),
         kib("hwm_kib"),
     );
     // The peak under any load: VmHWM also holds peaks between two samples.
-    let peak = [steady, burst, cached, hwm]
+    let peak = [steady, burst, cached, assumed, hwm]
         .into_iter()
         .flatten()
         .reduce(f64::max);
@@ -335,11 +363,12 @@ fn memory_row(r: &Results) -> Row {
         p99: "—".into(),
         errors: "—".into(),
         against: format!(
-            "VmRSS idle {}; largest sample {} in pass-through, {} in the burst, {} with tokens after it; VmHWM {}",
+            "VmRSS idle {}; largest sample {} in pass-through, {} in the burst, {} with tokens after it, {} with assumed roles; VmHWM {}",
             mib(kib("idle_rss_kib")),
             mib(steady),
             mib(burst),
             mib(cached),
+            mib(assumed),
             mib(hwm)
         ),
         target: "< 30 MiB under load",
@@ -356,7 +385,8 @@ fn render(r: &Results) -> String {
         out,
         "{}, `nproc` {}, kernel {}, {}; imds-proxy {}; {}, nginx {}, Docker {}. \
          Each measurement {} s after a {} s warm-up; the daemon has {} worker threads and \
-         each nginx as many worker processes.\n",
+         each nginx as many worker processes; metadataproxy {} under gunicorn {} has as \
+         many sync workers; STS is moto {}.\n",
         m("date"),
         m("nproc"),
         m("kernel"),
@@ -368,6 +398,9 @@ fn render(r: &Results) -> String {
         m("seconds"),
         m("warmup"),
         m("workers"),
+        m("metadataproxy"),
+        m("gunicorn"),
+        m("moto"),
     );
     out.push_str(
         "| scenario | served by | connections | req/s | p50 µs | p99 µs | errors | against the baseline | target | result |\n\
@@ -399,6 +432,26 @@ fn render(r: &Results) -> String {
          `GET /computeMetadata/v1/instance/service-accounts/default/token` with \
          `Metadata-Flavor: Google`; pass-through: `GET /computeMetadata/v1/instance/id`. \
          Errors: failed connections and non-2xx answers.\n",
+    );
+    out.push_str(
+        "\nAssumed role, cached: `GET /latest/meta-data/iam/security-credentials/reader` \
+         (IMDSv1, which both serve; metadataproxy has no IMDSv2), each from its own \
+         container, after that container's first answer: the role's credentials from \
+         AssumeRole on moto, signed with the instance's keys, are held and served again. \
+         imds-proxy: a container labelled with the role, through the daemon's DNAT as \
+         above. metadataproxy (lyft's, bench/peers/): a container with `IAM_ROLE=reader`, \
+         sending to metadataproxy's own address on the host (the network's gateway); \
+         there is no DNAT to it, because the bench adds no iptables rules of its own, \
+         where a deployment of metadataproxy would add one. It finds the caller's \
+         container through the Docker socket on every request.",
+    );
+    let daemon_assume = r.num("aws", "daemon_assume");
+    let sts_calls = r.num("aws", "sts_calls");
+    let _ = writeln!(
+        out,
+        " STS calls after moto's setup: {} in all, {} of them imds-proxy's AssumeRole.",
+        int(sts_calls),
+        int(daemon_assume),
     );
     out
 }
@@ -517,6 +570,8 @@ mod tests {
             ("pass-daemon-c1".into(), wrk(4_000, 250, 300)),
             ("pass-proxy-c1".into(), wrk(3_000, 300, 400)),
             ("pass-direct-c1".into(), wrk(8_000, 120, 150)),
+            ("aws-daemon-c64".into(), wrk(20_000, 2000, 4000)),
+            ("aws-mp-c64".into(), wrk(200, 300_000, 800_000)),
             (
                 "burst".into(),
                 "requests=1000\nok=1000\nfailed=0\nupstream=1000\ncontainers=16\np50_us=900\np99_us=4000\n".into(),
@@ -532,7 +587,7 @@ mod tests {
             .collect();
         let out = render(&Results::from_texts(&files));
         let table: Vec<&str> = out.lines().filter(|l| l.starts_with('|')).collect();
-        assert_eq!(table.len(), 2 + 4 + 6 + 2, "{out}");
+        assert_eq!(table.len(), 2 + 4 + 6 + 4 + 2, "{out}");
         let row = |scenario: &str, server: &str, conns: &str| {
             table
                 .iter()
@@ -559,10 +614,18 @@ mod tests {
             burst.ends_with("| **miss** (upstream requests) |"),
             "{burst}"
         );
+        assert!(row("assumed role, cached", "imds-proxy", "64")
+            .contains("100.00× metadataproxy req/s; p99 0.01× metadataproxy's"));
+        assert!(row("assumed role, cached", "metadataproxy", "64").contains("| 200 |"));
+        assert!(row("assumed role, cached", "imds-proxy", "1").contains("n/a"));
         assert!(row("memory", "imds-proxy", "—")
             .contains(
-            "VmRSS idle 8.0 MiB; largest sample 10.0 MiB in pass-through, 12.0 MiB in the burst, 11.0 MiB with tokens after it; VmHWM 13.0 MiB"
+            "VmRSS idle 8.0 MiB; largest sample 10.0 MiB in pass-through, 12.0 MiB in the burst, 11.0 MiB with tokens after it, n/a with assumed roles; VmHWM 13.0 MiB"
         ));
         assert!(out.contains("`nproc` 2, kernel 6.1"), "{out}");
+        assert!(
+            out.contains("STS calls after moto's setup: n/a in all"),
+            "{out}"
+        );
     }
 }

@@ -72,20 +72,47 @@ def must(condition, message):
         raise Failure(message)
 
 
+# Set (to the peer's name) in a container that judges a peer metadata proxy reached at
+# its own address rather than at 169.254.169.254 (lyft's metadataproxy, which has no
+# interception of its own): then, and only then, AWS_EC2_METADATA_SERVICE_ENDPOINT may
+# point boto3 at it, and IMDSv1 may be left allowed (the judge's mode says which).
+PEER = "IMDS_PROXY_JUDGE_PEER"
+PEER_ENDPOINT = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+
+
 def check_environment():
     """Refuses an environment that redirects an SDK or offers it other credentials, and
     one where boto3 could fall back to IMDSv1 (the container's only variable turns it
-    off, so boto3's credentials prove the IMDSv2 path)."""
-    present = [name for name in REDIRECTS + OTHER_SOURCES if name in os.environ]
+    off, so boto3's credentials prove the IMDSv2 path). A peer's container (PEER set)
+    must instead point boto3 at the peer, and nothing else."""
+    peer = os.environ.get(PEER)
+    allowed = (PEER_ENDPOINT,) if peer else ()
+    present = [n for n in REDIRECTS + OTHER_SOURCES if n in os.environ and n not in allowed]
     must(
         not present,
         "the container's environment points an SDK elsewhere or offers it other "
         "credentials (%s): the judges must use the SDKs' defaults" % ", ".join(present),
     )
-    must(
-        os.environ.get("AWS_EC2_METADATA_V1_DISABLED") == "true",
-        "AWS_EC2_METADATA_V1_DISABLED is not true: boto3 could fall back to IMDSv1",
-    )
+    if peer:
+        must(
+            os.environ.get(PEER_ENDPOINT, "").startswith("http://"),
+            "%s=%s but %s is not an http:// address" % (PEER, peer, PEER_ENDPOINT),
+        )
+        must(
+            os.environ.get("AWS_EC2_METADATA_V1_DISABLED") in (None, "true"),
+            "AWS_EC2_METADATA_V1_DISABLED is neither true nor unset",
+        )
+    else:
+        must(
+            os.environ.get("AWS_EC2_METADATA_V1_DISABLED") == "true",
+            "AWS_EC2_METADATA_V1_DISABLED is not true: boto3 could fall back to IMDSv1",
+        )
+
+
+def aws_base():
+    """Where boto3 asks for instance credentials: the peer's address in a peer's
+    container, else the metadata address."""
+    return os.environ.get(PEER_ENDPOINT, "http://%s" % IMDS).rstrip("/")
 
 
 def raw(method, url, headers=None, timeout=5):

@@ -16,7 +16,7 @@ from common import Failure, check_environment
 
 JUDGES = {"gce": "gce_judge", "azure": "azure_judge", "aws": "aws_judge", "sts": "sts_judge", "iam": "iam_judge"}
 # Modes a judge may offer; a plan naming another is a mistake in the plan.
-MODES = ("serve", "refuse", "absent", "assumed", "none", "held", "impersonated", "denied")
+MODES = ("serve", "refuse", "absent", "assumed", "none", "held", "impersonated", "denied", "no_v2", "assumed_v1")
 
 
 def main():

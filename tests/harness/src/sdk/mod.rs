@@ -30,7 +30,7 @@ pub const VENV_VAR: &str = "IMDS_PROXY_SDK_VENV";
 const JUDGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The one variable a container gets: boto3 must not fall back to IMDSv1, so its
 /// credentials prove the IMDSv2 session tokens the proxy issues.
-const CONTAINER_ENV: &str = "AWS_EC2_METADATA_V1_DISABLED=true";
+pub const CONTAINER_ENV: &str = "AWS_EC2_METADATA_V1_DISABLED=true";
 
 /// The host's Python and the virtualenv, as containers mount them.
 pub struct Sdk {
@@ -157,13 +157,29 @@ impl Verdict {
 /// metadata service is (google-auth finds `metadata.google.internal` through the
 /// container's own DNS).
 pub fn judge_container(scene: &mut Scene, sdk: &Sdk, c: &Container, network: &str) -> JudgeRun {
+    judge_container_env(scene, sdk, c, network, &[CONTAINER_ENV])
+}
+
+/// [`judge_container`] with `env` (`NAME=value`) as the container's whole environment
+/// instead of [`CONTAINER_ENV`]: for a peer the container must be pointed at, which
+/// the judges accept only when told so (tests/sdk/common.py).
+pub fn judge_container_env(
+    scene: &mut Scene,
+    sdk: &Sdk,
+    c: &Container,
+    network: &str,
+    env: &[&str],
+) -> JudgeRun {
     scene.assert_intercepted();
     let name = scene.next_name();
     let mut args: Vec<String> = ["run", "--rm", "--label", LABEL, "--name", &name]
         .into_iter()
-        .chain(["--network", network, "--env", CONTAINER_ENV])
+        .chain(["--network", network])
         .map(str::to_owned)
         .collect();
+    for e in env {
+        args.extend(["--env".to_owned(), (*e).to_owned()]);
+    }
     for l in &c.labels {
         args.extend(["--label".to_owned(), l.clone()]);
     }
