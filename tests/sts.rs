@@ -651,11 +651,10 @@ fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
         v.assert_passed(Mode::Proxy);
     }
     let key = |v: &Verdict, mode: &str| v.line("sts", mode)["access_key_id"].clone();
-    assert_eq!(
-        key(&verdicts[2], "assumed_v1"),
-        key(&verdicts[3], "assumed_v1"),
-        "metadataproxy gives two containers of one role the same session"
-    );
+    // Both of metadataproxy's containers act as one session, named for no container
+    // (each of its workers holds credentials of its own, so the keys may differ).
+    let whose = |v: &Verdict| v.line("sts", "assumed_v1")["arn"].clone();
+    assert_eq!(whose(&verdicts[2]), whose(&verdicts[3]));
     assert_ne!(
         key(&verdicts[0], "assumed"),
         key(&verdicts[2], "assumed_v1")
