@@ -26,7 +26,8 @@ pub struct AwsSettings {
     pub base_role_arn: Option<String>,
     /// `DurationSeconds`.
     pub duration: Duration,
-    /// Session tags `imds-proxy:container`, `imds-proxy:host` on each session.
+    /// Session tags `imds-proxy:container`, `imds-proxy:image`, `imds-proxy:host` on
+    /// each session.
     pub session_tags: bool,
     /// `SourceIdentity` set to the container's name.
     pub source_identity: bool,
@@ -72,14 +73,20 @@ pub struct SpecError {
     pub reason: String,
 }
 
-/// The role session for a container named `name` with `labels`, which asked for
-/// `assume`.
+/// The container a role session is for, as the session's name and tags see it.
+pub struct Asker<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The role session for `asker`, which asked for `assume`.
 pub fn role_spec(
     assume: &AwsAssume,
-    name: &str,
-    labels: &BTreeMap<String, String>,
+    asker: &Asker<'_>,
     settings: &AwsSettings,
 ) -> Result<RoleSpec, SpecError> {
+    let (name, labels) = (asker.name, asker.labels);
     let arn =
         role_arn(&assume.role, settings.base_role_arn.as_deref()).map_err(|reason| SpecError {
             given: assume.role.clone(),
@@ -107,6 +114,9 @@ pub fn role_spec(
     let mut tags = Vec::new();
     if settings.session_tags {
         tags.push(("imds-proxy:container".to_owned(), tag_value(name)));
+        if !asker.image.is_empty() {
+            tags.push(("imds-proxy:image".to_owned(), tag_value(asker.image)));
+        }
         tags.push(("imds-proxy:host".to_owned(), tag_value(&settings.host)));
     }
     Ok(RoleSpec {
@@ -276,7 +286,15 @@ mod tests {
         assert_eq!(session_name(&"y".repeat(100)).len(), 64);
         let s = AwsSettings::default();
         let a = assume("arn:aws:iam::123456789012:role/r");
-        let spec = |l: &[(&str, &str)]| role_spec(&a, "proj-web-3", &labels(l), &s).unwrap();
+        let spec = |l: &[(&str, &str)]| {
+            let labels = labels(l);
+            let asker = Asker {
+                name: "proj-web-3",
+                image: "",
+                labels: &labels,
+            };
+            role_spec(&a, &asker, &s).unwrap()
+        };
         assert_eq!(spec(&[]).session_name, "proj-web-3");
         assert_eq!(
             spec(&[("com.docker.compose.service", "web")]).session_name,
@@ -291,10 +309,14 @@ mod tests {
             session_name: Some("billing job".into()),
             ..a.clone()
         };
+        let none = labels(&[]);
+        let c = Asker {
+            name: "c",
+            image: "",
+            labels: &none,
+        };
         assert_eq!(
-            role_spec(&named, "c", &labels(&[]), &s)
-                .unwrap()
-                .session_name,
+            role_spec(&named, &c, &s).unwrap().session_name,
             "billing-job"
         );
     }
@@ -306,7 +328,13 @@ mod tests {
             external_id: Some("ext-1".into()),
             session_name: None,
         };
-        let plain = role_spec(&a, "c1", &labels(&[]), &AwsSettings::default()).unwrap();
+        let none = labels(&[]);
+        let c1 = Asker {
+            name: "c1",
+            image: "registry/app:1.2",
+            labels: &none,
+        };
+        let plain = role_spec(&a, &c1, &AwsSettings::default()).unwrap();
         assert!(plain.tags.is_empty() && plain.source_identity.is_none());
         assert_eq!(plain.external_id.as_deref(), Some("ext-1"));
         assert_eq!(plain.duration_secs, 3600);
@@ -316,11 +344,12 @@ mod tests {
             host: "host-a".into(),
             ..Default::default()
         };
-        let tagged = role_spec(&a, "c1", &labels(&[]), &s).unwrap();
+        let tagged = role_spec(&a, &c1, &s).unwrap();
         assert_eq!(
             tagged.tags,
             vec![
                 ("imds-proxy:container".to_owned(), "c1".to_owned()),
+                ("imds-proxy:image".to_owned(), "registry/app:1.2".to_owned()),
                 ("imds-proxy:host".to_owned(), "host-a".to_owned())
             ]
         );
@@ -329,6 +358,6 @@ mod tests {
             external_id: Some("x".into()),
             ..a
         };
-        assert!(role_spec(&bad, "c", &labels(&[]), &s).is_err());
+        assert!(role_spec(&bad, &c1, &s).is_err());
     }
 }

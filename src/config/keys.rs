@@ -393,7 +393,7 @@ pub static AWS_SESSION_SECONDS: Key<Duration> = Key {
 
 pub static AWS_SESSION_TAGS: Key<bool> = Key {
     name: "aws_session_tags",
-    help: "Tag each assumed-role session with imds-proxy:container and imds-proxy:host (the role's trust policy must allow sts:TagSession); one session per container then",
+    help: "Tag each assumed-role session with imds-proxy:container, imds-proxy:image and imds-proxy:host (the role's trust policy must allow sts:TagSession); one session per container then",
     form: Form::Switch,
     default: DefaultValue::Text("false"),
     parse: bool_value,

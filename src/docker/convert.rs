@@ -22,6 +22,7 @@ pub fn from_summary(c: &ContainerSummary) -> Option<Container> {
         id: ContainerId(id),
         name,
         labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
+        image: c.image.clone().unwrap_or_default(),
         networks: endpoints(networks),
         pid: None,
     })
@@ -49,6 +50,11 @@ pub fn from_inspect(c: &ContainerInspectResponse) -> Option<Container> {
             .unwrap_or_default()
             .into_iter()
             .collect(),
+        image: c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.image.clone())
+            .unwrap_or_default(),
         networks: endpoints(networks),
         pid: state.pid.filter(|p| *p > 0),
     })

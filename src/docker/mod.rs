@@ -46,6 +46,8 @@ pub struct Endpoint {
     /// Name without Docker's leading `/`.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The image it runs, as Docker names it.
+    pub image: String,
     /// Docker network name.
     pub network: String,
     pub ipv4: Ipv4Addr,

@@ -28,6 +28,8 @@ pub struct Container {
     /// Name without Docker's leading `/`.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The image it runs, as Docker names it (empty until an inspect or a list says).
+    pub image: String,
     /// Its endpoints, by Docker network name.
     pub networks: BTreeMap<String, Addresses>,
     /// Its init process, where Docker said (an inspect does; a list does not).
@@ -107,6 +109,7 @@ impl State {
             id: id.clone(),
             name: name.clone(),
             labels: labels.clone(),
+            image: String::new(),
             networks: [(
                 network,
                 Addresses {
@@ -294,6 +297,7 @@ impl State {
                     container: c.id.clone(),
                     name: c.name.clone(),
                     labels: c.labels.clone(),
+                    image: c.image.clone(),
                     network,
                     ipv4: a.ipv4,
                     ipv6: a.ipv6,

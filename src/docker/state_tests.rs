@@ -19,6 +19,7 @@ fn container(c: char, name: &str, nets: &[(&str, &str)]) -> Container {
         id: id(c),
         name: name.into(),
         labels: [("imds-proxy.policy".to_owned(), name.to_owned())].into(),
+        image: "busybox".into(),
         networks: nets
             .iter()
             .map(|(n, ip)| (n.to_string(), addr(ip)))

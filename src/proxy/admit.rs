@@ -230,6 +230,14 @@ pub(super) fn admit(
     })
 }
 
+fn asker_of(e: &Endpoint) -> spec::Asker<'_> {
+    spec::Asker {
+        name: &e.name,
+        image: &e.image,
+        labels: &e.labels,
+    }
+}
+
 /// The role to assume for a container labelled with one, if its policy lists it. A
 /// role the policy does not list refuses the container's `iam/` paths (the instance's
 /// role included); the rest of the instance's metadata stays as the policy says. The
@@ -245,7 +253,7 @@ fn assumed_role(
     let (Provider::Aws, Some(e), Some(asked)) = (provider, who, &identity.aws_assume) else {
         return Ok(None);
     };
-    let spec = spec::role_spec(asked, &e.name, &e.labels, cx.aws)
+    let spec = spec::role_spec(asked, &asker_of(e), cx.aws)
         .map_err(|err| Local::deny(provider, err.to_string()))?;
     if !policy.allows_aws_role(&spec.arn) {
         if aws::iam_path(path, spec.role_name()).is_some() {

@@ -73,6 +73,7 @@ fn container(labels: &[(&str, &str)]) -> Caller {
         container: ContainerId(ID.into()),
         name: "web".into(),
         labels,
+        image: "busybox".into(),
         network: "bridge".into(),
         ipv4: "172.17.0.2".parse().unwrap(),
         ipv6: None,

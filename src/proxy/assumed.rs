@@ -82,7 +82,16 @@ pub(super) fn wanted(
     inv.endpoints()
         .filter_map(|e| {
             let asked = Identity::from_labels(&e.labels).ok()?.aws_assume?;
-            let spec = role_spec(&asked, &e.name, &e.labels, aws).ok()?;
+            let spec = role_spec(
+                &asked,
+                &crate::assume::spec::Asker {
+                    name: &e.name,
+                    image: &e.image,
+                    labels: &e.labels,
+                },
+                aws,
+            )
+            .ok()?;
             let (policy, _) = select::policy_for(select::Asker::Container(&e.labels), policies);
             policy.allows_aws_role(&spec.arn).then_some(spec)
         })
