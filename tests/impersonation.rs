@@ -107,21 +107,7 @@ fn a_labelled_container_gets_an_impersonated_account_and_only_if_allowed() {
     let _root = root;
     let instance = Instance::load();
     let mut scene = Scene::new();
-    let net = format!("ipx{}-imp", std::process::id());
-    scene.networks.push(net.clone());
-    cmd(&[
-        "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
-    ]);
-    let gateway = cmd(&[
-        "docker",
-        "network",
-        "inspect",
-        &net,
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ])
-    .trim()
-    .to_owned();
+    let (net, gateway) = scene.bridge_network("imp");
     let iam = Iam::start(
         &sdk,
         &gateway,

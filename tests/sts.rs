@@ -96,10 +96,17 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
+impl Moto {
+    /// Stops the server (an STS outage).
+    fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -155,66 +162,102 @@ fn container(what: &str, labels: &[String], mode: &str, expect: Value) -> Contai
     }
 }
 
-#[test]
-fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
-    let Some(root) = RootNamespace::claim(test_name!()) else {
-        return;
-    };
-    let Some(sdk) = Sdk::from_env_or_skip(test_name!()) else {
-        return;
-    };
-    let _root = root;
-    let mut scene = Scene::new();
-    let net = format!("ipx{}-sts", std::process::id());
-    scene.networks.push(net.clone());
-    cmd(&[
-        "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
-    ]);
-    // moto listens on the network's gateway: the host's own address, which both the
-    // daemon and the containers reach.
-    let gateway = cmd(&[
-        "docker",
-        "network",
-        "inspect",
-        &net,
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ])
-    .trim()
-    .to_owned();
-    let moto = Moto::start(&sdk, &gateway, 5055 + (std::process::id() % 1000) as u16);
-    let keys = moto.setup(&sdk);
-    append_to_env_file(
-        "IMDS_PROXY_ISSUED_FILE",
-        keys["secret_access_key"].as_str().unwrap(),
-    );
-    let account = keys["account"].as_str().unwrap().to_owned();
-    let arn =
-        |role: &str, session: &str| format!("arn:aws:sts::{account}:assumed-role/{role}/{session}");
+/// What both tests stand on: moto set up with the instance's user and the roles, the
+/// stand-in cloud serving that user's keys as the instance's role credentials, and the
+/// daemon in front of it finding STS through `AWS_ENDPOINT_URL_STS`.
+struct Rig {
+    // Dropped in this order: the stand-ins, then the scene (containers, the daemon and
+    // `imds-proxy uninstall`), and last the claim on the root namespace.
+    cloud: Daemon,
+    moto: Moto,
+    _config: tempfile::NamedTempFile,
+    keys: Value,
+    account: String,
+    net: String,
+    gateway: String,
+    scene: Scene,
+    sdk: Sdk,
+    _root: RootNamespace,
+}
 
-    let cloud_file = cloud_file(&keys);
-    // An AWS-only cloud: GCE's `/` is not there.
-    let cloud =
-        start_emulated_cloud_until(&mut scene, cloud_file.path().to_str().unwrap(), |head| {
+impl Rig {
+    /// `None`: skipped (not root, no Docker, no SDK virtualenv).
+    fn start(test: &str, net: &str, port: u16) -> Option<Self> {
+        let root = RootNamespace::claim(test)?;
+        let sdk = Sdk::from_env_or_skip(test)?;
+        let mut scene = Scene::new();
+        let (net, gateway) = scene.bridge_network(net);
+        let moto = Moto::start(&sdk, &gateway, port);
+        let keys = moto.setup(&sdk);
+        append_to_env_file(
+            "IMDS_PROXY_ISSUED_FILE",
+            keys["secret_access_key"].as_str().unwrap(),
+        );
+        let account = keys["account"].as_str().unwrap().to_owned();
+        let file = cloud_file(&keys);
+        // An AWS-only cloud: GCE's `/` is not there.
+        let cloud = start_emulated_cloud_until(&mut scene, file.path().to_str().unwrap(), |head| {
             head.starts_with("HTTP/1.1 404")
         });
-    let config = daemon_config(&account);
-    scene.installed = true;
-    scene.daemon = Some(Daemon::spawn_root_env(
-        &[
-            "run",
-            "--upstream",
-            &format!("http://{IMDS}"),
-            "--config",
-            config.path().to_str().unwrap(),
-        ],
-        &[("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
-    ));
-    scene
-        .daemon()
-        .wait_for("interception live", Duration::from_secs(15));
+        let config = daemon_config(&account);
+        scene.installed = true;
+        scene.daemon = Some(Daemon::spawn_root_env(
+            &[
+                "run",
+                "--upstream",
+                &format!("http://{IMDS}"),
+                "--config",
+                config.path().to_str().unwrap(),
+            ],
+            &[("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
+        ));
+        scene
+            .daemon()
+            .wait_for("interception live", Duration::from_secs(15));
+        Some(Self {
+            sdk,
+            scene,
+            net,
+            gateway,
+            moto,
+            keys,
+            account,
+            cloud,
+            _config: config,
+            _root: root,
+        })
+    }
 
-    let sts = &moto.endpoint.clone();
+    /// No log holds the instance's secret key.
+    fn assert_no_secret_logged(&self) {
+        for (who, log) in [
+            ("daemon", self.scene.daemon().log()),
+            ("stand-in cloud", self.cloud.log()),
+        ] {
+            assert!(
+                !log.join("\n")
+                    .contains(self.keys["secret_access_key"].as_str().unwrap()),
+                "the instance's secret key appears in the {who}'s log"
+            );
+        }
+    }
+}
+
+#[test]
+fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
+    let Some(mut rig) = Rig::start(
+        test_name!(),
+        "sts",
+        5055 + (std::process::id() % 1000) as u16,
+    ) else {
+        return;
+    };
+    let (net, keys, account) = (rig.net.clone(), rig.keys.clone(), rig.account.clone());
+    let sdk = &rig.sdk;
+    let scene = &mut rig.scene;
+    let arn =
+        |role: &str, session: &str| format!("arn:aws:sts::{account}:assumed-role/{role}/{session}");
+    let sts = &rig.moto.endpoint.clone();
     let policy = "imds-proxy.policy=apps".to_owned();
     let reader_name = format!("ipx{}-reader", std::process::id());
     let mut cases = vec![
@@ -262,7 +305,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
     let start = Instant::now();
     let mut runs: Vec<JudgeRun> = Vec::new();
     for (i, c) in cases.drain(..).enumerate() {
-        let mut run = judge_container(&mut scene, &sdk, &c, &net);
+        let mut run = judge_container(scene, sdk, &c, &net);
         if i == 0 {
             run.rename(&reader_name);
         }
@@ -295,7 +338,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
     scene.start(&net, &keeper, &[]);
     let start = Instant::now();
     let runs = (0..REPLICAS)
-        .map(|_| judge_container(&mut scene, &sdk, &replica, &net))
+        .map(|_| judge_container(scene, sdk, &replica, &net))
         .collect();
     let replicas = run_all(runs);
     let twenty = start.elapsed();
@@ -352,7 +395,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
 
     // STS gone: a new replica gets the held session; a session nothing holds, none.
     let held_key = keys_seen.into_iter().next().unwrap().to_owned();
-    drop(moto);
+    rig.moto.stop();
     let late = container(
         "batch replica while STS is down",
         &batch,
@@ -370,8 +413,8 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         json!({"sts": sts, "region": REGION, "role": "reader", "status": 503, "code": "CredentialsUnavailable"}),
     );
     let runs = vec![
-        judge_container(&mut scene, &sdk, &late, &net),
-        judge_container(&mut scene, &sdk, &fresh, &net),
+        judge_container(scene, sdk, &late, &net),
+        judge_container(scene, sdk, &fresh, &net),
     ];
     for v in run_all(runs) {
         eprintln!("{} ({}, {:?}): {:?}", v.what, v.name, v.took, v.lines);
@@ -386,15 +429,7 @@ fn each_labelled_container_gets_its_own_role_from_sts_and_no_other() {
         "the outage is logged"
     );
 
-    // No secret in any log: the instance's, and every assumed one's (their keys are
-    // what moto verified; their secrets never leave the daemon but to the container).
-    for (who, log) in [("daemon", daemon.log()), ("stand-in cloud", cloud.log())] {
-        let log = log.join("\n");
-        assert!(
-            !log.contains(keys["secret_access_key"].as_str().unwrap()),
-            "the instance's secret key appears in the {who}'s log"
-        );
-    }
+    rig.assert_no_secret_logged();
     measure(
         "sts: four containers, four identities, wall (ms)",
         four.as_millis(),
@@ -518,60 +553,21 @@ impl Drop for MetadataProxy {
 ///   about which container acted (its session is cached per role, not per container).
 #[test]
 fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
-    let Some(root) = RootNamespace::claim(test_name!()) else {
-        return;
-    };
-    let Some(sdk) = Sdk::from_env_or_skip(test_name!()) else {
-        return;
-    };
-    let _root = root;
-    let mut scene = Scene::new();
-    let net = format!("ipx{}-mp", std::process::id());
-    scene.networks.push(net.clone());
-    cmd(&[
-        "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
-    ]);
-    let gateway = cmd(&[
-        "docker",
-        "network",
-        "inspect",
-        &net,
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ])
-    .trim()
-    .to_owned();
     let base_port = 6055 + (std::process::id() % 1000) as u16;
-    let moto = Moto::start(&sdk, &gateway, base_port);
-    let keys = moto.setup(&sdk);
-    append_to_env_file(
-        "IMDS_PROXY_ISSUED_FILE",
-        keys["secret_access_key"].as_str().unwrap(),
+    let Some(mut rig) = Rig::start(test_name!(), "mp", base_port) else {
+        return;
+    };
+    let (net, gateway, keys, account) = (
+        rig.net.clone(),
+        rig.gateway.clone(),
+        rig.keys.clone(),
+        rig.account.clone(),
     );
-    let account = keys["account"].as_str().unwrap().to_owned();
+    let moto_endpoint = rig.moto.endpoint.clone();
+    let sdk = &rig.sdk;
+    let scene = &mut rig.scene;
     let arn =
         |role: &str, session: &str| format!("arn:aws:sts::{account}:assumed-role/{role}/{session}");
-
-    let cloud_file = cloud_file(&keys);
-    let cloud =
-        start_emulated_cloud_until(&mut scene, cloud_file.path().to_str().unwrap(), |head| {
-            head.starts_with("HTTP/1.1 404")
-        });
-    let config = daemon_config(&account);
-    scene.installed = true;
-    scene.daemon = Some(Daemon::spawn_root_env(
-        &[
-            "run",
-            "--upstream",
-            &format!("http://{IMDS}"),
-            "--config",
-            config.path().to_str().unwrap(),
-        ],
-        &[("AWS_ENDPOINT_URL_STS", &moto.endpoint)],
-    ));
-    scene
-        .daemon()
-        .wait_for("interception live", Duration::from_secs(15));
     // metadataproxy on the network's gateway, where the containers reach it. Its
     // pass-through goes to the stand-in cloud: from here on 169.254.169.254 is routed to
     // it, and metadataproxy is stopped (dropped) before the scene removes that route.
@@ -580,13 +576,13 @@ fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
         &gateway,
         base_port + 1,
         &keys,
-        &moto.endpoint,
+        &moto_endpoint,
         &format!("http://{IMDS}"),
     ) else {
         return;
     };
 
-    let sts = &moto.endpoint.clone();
+    let sts = &moto_endpoint.clone();
     let reader = json!({"sts": sts, "region": REGION, "role": "reader"});
     let with = |extra: Value| {
         let mut v = reader.clone();
@@ -605,7 +601,7 @@ fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
         "assumed",
         with(json!({"arn": arn("reader", &ours_name)})),
     );
-    let mut runs = vec![judge_container(&mut scene, &sdk, &ours, &net)];
+    let mut runs = vec![judge_container(scene, sdk, &ours, &net)];
     runs[0].rename(&ours_name);
     // The one change a container needs for metadataproxy: boto3 pointed at its address.
     // metadataproxy does not intercept 169.254.169.254 itself; deployments add a DNAT
@@ -638,7 +634,7 @@ fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
     for (c, v1_disabled) in [(&theirs_v2, true), (&theirs_v1, false), (&theirs_v1, false)] {
         let env = peer_env(v1_disabled);
         let env: Vec<&str> = env.iter().map(String::as_str).collect();
-        runs.push(judge_container_env(&mut scene, &sdk, c, &net, &env));
+        runs.push(judge_container_env(scene, sdk, c, &net, &env));
     }
     let verdicts = run_all(runs);
     for v in &verdicts {
@@ -660,16 +656,6 @@ fn side_by_side_with_metadataproxy_imdsv2_and_session_names() {
         key(&verdicts[2], "assumed_v1")
     );
     assert_eq!(verdicts[2].line("sts", "assumed_v1")["token_status"], 405);
-
-    let daemon = scene.daemon();
-    for (who, log) in [
-        ("daemon", daemon.log().join("\n")),
-        ("stand-in cloud", cloud.log().join("\n")),
-    ] {
-        assert!(
-            !log.contains(keys["secret_access_key"].as_str().unwrap()),
-            "the instance's secret key appears in the {who}'s log"
-        );
-    }
     drop(mp);
+    rig.assert_no_secret_logged();
 }

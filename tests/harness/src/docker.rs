@@ -202,6 +202,28 @@ impl Scene {
         );
     }
 
+    /// Creates a labelled bridge network of the scene (removed with it) named
+    /// `ipx<pid>-<suffix>`; its name and its gateway, the host's own address on it,
+    /// which containers and host processes both reach.
+    pub fn bridge_network(&mut self, suffix: &str) -> (String, String) {
+        let net = format!("ipx{}-{suffix}", std::process::id());
+        self.networks.push(net.clone());
+        cmd(&[
+            "docker", "network", "create", "--label", LABEL, "--driver", "bridge", &net,
+        ]);
+        let gateway = cmd(&[
+            "docker",
+            "network",
+            "inspect",
+            &net,
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .trim()
+        .to_owned();
+        (net, gateway)
+    }
+
     pub fn next_name(&mut self) -> String {
         let name = format!("ipx{}-c{}", std::process::id(), self.containers.len());
         self.containers.push(name.clone());
