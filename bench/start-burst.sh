@@ -119,7 +119,7 @@ for i in $(seq "$burst"); do
   else other=$((other + 1)); fi
 done
 # The daemon's identification time of each burst container's request.
-tail -n +"$((log_before + 1))" "$work/daemon.log" | grep ": request client=" | grep "container=ipxburst-" |
+tail -n +"$((log_before + 1))" "$work/daemon.log" | grep " request client=" | grep "container=ipxburst-" |
   sed -nE 's/.* identify_us=([0-9]+).*/\1/p' | sort -n >"$work/identify.txt"
 n=$(wc -l <"$work/identify.txt")
 pct() { [ "$n" -gt 0 ] && sed -n "$(( (n * $1 + 99) / 100 ))p" "$work/identify.txt" || echo -; }

@@ -195,3 +195,63 @@ fn help_documents_the_environment_variables() {
         "{out}"
     );
 }
+
+/// One request to `emulate --log-format <format>`; the audit line it logged.
+fn audit_line(format: &str) -> String {
+    use std::io::{Read, Write};
+    let port = 18_600 + (std::process::id() % 400) as u16 + if format == "json" { 0 } else { 1 };
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["emulate", "--listen", &listen, "--log-format", format])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start emulate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut s = loop {
+        match std::net::TcpStream::connect(&listen) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("emulate did not listen: {e}"),
+        }
+    };
+    write!(s, "GET /computeMetadata/v1/instance/id HTTP/1.1\r\nHost: x\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    err.lines()
+        .find(|l| l.contains("/computeMetadata/v1/instance/id"))
+        .unwrap_or_else(|| panic!("no audit line in:\n{err}"))
+        .to_owned()
+}
+
+#[test]
+fn the_audit_line_names_each_field_once_as_text_or_json() {
+    let text = audit_line("text");
+    for field in [" client=", " method=", " path=", " decision=", " status="] {
+        assert_eq!(text.matches(field).count(), 1, "{field} in {text}");
+    }
+    let json = audit_line("json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("one JSON object per line");
+    assert_eq!(v["message"], "request");
+    assert_eq!(v["client"], "127.0.0.1");
+    assert_eq!(v["path"], "/computeMetadata/v1/instance/id");
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["level"], "INFO");
+    assert!(v["timestamp"].is_string());
+}

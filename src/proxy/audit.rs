@@ -93,10 +93,10 @@ impl Audit {
         // its fields is written once (the spans would repeat client, method and path).
         match &self.error {
             None => {
-                info!(parent: None, %client, origin = ?origin, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
+                info!(parent: None, %client, container_id = %container_id, container = %container, origin = ?origin, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, "request")
             }
             Some(error) => {
-                warn!(parent: None, %client, origin = ?origin, container_id = %container_id, container = %container, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
+                warn!(parent: None, %client, container_id = %container_id, container = %container, origin = ?origin, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
             }
         }
     }

@@ -50,7 +50,7 @@ pub const IMDS6_HTTP: &str = "[fd00:ec2::254]:80";
 /// The daemon's default IPv6 listen address.
 pub const PROXY_ADDR6: &str = "fdf3:6f62:ab7c::254";
 /// What starts the daemon's audit event, one per request answered.
-pub const AUDIT: &str = ": request client=";
+pub const AUDIT: &str = " request client=";
 
 /// The daemon's executable. Cargo builds it before any integration test runs, into the
 /// directory above the one that holds the test binaries (`target/<profile>/deps`).
