@@ -61,10 +61,9 @@ fn docker_containers_reach_the_metadata_service_only_through_the_proxy() {
         "docker0 container address {:?}",
         r.addr
     );
-    scene.daemon().wait_for(
-        &format!("client.addr={DOCKER0_PREFIX}"),
-        Duration::from_secs(2),
-    );
+    scene
+        .daemon()
+        .wait_for(&format!("client={DOCKER0_PREFIX}"), Duration::from_secs(2));
 
     // 3. A user-defined bridge network created after the daemon started.
     let net = format!("ipx{}-net", std::process::id());

@@ -286,6 +286,6 @@ fn a_network_with_a_bridge_name_of_its_own_is_intercepted_and_its_containers_ide
         .wait_for(&format!("bridge={bridge}"), Duration::from_secs(10));
 
     let (line, addr) = served_by_its_label(&mut scene, &imds, &root_ip, &net);
-    assert!(line.contains(&format!("client.addr={addr} ")), "{line}");
+    assert!(line.contains(&format!("client={addr} ")), "{line}");
     assert_eq!(direct.count(), 0, "direct requests from {bridge}");
 }

@@ -52,7 +52,7 @@ fn a_container_reaches_the_ipv6_metadata_address_only_through_the_proxy() {
         "no IPv6 flow from the container marked with its port {port}:\n{flows}"
     );
     d.wait_for(&format!("origin=Port({port})"), QUICK);
-    d.wait_for("client.addr=fd00:dead:beef::2", QUICK);
+    d.wait_for("client=fd00:dead:beef::2", QUICK);
 
     // Other ports of the IPv6 metadata address are refused at once.
     let r = http(&tb.container, &format!("[{IMDS6}]:8080"), "GET", "/", &[]);

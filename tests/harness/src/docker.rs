@@ -390,7 +390,7 @@ impl Scene {
             .nth(logged_before)
             .unwrap();
         for needle in [
-            format!("client.addr={} ", r.addr),
+            format!("client={} ", r.addr),
             format!("{FORWARDED}{} ", r.addr),
             " status=200 ".to_string(),
             " decision=allow ".to_string(),
