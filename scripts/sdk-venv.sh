@@ -25,7 +25,7 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt >&2
-  "$venv/bin/python" -c 'import google.auth, azure.identity, boto3, cryptography, moto.server'
+  "$venv/bin/python" -c 'import google.auth, azure.identity, boto3, cryptography, moto.server, prometheus_client'
   touch "$venv/.complete"
 fi
 echo "$venv"

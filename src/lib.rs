@@ -9,7 +9,7 @@
 //!
 //! | module | owns | may import |
 //! |---|---|---|
-//! | `addrs`, `errors`, `request`, `ifname`, `table_owner`, `netns`, `notify`, `probe` | leaves: the metadata addresses and the host's own; how errors are shown; a request's canonical path and provider; interface names and bridge patterns; the tables' owner mode; the container behind a network namespace; systemd's notify socket; the start-up look for a real service | nothing of ours |
+//! | `addrs`, `errors`, `request`, `ifname`, `table_owner`, `netns`, `notify`, `probe`, `metrics` | leaves: the metadata addresses and the host's own; how errors are shown; a request's canonical path and provider; interface names and bridge patterns; the tables' owner mode; the container behind a network namespace; systemd's notify socket; the start-up look for a real service; the Prometheus registry every part counts into | nothing of ours |
 //! | `policy` | named policies, the decision for a path, rate budgets, which policy a caller gets | `request` |
 //! | `providers` | each cloud's request rules: protocol checks, identity labels, AWS session tokens, the views a pinned identity gets | `request` |
 //! | `dns` | the `metadata.google.internal` responder | `addrs` |
@@ -37,6 +37,7 @@ pub mod errors;
 pub mod firewall;
 pub mod ifname;
 pub mod link;
+pub mod metrics;
 pub mod netns;
 pub mod notify;
 pub mod policy;

@@ -13,6 +13,8 @@ mod interception;
 mod ipv6;
 #[path = "netns/lifecycle.rs"]
 mod lifecycle;
+#[path = "netns/operator.rs"]
+mod operator;
 #[path = "netns/policy.rs"]
 mod policy;
 

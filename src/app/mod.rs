@@ -21,6 +21,7 @@ use crate::link::{self, LinkError};
 mod egress;
 mod emulate;
 mod files;
+mod manage;
 mod repair;
 mod running;
 mod startup;

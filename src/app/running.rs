@@ -80,6 +80,8 @@ pub(super) struct Running {
         watch::Sender<Arc<EmulatorConfig>>,
         Option<std::path::PathBuf>,
     )>,
+    /// What `/readyz` reports of the tables.
+    pub readiness: Arc<super::manage::Readiness>,
 }
 
 /// Sends the signals, the timers and file edits as commands.
@@ -169,16 +171,21 @@ impl Running {
         };
         repair::repair(&repair::Netlink(&self.handle), &wanted, &batch, resync).await;
         let verified = batch.iter().any(|e| matches!(e, Event::Verify));
-        match self.rec.handle(batch).await {
+        let result = self.rec.handle(batch).await;
+        count_tables(&result);
+        match result {
             // The tables are verified (or were just restored): the daemon is alive and
             // in charge. A loop that hangs, or tables it cannot keep, starve the
             // watchdog and systemd restarts the daemon; the tables stay closed meanwhile.
             Ok(_) if verified => {
+                self.readiness.tables_ok();
                 notifier.healthy(Instant::now());
             }
-            Ok(_) => {}
+            Ok(_) => self.readiness.tables_ok(),
             Err(e) => {
-                warn!(error = %error_chain(&e), "failed to update the nftables table; retrying on the next event")
+                let why = error_chain(&e);
+                warn!(error = %why, "failed to update the nftables table; retrying on the next event");
+                self.readiness.tables_failed(why);
             }
         }
     }
@@ -255,6 +262,20 @@ impl Running {
         );
         Ok(())
     }
+}
+
+/// An apply of the tables, in the metrics.
+fn count_tables<E>(result: &Result<crate::reconcile::Outcome, E>) {
+    let kind = match result {
+        Ok(crate::reconcile::Outcome::Unchanged) => return,
+        Ok(crate::reconcile::Outcome::Applied) => "applied",
+        Ok(crate::reconcile::Outcome::Restored) => "restored",
+        Err(_) => "failed",
+    };
+    crate::metrics::get()
+        .tables
+        .get_or_create(&crate::metrics::KindLabels { kind })
+        .inc();
 }
 
 async fn links_event(handle: &rtnetlink::Handle) -> Option<Event> {

@@ -92,6 +92,7 @@ pub(super) struct Kernel<'a> {
         tokio::task::JoinHandle<proxy::DrainReport>,
     )>,
     policies_tx: Option<watch::Sender<Arc<Policies>>>,
+    readiness: Arc<super::manage::Readiness>,
 }
 
 impl<'a> Kernel<'a> {
@@ -131,6 +132,7 @@ impl<'a> Kernel<'a> {
             emulator: None,
             serving: None,
             policies_tx: None,
+            readiness: Arc::default(),
         })
     }
 
@@ -146,6 +148,7 @@ impl<'a> Kernel<'a> {
             parents: self.parents,
             policies_tx: self.policies_tx.expect("started"),
             emulator_tx: self.emulator,
+            readiness: self.readiness,
         }
     }
 
@@ -300,12 +303,26 @@ impl Steps for Kernel<'_> {
         let inventory = crate::docker::spawn(self.cfg.docker_socket.clone());
         let bridges = inventory.bridges.clone();
         tokio::spawn(forward_docker_bridges(bridges, self.commands.clone()));
-        let proxy = Arc::new(Proxy::new(self.proxy_settings(inventory)));
+        let proxy = Arc::new(Proxy::new(self.proxy_settings(inventory.clone())));
         let (stop_proxy, stopped) = oneshot::channel::<()>();
         let listeners = std::mem::take(&mut self.listeners);
         let dns = std::mem::take(&mut self.dns_sockets);
         let drain = self.cfg.drain_timeout;
-        let server = tokio::spawn(serve_all(listeners, dns, proxy, stopped, drain));
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = gone.clone();
+        let server = tokio::spawn(async move {
+            let report = serve_all(listeners, dns, proxy, stopped, drain).await;
+            ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            report
+        });
+        if let Some(addr) = self.cfg.metrics_listen {
+            let manage = super::manage::Manage {
+                readiness: self.readiness.clone(),
+                inventory,
+                proxy_gone: Arc::new(move || gone.load(std::sync::atomic::Ordering::Relaxed)),
+            };
+            super::manage::spawn(addr, manage).await;
+        }
         self.serving = Some((stop_proxy, server));
         Ok(())
     }

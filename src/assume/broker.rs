@@ -47,6 +47,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 pub trait Key: Clone + Eq + Hash + Ord + Debug + Send + Sync + 'static {
     /// For the log: what is fetched (never a secret).
     fn describe(&self) -> String;
+    /// For the metrics: which service is called.
+    fn service() -> &'static str;
 }
 
 /// Credentials as held: when they expire, and what the log may say of them.
@@ -296,6 +298,18 @@ impl<K: Key, V: Held, E: Failure> Task<K, V, E> {
             return;
         };
         e.fetching = false;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) if err.is_permanent() => "refused",
+            Err(_) => "failed",
+        };
+        crate::metrics::get()
+            .fetches
+            .get_or_create(&crate::metrics::FetchLabels {
+                service: K::service(),
+                result: outcome,
+            })
+            .inc();
         let answer: Answer<V, E> = match result {
             Ok(session) => {
                 let session = Arc::new(session);

@@ -39,6 +39,10 @@ pub enum Want {
 }
 
 impl Key for GceKey {
+    fn service() -> &'static str {
+        "iam_credentials"
+    }
+
     fn describe(&self) -> String {
         match &self.want {
             Want::Access { scopes } => {

@@ -35,6 +35,9 @@ impl Key for RoleSpec {
     fn describe(&self) -> String {
         format!("role {} session {}", self.arn, self.session_name)
     }
+    fn service() -> &'static str {
+        "sts"
+    }
 }
 
 impl Held for Session {

@@ -140,6 +140,7 @@ pub static KEYS: &[&dyn Described] = &[
     &AWS_SESSION_TAGS,
     &AWS_SOURCE_IDENTITY,
     &GCE_IAM_CREDENTIALS_URL,
+    &METRICS_LISTEN,
     &POLICIES,
 ];
 
@@ -415,6 +416,14 @@ pub static GCE_IAM_CREDENTIALS_URL: Key<http::Uri> = Key {
     parse: parse::endpoint,
 };
 
+pub static METRICS_LISTEN: Key<Option<std::net::SocketAddr>> = Key {
+    name: "metrics_listen",
+    help: "Loopback address[:port] of /metrics, /healthz and /readyz (only the host reaches it), or off",
+    form: Form::Flag,
+    default: DefaultValue::Text("127.0.0.1:9469"),
+    parse: parse::metrics_listen,
+};
+
 /// The name of a policy; `policies` resolves it once the file's policies are read.
 pub static UNLABELLED_POLICY: Key<String> = Key {
     name: "unlabelled_policy",
@@ -450,7 +459,7 @@ pub static IDENTIFY_WAIT: Key<Duration> = Key {
 
 pub static POLICIES: Key<BTreeMap<String, Policy>> = Key {
     name: "policies",
-    help: "Named policies, `[policies.<name>]` tables of `default`, `allow`, `deny`, `rate_limit` and `aws_tokens`",
+    help: "Named policies, `[policies.<name>]` tables of `default`, `allow`, `deny`, `rate_limit`, `aws_tokens`, `aws_roles` and `gce_service_accounts`",
     form: Form::FileOnly,
     default: DefaultValue::Described {
         value: BTreeMap::new,

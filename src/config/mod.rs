@@ -80,6 +80,8 @@ pub struct Config {
     pub aws_roles: AwsRoleSettings,
     /// Where GCE service accounts are impersonated.
     pub gce_iam_credentials_url: http::Uri,
+    /// The management listener (`/metrics`, `/healthz`, `/readyz`); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The file this came from, watched for changes.
     pub config_file: Option<std::path::PathBuf>,
 }

@@ -145,6 +145,24 @@ pub fn upstream(r: &Raw) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// Where the management listener listens: a loopback address and port, or `off`.
+pub fn metrics_listen(r: &Raw) -> Result<Option<std::net::SocketAddr>, String> {
+    let s = text(r)?;
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address:port (e.g. 127.0.0.1:9469) or off"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: metrics and health checks are for the host alone"
+        ));
+    }
+    Ok(Some(addr))
+}
+
 /// A service endpoint: `http://` or `https://`, host and optional port (and path).
 pub fn endpoint(r: &Raw) -> Result<http::Uri, String> {
     let s = text(r)?;

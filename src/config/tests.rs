@@ -741,3 +741,33 @@ fn the_aws_tools_sts_variable_is_a_fallback_and_is_validated() {
     .unwrap();
     assert_eq!(ok.aws_roles.session, std::time::Duration::from_secs(900));
 }
+
+#[test]
+fn the_management_listener_is_loopback_only_or_off() {
+    let d = Config::defaults();
+    assert_eq!(d.metrics_listen, Some("127.0.0.1:9469".parse().unwrap()));
+    let off = raw("metrics_listen = \"off\"").validate(false).unwrap();
+    assert_eq!(off.metrics_listen, None);
+    let v6 = raw("metrics_listen = \"[::1]:9000\"")
+        .validate(false)
+        .unwrap();
+    assert_eq!(v6.metrics_listen, Some("[::1]:9000".parse().unwrap()));
+    for bad in [
+        "0.0.0.0:9469",
+        "169.254.170.2:80",
+        "10.0.0.1:9469",
+        "localhost",
+        "9469",
+    ] {
+        let e = raw(&format!("metrics_listen = \"{bad}\""))
+            .validate(false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics_listen"), "{bad}: {e}");
+    }
+    let e = raw("metrics_listen = \"0.0.0.0:9469\"")
+        .validate(false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a loopback address"), "{e}");
+}

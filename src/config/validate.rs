@@ -45,6 +45,7 @@ impl RawConfig {
                 source_identity: r.read(&keys::AWS_SOURCE_IDENTITY),
             },
             gce_iam_credentials_url: r.read(&keys::GCE_IAM_CREDENTIALS_URL),
+            metrics_listen: r.read(&keys::METRICS_LISTEN),
             config_file: None,
         };
         r.own_link_is_no_bridge(&config);

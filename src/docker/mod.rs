@@ -148,6 +148,10 @@ impl ApiCalls {
     /// Counts one call (and says so at debug level, with the running total).
     pub fn count(&self, which: &AtomicU64, call: &'static str) {
         which.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::get()
+            .docker_calls
+            .get_or_create(&crate::metrics::KindLabels { kind: call })
+            .inc();
         tracing::debug!(call, total = self.total(), "docker api call");
     }
 

@@ -2,6 +2,7 @@
 //! query's names, never a value), what was decided and by which rule, and how it went.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tracing::{info, warn};
@@ -16,6 +17,8 @@ use super::ClientAddr;
 pub(super) struct Audit {
     /// The canonical path (never the query: its values may be secrets).
     pub path: Option<String>,
+    /// The provider the path belongs to.
+    pub provider: Option<crate::request::Provider>,
     /// The names of the query parameters, without their values.
     pub query_keys: Option<String>,
     pub decision: Decision,
@@ -41,6 +44,33 @@ pub(super) fn query_keys(q: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+impl Audit {
+    /// Counts the request in the metrics: by provider, decision and status; its time,
+    /// and the time naming its caller took.
+    pub(super) fn count(&self, status: StatusCode, elapsed: Duration, identify: Duration) {
+        let m = crate::metrics::get();
+        let provider = self
+            .provider
+            .map_or("other", crate::request::Provider::name);
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                provider,
+                decision: self.decision.name(),
+                status: status.as_u16(),
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&crate::metrics::ProviderLabels { provider })
+            .observe(elapsed.as_secs_f64());
+        m.identify_seconds.observe(identify.as_secs_f64());
+        if let Some(how) = self.cache {
+            m.cache
+                .get_or_create(&crate::metrics::KindLabels { kind: how.name() })
+                .inc();
+        }
+    }
 }
 
 /// How long a request took: to identify its caller, and in all.

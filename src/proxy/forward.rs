@@ -66,6 +66,7 @@ impl Proxy {
         audit.query_keys = req.uri().query().map(query_keys);
         let read = self.read(req, deadline).await?;
         audit.path = Some(read.path.to_string());
+        audit.provider = Some(Provider::of(&read.path));
         let policies = self.settings.policies.borrow().clone();
         let backend = match &self.settings.backend {
             Backend::Upstream(_) => BackendKind::Upstream,

@@ -337,7 +337,8 @@ impl Proxy {
             },
             None => self.identify(client, origin, started).await,
         };
-        let identify_us = started.elapsed().as_micros() as u64;
+        let identify = started.elapsed();
+        let identify_us = identify.as_micros() as u64;
         // A GCE `wait_for_change` may hang by design, up to its own timeout.
         let deadline =
             self.request_timeout(req.uri()) + crate::providers::gce::long_poll(req.uri());
@@ -373,6 +374,7 @@ impl Proxy {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         audit.write(&caller, client, origin, &method, resp.status(), timing);
+        audit.count(resp.status(), started.elapsed(), identify);
         resp
     }
 

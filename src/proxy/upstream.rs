@@ -297,6 +297,22 @@ impl Upstream {
     }
 }
 
+/// One attempt at the service, in the metrics.
+fn count_attempt(provider: Provider, result: &Result<Answer, ProxyError>, took: Duration) {
+    let m = crate::metrics::get();
+    let status = match result {
+        Ok(a) => crate::metrics::status_class(a.parts.status.as_u16()),
+        Err(_) => "none",
+    };
+    m.upstream
+        .get_or_create(&crate::metrics::UpstreamLabels {
+            provider: provider.name(),
+            status,
+        })
+        .inc();
+    m.upstream_seconds.observe(took.as_secs_f64());
+}
+
 /// The retry loop of [`Upstream::exchange`], apart from the connection pool: makes
 /// `attempt` (one request to the service) once or, while it fails in a way worth
 /// retrying and the deadline allows, again; each attempt first passes the class's
@@ -330,11 +346,13 @@ where
         let remaining = deadline.saturating_duration_since(Instant::now());
         let limit = retry::attempt_timeout(remaining, made, x.repeatable);
         made += 1;
+        let sent = Instant::now();
         let result = match tokio::time::timeout(limit, attempt()).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
         };
         drop(admitted);
+        count_attempt(x.provider, &result, sent.elapsed());
         let (outcome, retry_after) = match &result {
             Ok(a) => (
                 Outcome::Status(a.parts.status),

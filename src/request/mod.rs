@@ -17,6 +17,16 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Lower case, as logs and metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Azure => "azure",
+            Provider::Gce => "gce",
+            Provider::Aws => "aws",
+            Provider::Other => "other",
+        }
+    }
+
     /// Azure under `/metadata`, GCE under `/computeMetadata`, AWS under `/latest` or a
     /// dated version (`/2021-07-15/...`).
     pub fn of(path: &CanonicalPath) -> Self {

@@ -1,0 +1,203 @@
+//! The daemon's Prometheus metrics: one registry whose counters and histograms the
+//! request path, the cache, the credential brokers, the inventory and the reconciler
+//! feed, encoded on demand for the management listener (`app::manage`). Every label's
+//! values are bounded: providers, decisions, status codes, kinds; never a container,
+//! an address or a path.
+//!
+//! The counters are atomics, so every part records without locks or awaits; the one
+//! instance lives for the process ([`get`]).
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub provider: &'static str,
+    pub decision: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `sts` or `iam_credentials`.
+    pub service: &'static str,
+    /// `ok`, `refused` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub provider: &'static str,
+    /// The status class (`2xx`, `4xx`, `429`, `5xx`) or `none` (no answer).
+    pub status: &'static str,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by provider, decision and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from a request's arrival to its answer, by provider.
+    pub request_seconds: Family<ProviderLabels, Histogram>,
+    /// Time spent naming the caller.
+    pub identify_seconds: Histogram,
+    /// How the cache answered (`hit`, `miss`, `joined`, `bypass`, `remembered`, `full`).
+    pub cache: Family<KindLabels, Counter>,
+    /// Requests sent to the real service, by provider and answer.
+    pub upstream: Family<UpstreamLabels, Counter>,
+    /// Time the real service took.
+    pub upstream_seconds: Histogram,
+    /// Calls to STS and IAM Credentials, by result.
+    pub fetches: Family<FetchLabels, Counter>,
+    /// Calls to the Docker API, by kind.
+    pub docker_calls: Family<KindLabels, Counter>,
+    /// Running containers Docker reported.
+    pub containers: Gauge,
+    /// The tables: applied, restored after drift, failed applies.
+    pub tables: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("imds_proxy");
+        let latency = || Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency),
+            identify_seconds: latency(),
+            cache: Family::default(),
+            upstream: Family::default(),
+            upstream_seconds: latency(),
+            fetches: Family::default(),
+            docker_calls: Family::default(),
+            containers: Gauge::default(),
+            tables: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by provider, decision and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "identify_duration_seconds",
+            "Time spent naming the calling container",
+            m.identify_seconds.clone(),
+        );
+        registry.register(
+            "cache",
+            "How the cache answered requests it may answer",
+            m.cache.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests sent to the real metadata service, by provider and answer",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time the real metadata service took to answer",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "credential_fetches",
+            "Calls to STS (assumed roles) and IAM Credentials (impersonated accounts), by result",
+            m.fetches.clone(),
+        );
+        registry.register(
+            "docker_api_calls",
+            "Calls to the Docker API, by kind",
+            m.docker_calls.clone(),
+        );
+        registry.register(
+            "containers",
+            "Running containers Docker reported",
+            m.containers.clone(),
+        );
+        registry.register(
+            "table_events",
+            "The nftables tables: applied, restored after drift, failed applies",
+            m.tables.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// `2xx`, `4xx`, `429`, `5xx`: the class of an upstream status, 429 apart.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        429 => "429",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_each_metric_and_its_labels() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                provider: "gce",
+                decision: "allow",
+                status: 200,
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&ProviderLabels { provider: "gce" })
+            .observe(0.0004);
+        m.containers.set(3);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "imds_proxy_requests_total{provider=\"gce\",decision=\"allow\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("imds_proxy_containers 3"), "{text}");
+        assert!(text.contains("imds_proxy_request_duration_seconds_count{provider=\"gce\"} 1"));
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(status_class(429), "429");
+        assert_eq!(status_class(503), "5xx");
+    }
+}
