@@ -297,10 +297,22 @@ if virsh dominfo "$domain" >/dev/null 2>&1; then
   virsh undefine "$domain" --remove-all-storage >/dev/null 2>&1 || true
 fi
 echo "== vagrant up ($box_name)"
-if ! timeout 900 vagrant up --no-provision >"$work/up.log" 2>&1; then
-  tail -30 "$work/up.log"
-  fail "vagrant up"
-  exit 1
+# Under software emulation a guest now and then never gets going (QEMU idle, no DHCP
+# lease, nothing on the serial console) where the same box boots in about 90 s
+# otherwise: such a VM is destroyed and brought up once more before the tier fails.
+if ! timeout 420 vagrant up --no-provision >"$work/up.log" 2>&1; then
+  tail -5 "$work/up.log"
+  echo "vagrant up did not finish within 420 s: destroying the VM and bringing it up once more"
+  timeout 300 vagrant destroy -f >"$work/destroy.log" 2>&1 || tail -5 "$work/destroy.log"
+  if virsh dominfo "$domain" >/dev/null 2>&1; then
+    virsh destroy "$domain" >/dev/null 2>&1 || true
+    virsh undefine "$domain" --remove-all-storage >/dev/null 2>&1 || true
+  fi
+  if ! timeout 900 vagrant up --no-provision >"$work/up.log" 2>&1; then
+    tail -30 "$work/up.log"
+    fail "vagrant up"
+    exit 1
+  fi
 fi
 phase "vagrant up"
 timeout 120 vagrant ssh-config >"$work/ssh_config"
