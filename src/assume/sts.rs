@@ -3,7 +3,7 @@
 //! service's (worth trying again). Building and reading are pure; the exchange itself
 //! goes through [`Transport`].
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
@@ -84,7 +84,8 @@ impl StsError {
     }
 }
 
-/// Sends one request and reads the whole answer.
+/// Sends one request and reads the whole answer, or says why not (within its own
+/// time limit).
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<(StatusCode, Bytes), String>>;
 }
@@ -266,12 +267,10 @@ pub fn read_answer(status: StatusCode, body: &[u8], now: SystemTime) -> Result<S
     })
 }
 
-/// How long one STS exchange may take.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn spec() -> RoleSpec {
         RoleSpec {

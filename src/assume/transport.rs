@@ -12,8 +12,10 @@ use hyper_util::rt::TokioExecutor;
 
 use super::sts::Transport;
 
-/// Largest STS answer read (an AssumeRole answer is a few KiB).
+/// Largest answer read (an AssumeRole answer is a few KiB).
 const MAX_ANSWER: usize = 256 << 10;
+/// How long one exchange may take, answer read included.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A pooled HTTP/1.1 client for STS.
 pub struct Https {
@@ -52,7 +54,7 @@ impl Default for Https {
 impl Transport for Https {
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<(StatusCode, Bytes), String>> {
         let fut = self.client.request(req.map(Full::new));
-        async move {
+        let exchange = async move {
             let resp = fut.await.map_err(|e| crate::errors::error_chain(&e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
@@ -61,6 +63,11 @@ impl Transport for Https {
                 .map_err(|e| format!("reading the answer: {e}"))?
                 .to_bytes();
             Ok((status, body))
+        };
+        async move {
+            tokio::time::timeout(CALL_TIMEOUT, exchange)
+                .await
+                .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
         }
         .boxed()
     }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
 use tokio::sync::watch;
 
@@ -19,6 +19,7 @@ use super::upstream::Upstream;
 use super::{Proxy, ProxySettings};
 use crate::assume::spec::{role_spec, AwsSettings, RoleSpec};
 use crate::assume::sts::{InstanceKeys, StsError};
+use crate::assume::transport::Https;
 use crate::assume::{InstanceKeysSource, RoleBroker, StsAssumer};
 use crate::docker::Inventory;
 use crate::policy::select::{self, Policies};
@@ -30,11 +31,15 @@ use crate::providers::identity::Identity;
 const INSTANCE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The broker for this proxy, following the containers Docker reports.
-pub(super) fn broker(upstream: Arc<Upstream>, settings: &ProxySettings) -> RoleBroker {
+pub(super) fn broker(
+    upstream: Arc<Upstream>,
+    transport: Arc<Https>,
+    settings: &ProxySettings,
+) -> RoleBroker {
     let assumer = StsAssumer {
         instance: Arc::new(FromUpstream(upstream)),
         endpoint: settings.assume.sts_endpoint.clone(),
-        transport: Arc::new(crate::assume::transport::Https::new()),
+        transport,
     };
     let (tx, rx) = watch::channel(BTreeSet::new());
     if let Some(inv) = &settings.inventory {
@@ -105,25 +110,12 @@ impl InstanceKeysSource for FromUpstream {
     fn keys_and_region(&self) -> BoxFuture<'static, Result<(InstanceKeys, String), String>> {
         let up = self.0.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + INSTANCE_READ_TIMEOUT;
             let get = |path: String| {
                 let up = up.clone();
                 async move {
-                    let a = up
-                        .send(
-                            Method::GET,
-                            &path,
-                            &HeaderMap::new(),
-                            Bytes::new(),
-                            true,
-                            deadline,
-                        )
-                        .await
-                        .map_err(|e| format!("{path}: {}", crate::errors::error_chain(&e)))?;
-                    if a.parts.status != StatusCode::OK {
-                        return Err(format!("{path}: HTTP {}", a.parts.status));
-                    }
-                    Ok(String::from_utf8_lossy(&a.body).into_owned())
+                    let none = HeaderMap::new();
+                    let body = up.get_ok(&path, &none, true, INSTANCE_READ_TIMEOUT).await?;
+                    Ok::<_, String>(String::from_utf8_lossy(&body).into_owned())
                 }
             };
             let base = "/latest/meta-data";
@@ -159,10 +151,6 @@ fn instance_keys(doc: &str) -> Result<InstanceKeys, String> {
         secret_access_key: field("SecretAccessKey").ok_or("no SecretAccessKey")?,
         token: field("Token").filter(|t| !t.is_empty()),
     })
-}
-
-fn doc(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    aws::text_owned(status, &body)
 }
 
 impl Proxy {
@@ -204,10 +192,8 @@ impl Proxy {
                 };
                 audit.decision = decision;
                 let message = format!("imds-proxy could not assume role {}: {e}", spec.arn);
-                return Some(doc(
-                    status,
-                    aws_doc::failure_json(e.ec2_code(), &message, now),
-                ));
+                let body = aws_doc::failure_json(e.ec2_code(), &message, now);
+                return Some(aws::text_owned(status, &body));
             }
         };
         let body = match which {
@@ -227,7 +213,7 @@ impl Proxy {
                 expiration: session.expiration,
             }),
         };
-        Some(doc(StatusCode::OK, body))
+        Some(aws::text_owned(StatusCode::OK, &body))
     }
 }
 

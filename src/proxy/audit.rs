@@ -46,6 +46,12 @@ pub(super) fn query_keys(q: &str) -> String {
         .join(",")
 }
 
+/// How long a request took: to identify its caller, and in all.
+pub(super) struct Timing {
+    pub identify_us: u64,
+    pub elapsed_ms: u64,
+}
+
 impl Audit {
     /// Counts the request in the metrics: by provider, decision and status; its time,
     /// and the time naming its caller took.
@@ -71,15 +77,7 @@ impl Audit {
                 .inc();
         }
     }
-}
 
-/// How long a request took: to identify its caller, and in all.
-pub(super) struct Timing {
-    pub identify_us: u64,
-    pub elapsed_ms: u64,
-}
-
-impl Audit {
     /// Writes the event: at info, or at warn when the request failed. A forged source
     /// and a taken-over connection get a line of their own naming both sides.
     pub(super) fn write(

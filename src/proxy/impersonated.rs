@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use tokio::sync::watch;
 
@@ -54,15 +54,7 @@ fn flavor() -> HeaderMap {
 
 /// `GET path` of the real server with the GCE header: its body, if 200.
 async fn get(up: &Upstream, path: &str) -> Result<Bytes, String> {
-    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    let a = up
-        .send(Method::GET, path, &flavor(), Bytes::new(), false, deadline)
-        .await
-        .map_err(|e| format!("{path}: {}", crate::errors::error_chain(&e)))?;
-    if a.parts.status != StatusCode::OK {
-        return Err(format!("{path}: HTTP {}", a.parts.status));
-    }
-    Ok(a.body)
+    up.get_ok(path, &flavor(), false, READ_TIMEOUT).await
 }
 
 impl InstanceAccounts {
@@ -115,12 +107,16 @@ impl InstanceToken for FromUpstream {
 }
 
 /// Impersonation for this proxy, following the containers Docker reports.
-pub(super) fn side(upstream: Arc<Upstream>, settings: &ProxySettings) -> Option<GceSide> {
+pub(super) fn side(
+    upstream: Arc<Upstream>,
+    transport: Arc<crate::assume::transport::Https>,
+    settings: &ProxySettings,
+) -> Option<GceSide> {
     let base = settings.assume.gce_iam_url.clone()?;
     let fetcher = IamFetcher {
         instance: Arc::new(FromUpstream(upstream.clone())),
         base,
-        transport: Arc::new(crate::assume::transport::Https::new()),
+        transport,
     };
     let accounts = Arc::new(InstanceAccounts {
         upstream,

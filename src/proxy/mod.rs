@@ -291,12 +291,18 @@ impl Proxy {
         };
         let cache = (upstream.is_some() && settings.cache.enabled())
             .then(|| cache::Cache::new(settings.cache.clone()));
+        // One HTTPS client (one read of the CA store) for STS and IAM Credentials.
+        let transport = upstream
+            .as_ref()
+            .map(|_| Arc::new(crate::assume::transport::Https::new()));
         let broker = upstream
             .as_ref()
-            .map(|u| assumed::broker(u.clone(), &settings));
+            .zip(transport.clone())
+            .map(|(u, t)| assumed::broker(u.clone(), t, &settings));
         let gce = upstream
             .as_ref()
-            .and_then(|u| impersonated::side(u.clone(), &settings));
+            .zip(transport)
+            .and_then(|(u, t)| impersonated::side(u.clone(), t, &settings));
         Self {
             settings,
             upstream,

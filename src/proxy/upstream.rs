@@ -111,6 +111,33 @@ impl Upstream {
             .map_err(ProxyError::BadTarget)
     }
 
+    /// The proxy's own `GET path` of the real service (with `headers`; `aws`: through
+    /// its IMDSv2 session), within `timeout`: the body of a 200, else why not.
+    pub async fn get_ok(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        aws: bool,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let deadline = Instant::now() + timeout;
+        let a = self
+            .send(
+                http::Method::GET,
+                path,
+                headers,
+                Bytes::new(),
+                aws,
+                deadline,
+            )
+            .await
+            .map_err(|e| format!("{path}: {}", crate::errors::error_chain(&e)))?;
+        if a.parts.status != http::StatusCode::OK {
+            return Err(format!("{path}: HTTP {}", a.parts.status));
+        }
+        Ok(a.body)
+    }
+
     /// Sends one request (`headers` as the container sent them: hop-by-hop headers
     /// and the container's own AWS session headers are dropped here). `aws`: the
     /// request is for AWS and carries the proxy's own session token. `deadline`: when
