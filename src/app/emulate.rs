@@ -49,6 +49,7 @@ pub async fn emulate(
         origins: Arc::new(proxy::identify::EveryoneIsHost),
         policies: tokio::sync::watch::channel(Arc::new(policies)).1,
         assume: Default::default(),
+        audit_summary: defaults.audit_summary,
     }));
     let mut signals = Signals::install()?;
     info!(%listen, file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in example".into()), "emulator serving");

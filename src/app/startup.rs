@@ -174,6 +174,7 @@ impl<'a> Kernel<'a> {
             origins: Arc::new(proxy::identify::ConntrackOrigins),
             policies,
             assume: assume_settings(cfg),
+            audit_summary: cfg.audit_summary,
         }
     }
 }

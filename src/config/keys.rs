@@ -134,6 +134,7 @@ pub static KEYS: &[&dyn Described] = &[
     &UNKNOWN_POLICY,
     &HOST_POLICY,
     &IDENTIFY_WAIT,
+    &AUDIT_SUMMARY,
     &AWS_BASE_ROLE_ARN,
     &AWS_STS_ENDPOINT,
     &AWS_SESSION_SECONDS,
@@ -455,6 +456,14 @@ pub static IDENTIFY_WAIT: Key<Duration> = Key {
     form: Form::Flag,
     default: DefaultValue::Text("1000"),
     parse: |r| millis(r, 0, 60_000),
+};
+
+pub static AUDIT_SUMMARY: Key<Duration> = Key {
+    name: "audit_summary_ms",
+    help: "Every denial, refusal, error and request to the real service is logged on its own; a routine request (allowed, answered from the cache, the emulator or held credentials) on its first occurrence per container, method, path, decision and status, and its repeats as one line with their count per this interval, in milliseconds (0: every request on its own)",
+    form: Form::Flag,
+    default: DefaultValue::Text("60000"),
+    parse: |r| millis(r, 0, 3_600_000),
 };
 
 pub static POLICIES: Key<BTreeMap<String, Policy>> = Key {

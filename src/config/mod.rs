@@ -74,6 +74,8 @@ pub struct Config {
     pub docker_socket: String,
     /// How long a request from a port Docker has not reported yet waits for it.
     pub identify_wait: Duration,
+    /// How often repeats of routine requests are summarised (zero: never).
+    pub audit_summary: Duration,
     /// Named policies and the defaults for unlabelled containers and unknown callers.
     pub policies: Policies,
     /// How roles are assumed for labelled containers.

@@ -37,6 +37,7 @@ impl RawConfig {
             docker_socket: r.read(&keys::DOCKER_SOCKET),
             policies: r.policies(),
             identify_wait: r.read(&keys::IDENTIFY_WAIT),
+            audit_summary: r.read(&keys::AUDIT_SUMMARY),
             aws_roles: AwsRoleSettings {
                 base_role_arn: r.read(&keys::AWS_BASE_ROLE_ARN),
                 sts_endpoint: r.read(&keys::AWS_STS_ENDPOINT),

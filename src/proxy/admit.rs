@@ -25,7 +25,7 @@ use crate::request::canonical::CanonicalPath;
 use crate::request::Provider;
 
 /// What the audit says of a request's fate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(super) enum Decision {
     /// Answered: by the backend, or by the proxy's own protocol step (a session token).
     Allow,

@@ -53,6 +53,20 @@ pub(super) struct Timing {
 }
 
 impl Audit {
+    /// Whether the request is routine: allowed, and answered without asking the real
+    /// service (from the cache, the emulator or credentials the proxy holds). Only a
+    /// routine request's repeats may be summarised (see [`super::trail`]).
+    pub(super) fn is_routine(&self, status: StatusCode) -> bool {
+        let unasked = match self.cache {
+            Some(how) => how == cache::How::Hit,
+            None => self.upstream_status.is_none(),
+        };
+        self.decision == Decision::Allow
+            && self.error.is_none()
+            && !status.is_server_error()
+            && unasked
+    }
+
     /// Counts the request in the metrics: by provider, decision and status; its time,
     /// and the time naming its caller took.
     pub(super) fn count(&self, status: StatusCode, elapsed: Duration, identify: Duration) {
@@ -89,13 +103,7 @@ impl Audit {
         status: StatusCode,
         t: Timing,
     ) {
-        let (container, container_id) = match caller {
-            Caller::Container(e) => (e.name.as_str(), e.container.short()),
-            Caller::Host => ("(host)", "-"),
-            Caller::Forged { .. } => ("(forged source)", "-"),
-            Caller::Moved { .. } => ("(connection taken over)", "-"),
-            _ => ("-", "-"),
-        };
+        let (container, container_id) = super::trail::names(caller);
         match caller {
             Caller::Forged {
                 port_owner,

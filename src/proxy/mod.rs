@@ -15,6 +15,7 @@ pub mod identify;
 mod impersonated;
 pub mod protect;
 pub mod retry;
+pub mod trail;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -88,6 +89,9 @@ pub struct ProxySettings {
     pub policies: tokio::sync::watch::Receiver<Arc<select::Policies>>,
     /// Roles assumed for labelled containers (upstream mode).
     pub assume: AssumeSettings,
+    /// How often repeats of routine requests are written as one line each (zero: every
+    /// request gets a line of its own).
+    pub audit_summary: Duration,
 }
 
 /// How the proxy assumes roles for labelled containers.
@@ -268,6 +272,8 @@ pub struct Proxy {
     broker: Option<crate::assume::RoleBroker>,
     /// Impersonated GCE accounts (upstream mode).
     gce: Option<impersonated::GceSide>,
+    /// Writes each request's audit event, or counts a routine one's repeats.
+    trail: Arc<trail::Trail>,
 }
 
 /// Whose budget a request uses: each container its own; host processes share one,
@@ -289,6 +295,7 @@ impl Proxy {
             ))),
             Backend::Emulator(_) => None,
         };
+        let settings_audit_summary = settings.audit_summary;
         let cache = (upstream.is_some() && settings.cache.enabled())
             .then(|| cache::Cache::new(settings.cache.clone()));
         // One HTTPS client (one read of the CA store) for STS and IAM Credentials.
@@ -311,7 +318,13 @@ impl Proxy {
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
             broker,
             gce,
+            trail: trail::Trail::new(settings_audit_summary),
         }
+    }
+
+    /// The audit trail: the latest decision of each caller.
+    pub fn trail(&self) -> &trail::Trail {
+        &self.trail
     }
 
     /// Answers one request from `client`, whose connection came in from `origin`
@@ -379,8 +392,9 @@ impl Proxy {
             identify_us,
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
-        audit.write(&caller, client, origin, &method, resp.status(), timing);
         audit.count(resp.status(), started.elapsed(), identify);
+        self.trail
+            .record(audit, &caller, client, origin, &method, resp.status(), timing);
         resp
     }
 

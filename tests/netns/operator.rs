@@ -1,8 +1,11 @@
 //! What an operator sees: `/metrics`, `/healthz` and `/readyz` on the host's loopback,
 //! counters that move with each request, a parse by the Prometheus project's own
-//! parser, and nothing of it reachable from a container.
+//! parser, and nothing of it reachable from a container; an audit trail a chatty
+//! container cannot flood.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use harness::*;
 
@@ -121,4 +124,131 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
             r.0
         );
     }
+}
+
+/// `n` GETs of `path` on one keep-alive connection to the metadata address, from the
+/// namespace the caller runs in; the statuses seen, by count.
+fn keep_alive_gets(n: usize, path: &str) -> std::collections::BTreeMap<u16, usize> {
+    let mut conn = std::net::TcpStream::connect((IMDS, 80)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {IMDS}\r\nMetadata-Flavor: Google\r\n\r\n"
+    );
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        conn.write_all(request.as_bytes()).expect("send");
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("status line");
+        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).expect("header");
+            if h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        *seen.entry(status).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// The sum of `count=` over the summary lines naming `client`.
+fn summarised(d: &Daemon, client: &str) -> u64 {
+    d.log()
+        .iter()
+        .filter(|l| l.contains(" repeated ") && l.contains(&format!("client={client} ")))
+        .filter_map(|l| l.split(" count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_written() {
+    require_root!();
+    let tb = Testbed::new();
+    let other = Netns::new("ctr2");
+    attach_container(&tb.host, &other, "br0", "vc1", "10.88.0.3/24", "10.88.0.1");
+    // The emulator (no cloud): every allowed answer is routine. Unknown callers may
+    // read metadata but not credentials.
+    tb.host.ip("route del 169.254.169.254/32");
+    let d = Daemon::spawn(
+        &tb.host,
+        &[
+            "run",
+            "--bridges",
+            "br0,br-*",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+            "--unknown-policy",
+            "metadata-only",
+            "--audit-summary-ms",
+            "1000",
+        ],
+    );
+    d.wait_for("interception live", Duration::from_secs(10));
+    let before = d.log().len();
+    const FLOOD: usize = 20_000;
+    let started = Instant::now();
+    let ((flood, flood_ended), (denied, denied_at)) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let seen = tb
+                .container
+                .run(|| keep_alive_gets(FLOOD, "/computeMetadata/v1/instance/id"));
+            (seen, Instant::now())
+        });
+        // In the middle of it, the other container asks for what it may not have.
+        std::thread::sleep(Duration::from_millis(300));
+        let denied = http(
+            &other,
+            IMDS,
+            "GET",
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            &[("Metadata-Flavor", "Google")],
+        );
+        let at = Instant::now();
+        (flood.join().unwrap(), (denied.0.expect("answered"), at))
+    });
+    let took = flood_ended - started;
+    assert_eq!(flood.get(&200), Some(&FLOOD), "{flood:?}");
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(denied_at < flood_ended, "the denial was answered during the flood");
+    // The denial has its line, whatever the flood did.
+    d.wait_for("decision=deny", Duration::from_secs(2));
+    let line = d
+        .log()
+        .into_iter()
+        .find(|l| l.contains(" request client=10.88.0.3 ") && l.contains("decision=deny"))
+        .unwrap_or_else(|| panic!("no denial line for 10.88.0.3:\n{:#?}", d.log()));
+    assert!(line.contains("service-accounts/default/token"), "{line}");
+    // Every flooding request is accounted for: its first line, then the counts.
+    let firsts = d
+        .log()
+        .iter()
+        .filter(|l| l.contains(" request client=10.88.0.2 "))
+        .count();
+    assert_eq!(firsts, 1, "only the first request has a line of its own");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while summarised(&d, "10.88.0.2") < (FLOOD - 1) as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(summarised(&d, "10.88.0.2"), (FLOOD - 1) as u64);
+    let lines = d.log().len() - before;
+    measure(
+        &format!(
+            "log lines written for {FLOOD} requests from one container in {:.1} s, plus one denial from another",
+            took.as_secs_f64()
+        ),
+        lines,
+    );
+    // A few lines per second of flood, not one per request.
+    let bound = 10 + 2 * took.as_secs() as usize;
+    assert!(lines <= bound, "{lines} lines (at most {bound} expected):\n{:#?}", &d.log()[before..]);
 }

@@ -94,6 +94,7 @@ pub fn settings(upstream: SocketAddr) -> ProxySettings {
         origins: Arc::new(FakeOrigins::default()),
         policies: policies(Policies::builtin("allow", "allow")),
         assume: Default::default(),
+        audit_summary: Duration::from_secs(60),
     }
 }
 
