@@ -58,9 +58,21 @@ pub enum Command {
     Rules(ConfigArgs),
     /// Remove the table and the link: containers reach the metadata address directly again.
     Uninstall(ConfigArgs),
+    /// Ask the daemon of this network namespace what it sees: where answers come from,
+    /// tables and bridges, each container's identity, policy and latest decision, the
+    /// cache, recent drift (root only).
+    Status(StatusArgs),
     /// Serve the emulator on a plain address, without interception (local development,
     /// or a stand-in cloud): every provider's checks apply, every caller is the host.
     Emulate(EmulateArgs),
+}
+
+/// `imds-proxy status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The report as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `imds-proxy emulate`.

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Emulate(_) => None,
+        Command::Emulate(_) | Command::Status(_) => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
                 .map(|text| print!("{text}")),
             Command::Uninstall(_) => app::uninstall(&cfg.expect("loaded above")).await,
             Command::Emulate(a) => app::emulate(a.emulator, a.listen).await,
+            Command::Status(a) => app::status(a.json).await,
         }
     });
     match result {

@@ -66,12 +66,13 @@ fn containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery() 
     ]);
 
     // 1. Labels side by side, and a config edit changes the answer without a restart.
-    let ci = scene.start(&net, &["imds-proxy.policy=ci"], &[]);
+    let ci = scene.start(&net, &["imds-proxy.policy=ci", "imds-proxy.aws.role=role"], &[]);
     let deny = scene.start(&net, &["imds-proxy.policy=deny"], &[]);
     let plain = scene.start(DEFAULT_NET, &[], &[]);
     assert!(get(&ci, CREDS).contains("\"Token\":\"SECRET-"));
     assert!(get(&plain, CREDS).contains("\"Token\":\"SECRET-"));
     assert!(get(&deny, CREDS).contains("403 Forbidden"));
+    status_shows_each_container_with_its_identity_policy_and_last_decision(&ci, &deny);
     write_config("deny");
     scene
         .daemon()
@@ -271,6 +272,48 @@ fn containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery() 
 }
 
 /// `wget` from inside a running container: the body, or wget's error.
+/// `imds-proxy status`, as JSON and as text, names the labelled containers with their
+/// policy, pinned identity and latest decision.
+fn status_shows_each_container_with_its_identity_policy_and_last_decision(ci: &str, deny: &str) {
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .output()
+        .expect("imds-proxy status");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let find = |name: &str| {
+        report["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in the status report: {report:#}"))
+            .clone()
+    };
+    let c = find(ci);
+    assert_eq!(c["policy"], "ci", "{c:#}");
+    assert_eq!(c["policy_reason"], "label imds-proxy.policy=ci");
+    assert_eq!(c["identity"]["aws"], "instance role role", "{c:#}");
+    assert_eq!(c["identity"]["gce"], "instance");
+    assert_eq!(c["last"]["path"], CREDS, "{c:#}");
+    assert_eq!(c["last"]["decision"], "allow");
+    assert_eq!(c["last"]["status"], 200);
+    let d = find(deny);
+    assert_eq!(d["policy"], "deny");
+    assert_eq!((d["last"]["decision"].as_str(), d["last"]["status"].as_u64()), (Some("deny"), Some(403)), "{d:#}");
+    assert_eq!(report["not_ready"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["tables"]["open"], true);
+    assert!(report["source"].as_str().unwrap().starts_with("upstream http://"));
+    let text = Command::new(bin()).arg("status").output().expect("imds-proxy status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("\nready\n"), "{text}");
+    assert!(
+        text.contains(&format!("policy: ci (label imds-proxy.policy=ci)")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{CREDS} -> allow 200")), "{text}");
+}
+
 fn get(container: &str, path: &str) -> String {
     exec(
         container,

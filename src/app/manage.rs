@@ -18,23 +18,88 @@ use tracing::{info, warn};
 
 use crate::docker::InventoryHandle;
 
-/// What readiness depends on, as the running daemon reports it.
+/// Table events `status` shows, the most recent last.
+const EVENTS_KEPT: usize = 32;
+
+/// What the running loop reports of the tables: what readiness and `status` read.
 #[derive(Default)]
 pub(crate) struct Readiness {
-    /// The last apply of the tables failed: why.
-    tables: Mutex<Option<String>>,
+    tables: Mutex<Tables>,
+}
+
+/// The tables as the running loop last saw them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tables {
+    /// Why the last apply or restore failed; `None`: in force.
+    pub problem: Option<String>,
+    /// Open (containers proxied) or closed (refused).
+    pub open: bool,
+    /// The bridges intercepted.
+    pub bridges: Vec<String>,
+    /// Recent drift, restores and failures.
+    pub events: std::collections::VecDeque<TableEvent>,
+}
+
+/// Something that happened to the tables.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TableEvent {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// `drift`, `restored` or `failed`.
+    pub kind: String,
+    pub detail: String,
 }
 
 impl Readiness {
     /// The tables are in force (applied, verified or restored).
     pub fn tables_ok(&self) {
-        *self.tables.lock().expect("readiness lock") = None;
+        self.lock().problem = None;
     }
 
     /// The tables could not be applied or restored.
     pub fn tables_failed(&self, why: String) {
-        *self.tables.lock().expect("readiness lock") = Some(why);
+        let mut t = self.lock();
+        if t.problem.as_ref() != Some(&why) {
+            push(&mut t.events, "failed", why.clone());
+        }
+        t.problem = Some(why);
     }
+
+    /// Someone else changed the tables, or they were put back.
+    pub fn table_event(&self, kind: &str, detail: String) {
+        push(&mut self.lock().events, kind, detail);
+    }
+
+    /// The plan in force: open or closed, and its bridges.
+    pub fn plan(&self, open: bool, bridges: Vec<String>) {
+        let mut t = self.lock();
+        t.open = open;
+        t.bridges = bridges;
+    }
+
+    pub fn tables(&self) -> Tables {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn push(events: &mut std::collections::VecDeque<TableEvent>, kind: &str, detail: String) {
+    if events.len() == EVENTS_KEPT {
+        events.pop_front();
+    }
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    events.push_back(TableEvent {
+        at,
+        kind: kind.to_owned(),
+        detail,
+    });
 }
 
 /// What the listener reads.
@@ -48,15 +113,9 @@ pub(crate) struct Manage {
 
 impl Manage {
     /// Why the daemon is not ready; empty: ready.
-    fn not_ready(&self) -> Vec<String> {
+    pub fn not_ready(&self) -> Vec<String> {
         let mut why = Vec::new();
-        if let Some(e) = self
-            .readiness
-            .tables
-            .lock()
-            .expect("readiness lock")
-            .clone()
-        {
+        if let Some(e) = self.readiness.tables().problem {
             why.push(format!("the tables are not in force: {e}"));
         }
         if (self.proxy_gone)() {

@@ -25,6 +25,8 @@ mod manage;
 mod repair;
 mod running;
 mod startup;
+pub mod status;
+mod status_text;
 
 pub use egress::Parents;
 pub use emulate::emulate;
@@ -62,6 +64,8 @@ pub enum AppError {
     Emulator(#[from] crate::emulator::EmulatorConfigError),
     #[error("failed to listen on {0}")]
     EmulateListen(std::net::SocketAddr, #[source] std::io::Error),
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
 }
 
 fn require_root() -> Result<(), AppError> {
@@ -131,6 +135,21 @@ pub async fn rules(cfg: &Config) -> Result<String, AppError> {
     let handle = link::connect()?;
     let parents = Parents::of(cfg, true);
     Ok(plan(&current_snapshot(cfg, &handle, Mode::Open, &parents).await?).to_string())
+}
+
+/// `imds-proxy status`: the running daemon's report, as text or (`json`) as it came.
+pub async fn status(json: bool) -> Result<(), AppError> {
+    let report = status::ask().await?;
+    if json {
+        let text = serde_json::to_string_pretty(&report).expect("a report serialises");
+        println!("{text}");
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", status_text::render(&report, now));
+    }
+    Ok(())
 }
 
 /// `imds-proxy uninstall`: removes the table and the link, reopening direct access.

@@ -171,8 +171,21 @@ impl Running {
         };
         repair::repair(&repair::Netlink(&self.handle), &wanted, &batch, resync).await;
         let verified = batch.iter().any(|e| matches!(e, Event::Verify));
+        for e in &batch {
+            if let Event::Drift(c) = e {
+                let detail = format!("{} by netlink port {}", c.what, c.by_portid);
+                self.readiness.table_event("drift", detail);
+            }
+        }
         let result = self.rec.handle(batch).await;
         count_tables(&result);
+        if let Ok(crate::reconcile::Outcome::Restored) = &result {
+            let detail = "put back as planned".to_owned();
+            self.readiness.table_event("restored", detail);
+        }
+        let s = self.rec.snapshot();
+        let bridges = s.bridges.iter().cloned().collect();
+        self.readiness.plan(s.mode == Mode::Open, bridges);
         match result {
             // The tables are verified (or were just restored): the daemon is alive and
             // in charge. A loop that hangs, or tables it cannot keep, starve the
@@ -253,6 +266,7 @@ impl Running {
             warn!(error = %e, "the proxy task failed");
             proxy::DrainReport { abandoned: 0 }
         });
+        super::status::remove_socket();
         if cfg.remove_on_exit {
             return remove_interception(cfg, self.rec.firewall()).await;
         }

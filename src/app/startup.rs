@@ -304,26 +304,50 @@ impl Steps for Kernel<'_> {
         let inventory = crate::docker::spawn(self.cfg.docker_socket.clone());
         let bridges = inventory.bridges.clone();
         tokio::spawn(forward_docker_bridges(bridges, self.commands.clone()));
-        let proxy = Arc::new(Proxy::new(self.proxy_settings(inventory.clone())));
+        let settings = self.proxy_settings(inventory.clone());
+        let source = match &settings.backend {
+            proxy::Backend::Upstream(u) => format!("upstream {u}"),
+            proxy::Backend::Emulator(_) => match &self.emulator {
+                Some((_, Some(file))) => format!("emulator {}", file.display()),
+                _ => "emulator (built-in example)".to_owned(),
+            },
+        };
+        let policies = settings.policies.clone();
+        let proxy = Arc::new(Proxy::new(settings));
         let (stop_proxy, stopped) = oneshot::channel::<()>();
         let listeners = std::mem::take(&mut self.listeners);
+        let listen: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
         let dns = std::mem::take(&mut self.dns_sockets);
         let drain = self.cfg.drain_timeout;
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ended = gone.clone();
+        let serving = proxy.clone();
         let server = tokio::spawn(async move {
-            let report = serve_all(listeners, dns, proxy, stopped, drain).await;
+            let report = serve_all(listeners, dns, serving, stopped, drain).await;
             ended.store(true, std::sync::atomic::Ordering::Relaxed);
             report
         });
+        let manage = super::manage::Manage {
+            readiness: self.readiness.clone(),
+            inventory: inventory.clone(),
+            proxy_gone: Arc::new(move || gone.load(std::sync::atomic::Ordering::Relaxed)),
+        };
         if let Some(addr) = self.cfg.metrics_listen {
-            let manage = super::manage::Manage {
-                readiness: self.readiness.clone(),
-                inventory,
-                proxy_gone: Arc::new(move || gone.load(std::sync::atomic::Ordering::Relaxed)),
-            };
-            super::manage::spawn(addr, manage).await;
+            super::manage::spawn(addr, manage.clone()).await;
         }
+        super::status::spawn(super::status::Source {
+            source,
+            listen,
+            readiness: self.readiness.clone(),
+            not_ready: Arc::new(move || manage.not_ready()),
+            inventory,
+            policies,
+            proxy: Arc::downgrade(&proxy),
+        });
         self.serving = Some((stop_proxy, server));
         Ok(())
     }

@@ -327,6 +327,11 @@ impl Proxy {
         &self.trail
     }
 
+    /// What the cache holds, by kind (`None`: no cache, as with the emulator).
+    pub fn cache_census(&self) -> Option<std::collections::BTreeMap<&'static str, usize>> {
+        self.cache.as_ref().map(cache::Cache::census)
+    }
+
     /// Answers one request from `client`, whose connection came in from `origin`
     /// (`addrs`: the connection's local and peer address, to check that it still does).
     /// Never fails: errors become answers. Writes one audit event per request.

@@ -51,7 +51,7 @@ struct Seen {
 }
 
 /// A caller's latest decision, as `status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Last {
     pub client: String,
     pub origin: String,
@@ -59,7 +59,7 @@ pub struct Last {
     pub container_id: String,
     pub method: String,
     pub path: String,
-    pub decision: &'static str,
+    pub decision: std::borrow::Cow<'static, str>,
     pub status: u16,
     /// Seconds since the epoch.
     pub at: u64,
@@ -228,7 +228,7 @@ impl Window {
             if last.method != method.as_str() {
                 method.as_str().clone_into(&mut last.method);
             }
-            last.decision = decision.name();
+            last.decision = decision.name().into();
             last.status = status;
             last.at = at;
             return;
@@ -248,7 +248,7 @@ impl Window {
                 container_id: container_id.trim_start_matches('-').to_owned(),
                 method: method.to_string(),
                 path: path.to_owned(),
-                decision: decision.name(),
+                decision: decision.name().into(),
                 status,
                 at,
             },

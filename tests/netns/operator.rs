@@ -241,6 +241,8 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     }
     assert_eq!(summarised(&d, "10.88.0.2"), (FLOOD - 1) as u64);
     let lines = d.log().len() - before;
+    status_names_callers_that_are_no_container(&tb, &other);
+
     measure(
         &format!(
             "log lines written for {FLOOD} requests from one container in {:.1} s, plus one denial from another",
@@ -251,4 +253,29 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     // A few lines per second of flood, not one per request.
     let bound = 10 + 2 * took.as_secs() as usize;
     assert!(lines <= bound, "{lines} lines (at most {bound} expected):\n{:#?}", &d.log()[before..]);
+}
+
+/// `imds-proxy status` in the daemon's namespace: the emulator, no cache, the latest
+/// decision of callers no container owns; refused to others than root; and in a
+/// namespace without a daemon, says so.
+fn status_names_callers_that_are_no_container(tb: &Testbed, other: &Netns) {
+    let report: serde_json::Value =
+        serde_json::from_str(&tb.host.exec(&[bin(), "status", "--json"])).expect("JSON");
+    assert_eq!(report["source"], "emulator (built-in example)", "{report:#}");
+    assert_eq!(report["cache"], serde_json::Value::Null);
+    assert_eq!(report["tables"]["bridges"], serde_json::json!(["br0"]));
+    let callers = report["other_callers"].as_array().unwrap();
+    let of = |client: &str| {
+        callers
+            .iter()
+            .find(|c| c["client"] == client)
+            .unwrap_or_else(|| panic!("{client} not in {report:#}"))
+    };
+    assert_eq!(of("10.88.0.2")["decision"], "allow");
+    assert_eq!(of("10.88.0.3")["decision"], "deny");
+    assert_eq!(of("10.88.0.3")["status"], 403);
+    let (ok, _, err) = tb.host.try_exec(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin(), "status"]);
+    assert!(!ok && err.contains("needs root"), "{err}");
+    let (ok, _, err) = other.try_exec(&[bin(), "status"]);
+    assert!(!ok && err.contains("no daemon runs in this network namespace"), "{err}");
 }

@@ -235,6 +235,36 @@ impl Cache {
         }
     }
 
+    /// What it holds now, by kind: `tokens`, `documents`, `failures` (remembered for a
+    /// moment) and `in_flight` (requests to the service under way).
+    pub fn census(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let map = self.inner.lock();
+        let now = Instant::now();
+        let mut n = std::collections::BTreeMap::from([
+            ("tokens", 0),
+            ("documents", 0),
+            ("failures", 0),
+            ("in_flight", 0),
+        ]);
+        let mut count = |kind| *n.get_mut(kind).expect("every kind is listed") += 1;
+        for slot in map.slots.values() {
+            match slot.entry.as_deref() {
+                Some(e) if e.until() > now => match e.life {
+                    Life::Token { .. } => count("tokens"),
+                    Life::Document { .. } => count("documents"),
+                },
+                _ => {}
+            }
+            if slot.failed.as_ref().is_some_and(|(_, until)| *until > now) {
+                count("failures");
+            }
+            if slot.flight.is_some() {
+                count("in_flight");
+            }
+        }
+        n
+    }
+
     /// The cache's view of a request to the upstream (see [`classify`]).
     pub fn classify(
         &self,
