@@ -66,7 +66,11 @@ fn containers_get_their_own_identity_through_ip_reuse_start_races_and_forgery() 
     ]);
 
     // 1. Labels side by side, and a config edit changes the answer without a restart.
-    let ci = scene.start(&net, &["imds-proxy.policy=ci", "imds-proxy.aws.role=role"], &[]);
+    let ci = scene.start(
+        &net,
+        &["imds-proxy.policy=ci", "imds-proxy.aws.role=role"],
+        &[],
+    );
     let deny = scene.start(&net, &["imds-proxy.policy=deny"], &[]);
     let plain = scene.start(DEFAULT_NET, &[], &[]);
     assert!(get(&ci, CREDS).contains("\"Token\":\"SECRET-"));
@@ -300,11 +304,21 @@ fn status_shows_each_container_with_its_identity_policy_and_last_decision(ci: &s
     assert_eq!(c["last"]["status"], 200);
     let d = find(deny);
     assert_eq!(d["policy"], "deny");
-    assert_eq!((d["last"]["decision"].as_str(), d["last"]["status"].as_u64()), (Some("deny"), Some(403)), "{d:#}");
+    assert_eq!(
+        (d["last"]["decision"].as_str(), d["last"]["status"].as_u64()),
+        (Some("deny"), Some(403)),
+        "{d:#}"
+    );
     assert_eq!(report["not_ready"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["tables"]["open"], true);
-    assert!(report["source"].as_str().unwrap().starts_with("upstream http://"));
-    let text = Command::new(bin()).arg("status").output().expect("imds-proxy status");
+    assert!(report["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("upstream http://"));
+    let text = Command::new(bin())
+        .arg("status")
+        .output()
+        .expect("imds-proxy status");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("\nready\n"), "{text}");
     assert!(

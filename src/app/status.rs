@@ -100,7 +100,10 @@ pub(crate) struct Source {
 pub fn socket_path() -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let netns = std::fs::metadata("/proc/self/ns/net")?.ino();
-    Ok(PathBuf::from(format!("{}/netns-{netns}.sock", super::LOCK_DIR)))
+    Ok(PathBuf::from(format!(
+        "{}/netns-{netns}.sock",
+        super::LOCK_DIR
+    )))
 }
 
 /// Listens on the status socket for the rest of the process (the directory exists: the
@@ -181,11 +184,9 @@ impl Source {
             docker_connected: inventory.connected,
             containers,
             other_callers,
-            cache: proxy.and_then(|p| p.cache_census()).map(|c| {
-                c.into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect()
-            }),
+            cache: proxy
+                .and_then(|p| p.cache_census())
+                .map(|c| c.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
         }
     }
 }
@@ -245,12 +246,14 @@ fn identity(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// `imds-proxy status`: the running daemon's report.
 pub async fn ask() -> Result<Report, StatusError> {
     let path = socket_path().map_err(|e| StatusError::Io(PathBuf::from("/proc/self/ns/net"), e))?;
-    let mut stream = UnixStream::connect(&path).await.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => StatusError::NotRunning(path.clone()),
-        io::ErrorKind::ConnectionRefused => StatusError::Refused(path.clone()),
-        io::ErrorKind::PermissionDenied => StatusError::NotRoot(path.clone()),
-        _ => StatusError::Io(path.clone(), e),
-    })?;
+    let mut stream = UnixStream::connect(&path)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StatusError::NotRunning(path.clone()),
+            io::ErrorKind::ConnectionRefused => StatusError::Refused(path.clone()),
+            io::ErrorKind::PermissionDenied => StatusError::NotRoot(path.clone()),
+            _ => StatusError::Io(path.clone(), e),
+        })?;
     let mut body = Vec::new();
     tokio::time::timeout(ASK_TIMEOUT, stream.read_to_end(&mut body))
         .await

@@ -12,8 +12,14 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn identity_names_what_the_labels_pin_and_the_instance_elsewhere() {
     let id = identity(&labels(&[
-        ("imds-proxy.aws.role-arn", "arn:aws:iam::123456789012:role/web"),
-        ("imds-proxy.gce.service-account", "web@p.iam.gserviceaccount.com"),
+        (
+            "imds-proxy.aws.role-arn",
+            "arn:aws:iam::123456789012:role/web",
+        ),
+        (
+            "imds-proxy.gce.service-account",
+            "web@p.iam.gserviceaccount.com",
+        ),
     ]));
     assert_eq!(id["aws"], "assumes arn:aws:iam::123456789012:role/web");
     assert_eq!(id["gce"], "web@p.iam.gserviceaccount.com");

@@ -71,9 +71,16 @@ fn container(w: &mut String, c: &ContainerStatus, now: u64) {
         c.name, c.id, c.image, c.network, c.ipv4
     );
     let _ = writeln!(w, "    policy: {} ({})", c.policy, c.policy_reason);
-    let ids: Vec<String> = c.identity.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let ids: Vec<String> = c
+        .identity
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
     let _ = writeln!(w, "    identity: {}", ids.join("; "));
-    let seen = c.last.as_ref().map_or("no request yet".to_owned(), |l| last(l, now));
+    let seen = c
+        .last
+        .as_ref()
+        .map_or("no request yet".to_owned(), |l| last(l, now));
     let _ = writeln!(w, "    last: {seen}");
 }
 

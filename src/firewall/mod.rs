@@ -26,8 +26,12 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not permitted to change nftables: run as root (or with CAP_NET_ADMIN)")]
-    NotPermitted(#[source] std::io::Error),
+    #[error("not permitted to {action}: run as root (or with CAP_NET_ADMIN); as root, another process owns a table of the same name (nftables `flags owner`) until it ends")]
+    NotPermitted {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to {action}")]
     Netlink {
         action: &'static str,
@@ -42,7 +46,7 @@ impl FirewallError {
     /// Classifies a netlink errno so the user reads what to do rather than an errno.
     pub(crate) fn from_io(action: &'static str, e: std::io::Error) -> Self {
         match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted(e),
+            Some(libc::EPERM) | Some(libc::EACCES) => Self::NotPermitted { action, source: e },
             Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) => Self::Unavailable(e),
             Some(libc::EOPNOTSUPP) => Self::Unsupported { action, source: e },
             _ => Self::Netlink { action, source: e },
@@ -63,7 +67,9 @@ mod tests {
             )
             .to_string()
         };
-        assert!(e(libc::EPERM).contains("run as root"));
+        let eperm = e(libc::EPERM);
+        assert!(eperm.contains("not permitted to replace the nftables table: run as root"));
+        assert!(eperm.contains("another process owns a table of the same name"));
         assert!(e(libc::EPROTONOSUPPORT).contains("nf_tables is not available in this kernel"));
         assert!(e(libc::EOPNOTSUPP).contains("refused an nftables feature"));
         assert_eq!(e(libc::ENOENT), "failed to replace the nftables table");

@@ -398,8 +398,15 @@ impl Proxy {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         audit.count(resp.status(), started.elapsed(), identify);
-        self.trail
-            .record(audit, &caller, client, origin, &method, resp.status(), timing);
+        self.trail.record(
+            audit,
+            &caller,
+            client,
+            origin,
+            &method,
+            resp.status(),
+            timing,
+        );
         resp
     }
 

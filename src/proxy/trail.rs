@@ -130,7 +130,10 @@ impl Trail {
                     path: OTHER_PATHS.to_owned(),
                     ..key
                 };
-                let seen = w.seen.entry(other).or_insert_with(|| Seen::of(caller, None));
+                let seen = w
+                    .seen
+                    .entry(other)
+                    .or_insert_with(|| Seen::of(caller, None));
                 seen.repeats += 1;
                 return;
             }

@@ -3,10 +3,10 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use super::*;
+use crate::ports::BridgePort;
 use crate::proxy::admit::Decision;
 use crate::proxy::audit::{Audit, Timing};
 use crate::proxy::cache::How;
-use crate::ports::BridgePort;
 
 fn hit(path: &str) -> Audit {
     Audit {
@@ -28,7 +28,15 @@ fn t() -> Timing {
 fn from(trail: &Trail, port: u32, audit: Audit, status: StatusCode) {
     let client = ClientAddr(format!("10.0.0.{port}").parse().unwrap());
     let origin = Origin::Port(BridgePort(port));
-    trail.record(audit, &Caller::Unknown, client, origin, &Method::GET, status, t());
+    trail.record(
+        audit,
+        &Caller::Unknown,
+        client,
+        origin,
+        &Method::GET,
+        status,
+        t(),
+    );
 }
 
 fn entries(trail: &Trail) -> Vec<(String, u64)> {
@@ -36,7 +44,19 @@ fn entries(trail: &Trail) -> Vec<(String, u64)> {
     let mut v: Vec<_> = w
         .seen
         .iter()
-        .map(|(k, s)| (format!("{}:{}", match k.caller.0 { Origin::Port(p) => p.0, _ => 0 }, k.path), s.repeats))
+        .map(|(k, s)| {
+            (
+                format!(
+                    "{}:{}",
+                    match k.caller.0 {
+                        Origin::Port(p) => p.0,
+                        _ => 0,
+                    },
+                    k.path
+                ),
+                s.repeats,
+            )
+        })
         .collect();
     v.sort();
     v

@@ -131,9 +131,7 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
 fn keep_alive_gets(n: usize, path: &str) -> std::collections::BTreeMap<u16, usize> {
     let mut conn = std::net::TcpStream::connect((IMDS, 80)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {IMDS}\r\nMetadata-Flavor: Google\r\n\r\n"
-    );
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {IMDS}\r\nMetadata-Flavor: Google\r\n\r\n");
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..n {
@@ -166,7 +164,14 @@ fn summarised(d: &Daemon, client: &str) -> u64 {
     d.log()
         .iter()
         .filter(|l| l.contains(" repeated ") && l.contains(&format!("client={client} ")))
-        .filter_map(|l| l.split(" count=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split(" count=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -219,7 +224,10 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     let took = flood_ended - started;
     assert_eq!(flood.get(&200), Some(&FLOOD), "{flood:?}");
     assert_eq!(denied.status, 403, "{denied:?}");
-    assert!(denied_at < flood_ended, "the denial was answered during the flood");
+    assert!(
+        denied_at < flood_ended,
+        "the denial was answered during the flood"
+    );
     // The denial has its line, whatever the flood did.
     d.wait_for("decision=deny", Duration::from_secs(2));
     let line = d
@@ -252,7 +260,11 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     );
     // A few lines per second of flood, not one per request.
     let bound = 10 + 2 * took.as_secs() as usize;
-    assert!(lines <= bound, "{lines} lines (at most {bound} expected):\n{:#?}", &d.log()[before..]);
+    assert!(
+        lines <= bound,
+        "{lines} lines (at most {bound} expected):\n{:#?}",
+        &d.log()[before..]
+    );
 }
 
 /// `imds-proxy status` in the daemon's namespace: the emulator, no cache, the latest
@@ -261,7 +273,10 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
 fn status_names_callers_that_are_no_container(tb: &Testbed, other: &Netns) {
     let report: serde_json::Value =
         serde_json::from_str(&tb.host.exec(&[bin(), "status", "--json"])).expect("JSON");
-    assert_eq!(report["source"], "emulator (built-in example)", "{report:#}");
+    assert_eq!(
+        report["source"], "emulator (built-in example)",
+        "{report:#}"
+    );
     assert_eq!(report["cache"], serde_json::Value::Null);
     assert_eq!(report["tables"]["bridges"], serde_json::json!(["br0"]));
     let callers = report["other_callers"].as_array().unwrap();
@@ -274,8 +289,94 @@ fn status_names_callers_that_are_no_container(tb: &Testbed, other: &Netns) {
     assert_eq!(of("10.88.0.2")["decision"], "allow");
     assert_eq!(of("10.88.0.3")["decision"], "deny");
     assert_eq!(of("10.88.0.3")["status"], 403);
-    let (ok, _, err) = tb.host.try_exec(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin(), "status"]);
+    let (ok, _, err) = tb.host.try_exec(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin(),
+        "status",
+    ]);
     assert!(!ok && err.contains("needs root"), "{err}");
     let (ok, _, err) = other.try_exec(&[bin(), "status"]);
-    assert!(!ok && err.contains("no daemon runs in this network namespace"), "{err}");
+    assert!(
+        !ok && err.contains("no daemon runs in this network namespace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
+    require_root!();
+    let tb = Testbed::new();
+    // Plain tables, which another process may delete (owned ones it cannot).
+    let d = tb.daemon(&["--table-owner", "off"]);
+    let readyz = || {
+        http(&tb.host, MANAGE, "GET", "/readyz", &[])
+            .0
+            .expect("/readyz answers")
+    };
+    // There is no Docker in the namespace, which /readyz names as a reason of its own:
+    // what this test watches is the tables' reason.
+    let tables_down = || {
+        let a = readyz();
+        a.status == 503 && a.body.contains("the tables are not in force")
+    };
+    assert!(!tables_down(), "{:?}", readyz());
+    // Another process deletes the table and holds one of the same name that only it may
+    // change (an owned table, gone when that process ends): the daemon cannot put its
+    // own back.
+    let mut usurper = Command::new("ip")
+        .args(["netns", "exec", &tb.host.name, "nft", "-i"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nft -i");
+    let taken = Instant::now();
+    usurper
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"delete table ip imds_proxy; add table ip imds_proxy { flags owner; }\n")
+        .unwrap();
+    until(
+        Duration::from_secs(3),
+        "/readyz not ready with the table gone",
+        tables_down,
+    );
+    let took = taken.elapsed();
+    measure("table deleted to /readyz not ready (ms)", took.as_millis());
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let not_ready = readyz();
+    assert!(
+        not_ready.body.contains("the tables are not in force"),
+        "{not_ready:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&tb.host.exec(&[bin(), "status", "--json"])).expect("JSON");
+    assert!(report["tables"]["problem"].is_string(), "{report:#}");
+    let kinds: Vec<&str> = report["tables"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"failed"), "{report:#}");
+    // The other process ends, its table with it: the daemon puts its own back.
+    drop(usurper.stdin.take());
+    usurper.wait().unwrap();
+    until(Duration::from_secs(3), "/readyz ready again", || {
+        !tables_down()
+    });
+    assert!(tb.host.nft_table().is_some());
+    let restored: serde_json::Value =
+        serde_json::from_str(&tb.host.exec(&[bin(), "status", "--json"])).expect("JSON");
+    assert!(restored["tables"]["problem"].is_null(), "{restored:#}");
+    // The failure says what it is.
+    d.wait_for(
+        "another process owns a table of the same name",
+        Duration::from_secs(1),
+    );
+    drop(d);
 }
