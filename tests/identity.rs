@@ -322,7 +322,7 @@ fn status_shows_each_container_with_its_identity_policy_and_last_decision(ci: &s
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("\nready\n"), "{text}");
     assert!(
-        text.contains(&format!("policy: ci (label imds-proxy.policy=ci)")),
+        text.contains("policy: ci (label imds-proxy.policy=ci)"),
         "{text}"
     );
     assert!(text.contains(&format!("{CREDS} -> allow 200")), "{text}");

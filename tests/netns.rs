@@ -17,6 +17,8 @@ mod lifecycle;
 mod operator;
 #[path = "netns/policy.rs"]
 mod policy;
+#[path = "netns/takeover.rs"]
+mod takeover;
 
 use std::time::Duration;
 

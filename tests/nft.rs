@@ -31,13 +31,13 @@ fn a_batch_the_kernel_rejects_leaves_the_previous_table_untouched() {
     let good = plan::plan(&snapshot(&["docker0"]));
     let mut bad = plan::plan(&snapshot(&["docker0", "br-new"]));
     // NAT chains cannot hook forward: the kernel refuses the batch half-way through.
-    bad.chains.push(plan::Chain {
-        name: "broken",
-        kind: ChainKind::Nat,
-        hook: Hook::Forward,
-        priority: 0,
-        rules: vec![],
-    });
+    bad.chains.push(plan::Chain::base(
+        "broken",
+        ChainKind::Nat,
+        Hook::Forward,
+        0,
+        vec![],
+    ));
     let (first, second, exists) = ns.run(move || {
         let fw = NetlinkFirewall::open(TableOwner::Off).unwrap();
         let first = fw.apply(&good);

@@ -168,7 +168,7 @@ impl Source {
                 last.insert(l.container_id.clone(), l);
             }
         }
-        other_callers.sort_by(|a, b| b.at.cmp(&a.at));
+        other_callers.sort_by_key(|l| std::cmp::Reverse(l.at));
         let mut containers: Vec<ContainerStatus> = inventory
             .endpoints()
             .map(|e| container(e, &policies, last.remove(e.container.short())))

@@ -24,7 +24,7 @@ use nftnl::nftnl_sys::{self as sys, libc as nlibc};
 use nftnl::set::{Set, SetKey};
 use nftnl::{nft_expr, Batch, Chain, MsgType, ProtoFamily, Table};
 
-use super::plan::{self, Action, ChainKind, Hook, Match, Ruleset, IFNAMSIZ};
+use super::plan::{self, Action, ChainKind, Hook, Mark, Match, Ruleset, IFNAMSIZ};
 use super::{Firewall, FirewallError, TableOwner};
 
 #[path = "nft_table.rs"]
@@ -456,6 +456,21 @@ fn add_match(rule: &mut nftnl::Rule<'_>, m: &Match, set: &Set<'_, IfName>, famil
             rule.add_expr(&nft_expr!(meta mark));
             rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, 0u32));
         }
+        Match::CtMarkSet => {
+            rule.add_expr(&nft_expr!(ct mark));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Neq, 0u32));
+        }
+        Match::MarkBit { mark, bit, set } => {
+            match mark {
+                Mark::Packet => rule.add_expr(&nft_expr!(meta mark)),
+                Mark::Conn => rule.add_expr(&nft_expr!(ct mark)),
+            }
+            // Marks are 32-bit numbers in host byte order.
+            let mask = 1u32 << bit;
+            let value = if *set { mask } else { 0 };
+            rule.add_expr(&expr::Bitwise::new(&mask.to_ne_bytes()[..], &[0u8; 4][..]));
+            rule.add_expr(&expr::Cmp::new(expr::CmpOp::Eq, value));
+        }
     }
 }
 
@@ -470,10 +485,9 @@ fn add_l4proto(rule: &mut nftnl::Rule<'_>, proto: u8) {
 
 fn add_action(rule: &mut nftnl::Rule<'_>, a: &Action, family: Family) {
     match a {
-        Action::CtMarkFromMark => {
-            rule.add_expr(&nft_expr!(meta mark));
-            rule.add_expr(&nft_expr!(ct mark set));
-        }
+        Action::Jump(chain) => rule.add_expr(&expr::Verdict::Jump {
+            chain: CString::new(*chain).expect("chain name has no NUL"),
+        }),
         Action::DnatKeepingMark(to) => {
             rule.add_expr(&nft_expr!(meta mark));
             rule.add_expr(&nft_expr!(ct mark set));
@@ -564,9 +578,13 @@ fn build_batch(rs: &Ruleset, owned: bool, stale_netdev: bool) -> nftnl::Finalize
     // The bridge chain uses no set (it is never added); it only satisfies the rule builder.
     let set_name = CString::new(plan::BRIDGE_SET).expect("set name has no NUL");
     let set: Set<'_, IfName> = Set::new_named(&set_name, 3, &btable, ProtoFamily::Bridge);
-    for c in [&rs.port_chain, &rs.bridge_forward] {
-        add_chain(&mut batch, &btable, c, &set, Family::Bridge);
-    }
+    add_chains(
+        &mut batch,
+        &btable,
+        &[rs.port_chain.clone(), rs.bridge_forward.clone()],
+        &set,
+        Family::Bridge,
+    );
     if !rs.egress.is_empty() {
         add_egress_table(&mut batch, rs, owned);
     } else if stale_netdev {
@@ -635,35 +653,42 @@ fn add_family_table(
         batch.add_iter(set.elems_iter(), MsgType::Add);
     }
 
-    for c in chains {
-        add_chain(batch, &table, c, &set, family);
-    }
+    add_chains(batch, &table, chains, &set, family);
 }
 
-/// Adds one base chain (accept policy) and its rules.
-fn add_chain(
+/// Adds the chains (base chains with an accept policy), then their rules: a rule may
+/// jump to a chain listed after its own.
+fn add_chains(
     batch: &mut Batch,
     table: &Table,
-    c: &plan::Chain,
+    chains: &[plan::Chain],
     set: &Set<'_, IfName>,
     family: Family,
 ) {
-    let name = CString::new(c.name).expect("chain name has no NUL");
-    let mut chain = Chain::new(&name, table);
-    let hook = match c.hook {
-        Hook::Prerouting => nftnl::Hook::PreRouting,
-        Hook::Input => nftnl::Hook::In,
-        Hook::Forward => nftnl::Hook::Forward,
-        Hook::Output => nftnl::Hook::Out,
-    };
-    chain.set_hook(hook, c.priority);
-    chain.set_type(match c.kind {
-        ChainKind::Nat => nftnl::ChainType::Nat,
-        ChainKind::Filter | ChainKind::BridgeFilter => nftnl::ChainType::Filter,
-    });
-    chain.set_policy(nftnl::Policy::Accept);
-    batch.add(&chain, MsgType::Add);
-    add_rules(batch, &chain, &c.rules, set, family);
+    let mut added = Vec::with_capacity(chains.len());
+    for c in chains {
+        let name = CString::new(c.name).expect("chain name has no NUL");
+        let mut chain = Chain::new(&name, table);
+        if let Some(base) = c.base {
+            let hook = match base.hook {
+                Hook::Prerouting => nftnl::Hook::PreRouting,
+                Hook::Input => nftnl::Hook::In,
+                Hook::Forward => nftnl::Hook::Forward,
+                Hook::Output => nftnl::Hook::Out,
+            };
+            chain.set_hook(hook, base.priority);
+            chain.set_type(match base.kind {
+                ChainKind::Nat => nftnl::ChainType::Nat,
+                ChainKind::Filter | ChainKind::BridgeFilter => nftnl::ChainType::Filter,
+            });
+            chain.set_policy(nftnl::Policy::Accept);
+        }
+        batch.add(&chain, MsgType::Add);
+        added.push(chain);
+    }
+    for (c, chain) in chains.iter().zip(&added) {
+        add_rules(batch, chain, &c.rules, set, family);
+    }
 }
 
 fn add_rules(

@@ -165,8 +165,22 @@ pub enum Match {
     CtStatusDnat,
     /// `meta mark != 0`: the bridge table stamped the packet with its port.
     MarkSet,
+    /// `ct mark != 0`: the connection has recorded the port of its first packet.
+    CtMarkSet,
+    /// `ct mark & 0x00000004 == 0x00000004` if `set`, `... == 0x00000000` if not: one
+    /// bit of a mark (nft prints the top bit as `ct mark 0x80000000/1`).
+    MarkBit { mark: Mark, bit: u8, set: bool },
     /// `ether saddr != M` (netdev family).
     EtherSaddrNot([u8; 6]),
+}
+
+/// Which mark a [`Match::MarkBit`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// `meta mark`: the packet's, the bridge port it came in by.
+    Packet,
+    /// `ct mark`: the connection's, the bridge port its first packet came in by.
+    Conn,
 }
 
 /// What a rule does when every condition holds.
@@ -183,11 +197,12 @@ pub enum Action {
     /// `meta mark set iif` (bridge family): stamps the packet with the index of the
     /// bridge port it entered by, the container's own veth.
     MarkPort,
-    /// `ct mark set meta mark dnat to A:P`: keeps the port stamp on the connection, where
-    /// the proxy reads it, and sends the connection to the proxy.
+    /// `ct mark set meta mark dnat to A:P`: on a connection's first packet, records its
+    /// port stamp on the connection, where the proxy reads it and the takeover guard
+    /// compares later packets with it, and sends the connection to the proxy.
     DnatKeepingMark(SocketAddr),
-    /// `ct mark set meta mark`: the connection records the port of its latest packet.
-    CtMarkFromMark,
+    /// `jump C`: runs the regular chain C, then carries on here unless it decided.
+    Jump(&'static str),
     /// `dnat to A:P`
     Dnat(SocketAddr),
     /// `ct zone set N`: the packet is tracked in conntrack zone N.
@@ -201,15 +216,53 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// One base chain of the table.
+/// One chain of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub name: &'static str,
+    /// Where the kernel runs it; `None` for a regular chain, which runs only when a
+    /// rule jumps to it.
+    pub base: Option<Base>,
+    pub rules: Vec<Rule>,
+}
+
+/// The hook a base chain is attached to, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
     pub kind: ChainKind,
     pub hook: Hook,
     /// Absolute priority (nft prints it relative to the standard name for the hook).
     pub priority: i32,
-    pub rules: Vec<Rule>,
+}
+
+impl Chain {
+    /// A base chain: `name`, attached to `hook` at `priority`.
+    pub fn base(
+        name: &'static str,
+        kind: ChainKind,
+        hook: Hook,
+        priority: i32,
+        rules: Vec<Rule>,
+    ) -> Self {
+        Self {
+            name,
+            base: Some(Base {
+                kind,
+                hook,
+                priority,
+            }),
+            rules,
+        }
+    }
+
+    /// A regular chain: run only by a rule's `jump`.
+    pub fn regular(name: &'static str, rules: Vec<Rule>) -> Self {
+        Self {
+            name,
+            base: None,
+            rules,
+        }
+    }
 }
 
 /// The whole table the daemon owns.
@@ -244,6 +297,9 @@ pub struct EgressChain {
     pub rules: Vec<Rule>,
 }
 
+/// The regular chain of the `ip` and `ip6` tables that drops a metadata connection's
+/// packet that came in by another bridge port than the connection's first.
+pub const PORT_DIFFERS: &str = "port_differs";
 /// `dstnat` is -100; ten ahead of it so our binding wins over Docker's own NAT.
 pub const PRIO_DSTNAT_AHEAD: i32 = -110;
 /// `mangle`: after conntrack has found the connection, before NAT translates it.
@@ -274,19 +330,19 @@ pub fn plan(s: &Snapshot) -> Ruleset {
             Some(family_chains(s, IMDS_V6.into(), Some(listen.into())))
         }
     };
-    let port_chain = Chain {
-        name: "prerouting",
-        kind: ChainKind::BridgeFilter,
-        hook: Hook::Prerouting,
-        priority: PRIO_BRIDGE_FIRST,
-        rules: stamped
+    let port_chain = Chain::base(
+        "prerouting",
+        ChainKind::BridgeFilter,
+        Hook::Prerouting,
+        PRIO_BRIDGE_FIRST,
+        stamped
             .into_iter()
             .map(|imds| Rule {
                 matches: vec![Match::Daddr(imds), Match::TcpDport(IMDS_PORT)],
                 action: Action::MarkPort,
             })
             .collect(),
-    };
+    );
     Ruleset {
         table: TABLE,
         bridges: s.bridges.clone(),
@@ -327,13 +383,13 @@ fn bridge_forward(s: &Snapshot) -> Chain {
         matches: vec![Match::Daddr(*a)],
         action: Action::Drop,
     }));
-    Chain {
-        name: "forward",
-        kind: ChainKind::BridgeFilter,
-        hook: Hook::Forward,
-        priority: PRIO_BRIDGE_FILTER_AHEAD,
+    Chain::base(
+        "forward",
+        ChainKind::BridgeFilter,
+        Hook::Forward,
+        PRIO_BRIDGE_FILTER_AHEAD,
         rules,
-    }
+    )
 }
 
 /// `iifname "X" <daddr> accept` for each direct interface and each address: these
@@ -362,7 +418,7 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
         _ => None,
     };
     let mut prerouting = Vec::new();
-    let mut portmark = Vec::new();
+    let mut takeover = Vec::new();
     if let (true, Some(listen)) = (open, listen) {
         // Only packets the bridge table stamped with their port: the proxy identifies
         // the caller by that port, which a container cannot forge, not by its source
@@ -380,21 +436,28 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
     if let Some(dns) = &dns {
         prerouting.extend(dns.dnat.iter().cloned());
     }
+    let mut port_differs = Vec::new();
     if listen.is_some() {
-        // Every packet of a metadata connection, not only its first, records the
-        // bridge port it came in by; the proxy checks before each request that the
-        // connection still comes from the port it was accepted from, so a container
-        // that hijacks another's open connection (after poisoning the bridge's
-        // forwarding table) is refused.
-        portmark.push(Rule {
+        // The takeover guard. A connection records the bridge port of its first packet
+        // (the DNAT rule above, in open mode); a later packet of it that comes in by
+        // another port is dropped here, before NAT, so the proxy never sees it: a
+        // container that poisons the bridge's forwarding table with another's MAC
+        // cannot inject requests into that container's open connection. The first
+        // packet passes (its connection has no mark yet), and so the proxy reads a
+        // connection's port only once, when it accepts it. Ordinary traffic pays this
+        // one rule; only metadata connections run the comparison. It stays in closed
+        // mode, for the connections still draining.
+        takeover.push(Rule {
             matches: vec![
                 Match::IifnameInSet(BRIDGE_SET),
                 Match::Daddr(imds),
                 Match::TcpDport(IMDS_PORT),
                 Match::MarkSet,
+                Match::CtMarkSet,
             ],
-            action: Action::CtMarkFromMark,
+            action: Action::Jump(PORT_DIFFERS),
         });
+        port_differs = marks_differ();
     }
 
     // Fail closed, for the whole host: whatever was not DNATed above and still goes to
@@ -459,54 +522,83 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
     }
 
     let mut chains = vec![
-        Chain {
-            name: "prerouting",
-            kind: ChainKind::Nat,
-            hook: Hook::Prerouting,
-            priority: PRIO_DSTNAT_AHEAD,
-            rules: prerouting,
-        },
-        Chain {
-            name: "input",
-            kind: ChainKind::Filter,
-            hook: Hook::Input,
-            priority: PRIO_FILTER_AHEAD,
-            rules: input,
-        },
-        Chain {
-            name: "forward",
-            kind: ChainKind::Filter,
-            hook: Hook::Forward,
-            priority: PRIO_FILTER_AHEAD,
-            rules: forward,
-        },
-        Chain {
-            name: "portmark",
-            kind: ChainKind::Filter,
-            hook: Hook::Prerouting,
-            priority: PRIO_MANGLE,
-            rules: portmark,
-        },
+        Chain::base(
+            "prerouting",
+            ChainKind::Nat,
+            Hook::Prerouting,
+            PRIO_DSTNAT_AHEAD,
+            prerouting,
+        ),
+        Chain::base(
+            "input",
+            ChainKind::Filter,
+            Hook::Input,
+            PRIO_FILTER_AHEAD,
+            input,
+        ),
+        Chain::base(
+            "forward",
+            ChainKind::Filter,
+            Hook::Forward,
+            PRIO_FILTER_AHEAD,
+            forward,
+        ),
+        // After conntrack has found the connection, before NAT translates it.
+        Chain::base(
+            "takeover",
+            ChainKind::Filter,
+            Hook::Prerouting,
+            PRIO_MANGLE,
+            takeover,
+        ),
+        Chain::regular(PORT_DIFFERS, port_differs),
     ];
     if let Some(dns) = dns {
         chains.extend([
-            Chain {
-                name: "dnszone",
-                kind: ChainKind::Filter,
-                hook: Hook::Prerouting,
-                priority: PRIO_RAW,
-                rules: dns.zone,
-            },
-            Chain {
-                name: "dnsreply",
-                kind: ChainKind::Filter,
-                hook: Hook::Output,
-                priority: PRIO_RAW,
-                rules: dns.reply,
-            },
+            Chain::base(
+                "dnszone",
+                ChainKind::Filter,
+                Hook::Prerouting,
+                PRIO_RAW,
+                dns.zone,
+            ),
+            Chain::base(
+                "dnsreply",
+                ChainKind::Filter,
+                Hook::Output,
+                PRIO_RAW,
+                dns.reply,
+            ),
         ]);
     }
     chains
+}
+
+/// Drops a packet whose port stamp (`meta mark`) differs from its connection's
+/// (`ct mark`) in any of their 32 bits. On the kernels the daemon supports (Linux 6.1
+/// and on) nftables compares a register only with a constant (operations on two
+/// registers are much newer), so each bit takes two rules: set in the connection's mark
+/// and clear in the packet's, or the other way round.
+fn marks_differ() -> Vec<Rule> {
+    (0..32)
+        .flat_map(|bit| {
+            [true, false].map(|conn| Rule {
+                matches: vec![
+                    Match::MarkBit {
+                        mark: Mark::Conn,
+                        bit,
+                        set: conn,
+                    },
+                    Match::MarkBit {
+                        mark: Mark::Packet,
+                        bit,
+                        set: !conn,
+                    },
+                ],
+                action: Action::Drop,
+            })
+        })
+        .collect()
 }
 
 /// The rules that send container DNS queries for the metadata name, and only those, to
@@ -623,6 +715,21 @@ impl fmt::Display for Match {
             Match::TcpDport(p) => write!(f, "tcp dport {p}"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::MarkSet => f.write_str("meta mark != 0x00000000"),
+            Match::CtMarkSet => f.write_str("ct mark != 0x00000000"),
+            Match::MarkBit { mark, bit, set } => {
+                let key = match mark {
+                    Mark::Packet => "meta mark",
+                    Mark::Conn => "ct mark",
+                };
+                let mask = 1u32 << bit;
+                let value = if *set { mask } else { 0 };
+                // nft prints a mask of leading ones as a prefix length: the top bit's.
+                if mask.leading_ones() + mask.trailing_zeros() == 32 {
+                    write!(f, "{key} 0x{value:08x}/{}", mask.leading_ones())
+                } else {
+                    write!(f, "{key} & 0x{mask:08x} == 0x{value:08x}")
+                }
+            }
             Match::EtherSaddrNot(m) => write!(
                 f,
                 "ether saddr != {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -641,7 +748,7 @@ impl fmt::Display for Action {
             Action::Drop => f.write_str("drop"),
             Action::MarkPort => f.write_str("meta mark set iif"),
             Action::DnatKeepingMark(to) => write!(f, "ct mark set meta mark dnat to {to}"),
-            Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
+            Action::Jump(chain) => write!(f, "jump {chain}"),
             Action::Dnat(to) => write!(f, "dnat to {to}"),
             Action::CtZoneSet(zone) => write!(f, "ct zone set {zone}"),
         }
@@ -702,22 +809,24 @@ fn priority_name(kind: ChainKind, hook: Hook, priority: i32) -> String {
 
 impl fmt::Display for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            ChainKind::Nat => "nat",
-            ChainKind::Filter | ChainKind::BridgeFilter => "filter",
-        };
-        let hook = match self.hook {
-            Hook::Prerouting => "prerouting",
-            Hook::Input => "input",
-            Hook::Forward => "forward",
-            Hook::Output => "output",
-        };
-        let prio = priority_name(self.kind, self.hook, self.priority);
         writeln!(f, "\tchain {} {{", self.name)?;
-        writeln!(
-            f,
-            "\t\ttype {kind} hook {hook} priority {prio}; policy accept;"
-        )?;
+        if let Some(base) = self.base {
+            let kind = match base.kind {
+                ChainKind::Nat => "nat",
+                ChainKind::Filter | ChainKind::BridgeFilter => "filter",
+            };
+            let hook = match base.hook {
+                Hook::Prerouting => "prerouting",
+                Hook::Input => "input",
+                Hook::Forward => "forward",
+                Hook::Output => "output",
+            };
+            let prio = priority_name(base.kind, base.hook, base.priority);
+            writeln!(
+                f,
+                "\t\ttype {kind} hook {hook} priority {prio}; policy accept;"
+            )?;
+        }
         for r in &self.rules {
             writeln!(f, "\t\t{r}")?;
         }

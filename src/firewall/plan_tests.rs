@@ -65,9 +65,9 @@ fn every_forwarded_packet_to_the_metadata_address_is_refused_whatever_its_interf
     assert!(rs
         .chains
         .iter()
-        .all(|c| c.hook != Hook::Output || c.name == "dnsreply"));
+        .all(|c| c.base.is_none_or(|b| b.hook != Hook::Output) || c.name == "dnsreply"));
     // Frames bridged port to port are dropped (the bridge family cannot reject there).
-    assert_eq!(rs.bridge_forward.hook, Hook::Forward);
+    assert_eq!(rs.bridge_forward.base.unwrap().hook, Hook::Forward);
     assert_eq!(
         rules_of(&rs.bridge_forward),
         [
@@ -263,7 +263,7 @@ fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
     // The bridge table stamps in both modes, first of all bridge hooks.
     for mode in [Mode::Open, Mode::Closed] {
         let rs = plan(&snapshot(&["docker0"], mode));
-        assert_eq!(rs.port_chain.priority, PRIO_BRIDGE_FIRST);
+        assert_eq!(rs.port_chain.base.unwrap().priority, PRIO_BRIDGE_FIRST);
         let stamps: Vec<String> = rs.port_chain.rules.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             stamps,
@@ -273,6 +273,103 @@ fn only_port_stamped_packets_are_sent_to_the_proxy_and_the_stamp_is_kept() {
             ]
         );
     }
+}
+
+/// Whether a rule of `chain` drops a packet stamped with port `packet` on a connection
+/// marked with port `conn`: its rules read as the kernel runs them.
+fn drops(chain: &Chain, conn: u32, packet: u32) -> bool {
+    chain.rules.iter().any(|r| {
+        assert_eq!(r.action, Action::Drop, "{r}");
+        r.matches.iter().all(|m| match m {
+            Match::MarkBit { mark, bit, set } => {
+                let value = match mark {
+                    Mark::Conn => conn,
+                    Mark::Packet => packet,
+                };
+                (value >> bit & 1 == 1) == *set
+            }
+            other => panic!("{other} in {}", chain.name),
+        })
+    })
+}
+
+#[test]
+fn a_later_packet_from_another_port_than_its_connections_first_is_dropped() {
+    for mode in [Mode::Open, Mode::Closed] {
+        let rs = plan(&snapshot(&["docker0"], mode));
+        for (chains, imds) in [
+            (&rs.chains, IpAddr::V4(IMDS_V4)),
+            (rs.chains6.as_ref().unwrap(), IpAddr::V6(IMDS_V6)),
+        ] {
+            let chain = |name: &str| chains.iter().find(|c| c.name == name).unwrap();
+            // Ordinary traffic meets one rule, after conntrack and before NAT: only
+            // metadata connections that have recorded a port go on to the comparison
+            // (in closed mode too, for the connections still draining).
+            let takeover = chain("takeover");
+            assert_eq!(
+                takeover.base,
+                Some(Base {
+                    kind: ChainKind::Filter,
+                    hook: Hook::Prerouting,
+                    priority: PRIO_MANGLE,
+                })
+            );
+            // After conntrack (-200) has found the connection, before NAT.
+            const { assert!(PRIO_MANGLE > -200 && PRIO_MANGLE < PRIO_DSTNAT_AHEAD) };
+            assert_eq!(
+                takeover.rules,
+                [Rule {
+                    matches: vec![
+                        Match::IifnameInSet(BRIDGE_SET),
+                        Match::Daddr(imds),
+                        Match::TcpDport(IMDS_PORT),
+                        Match::MarkSet,
+                        Match::CtMarkSet,
+                    ],
+                    action: Action::Jump(PORT_DIFFERS),
+                }]
+            );
+            let differs = chain(PORT_DIFFERS);
+            assert_eq!(differs.base, None, "a regular chain, run only by the jump");
+            assert_eq!(differs.rules.len(), 64);
+            let ports = [1, 2, 7, 42, 1000, 0x8000_0000, 0x1234_5678, u32::MAX];
+            for a in ports {
+                assert!(!drops(differs, a, a), "port {a} on its own connection");
+                for bit in 0..32 {
+                    let b = a ^ (1 << bit);
+                    assert!(drops(differs, a, b), "port {b} on {a}'s connection");
+                }
+                for b in ports {
+                    assert_eq!(drops(differs, a, b), a != b, "{a} {b}");
+                }
+            }
+        }
+        // Nothing else writes the connection's mark: the DNAT rule records the port of
+        // its first packet, and only when open.
+        let text = rs.to_string();
+        let writes = if mode == Mode::Open { 2 } else { 0 };
+        assert_eq!(text.matches("ct mark set").count(), writes, "{text}");
+    }
+    // Rendered as nft lists it, the top bit as a prefix.
+    let rs = plan(&snapshot(&["docker0"], Mode::Open));
+    let differs = rules_of(rs.chains.iter().find(|c| c.name == PORT_DIFFERS).unwrap());
+    assert_eq!(
+        [&differs[0], &differs[1], &differs[62], &differs[63]],
+        [
+            "ct mark & 0x00000001 == 0x00000001 meta mark & 0x00000001 == 0x00000000 drop",
+            "ct mark & 0x00000001 == 0x00000000 meta mark & 0x00000001 == 0x00000001 drop",
+            "ct mark 0x80000000/1 meta mark 0x00000000/1 drop",
+            "ct mark 0x00000000/1 meta mark 0x80000000/1 drop",
+        ]
+    );
+    // Without a listen address in a family there is nothing to guard.
+    let mut s = snapshot(&["docker0"], Mode::Open);
+    s.v6 = Ipv6Service::RefuseOnly;
+    let rs = plan(&s);
+    assert!(rs.chains6.unwrap().iter().all(|c| c
+        .rules
+        .iter()
+        .all(|r| { !matches!(r.action, Action::Jump(_) | Action::Drop) })));
 }
 
 #[test]
@@ -286,7 +383,7 @@ fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
         "ip6 daddr fdf3:6f62:ab7c::254 iifname \"lo\" accept",
         "ip6 daddr fdf3:6f62:ab7c::254 iifname @bridges tcp dport 80 ct status dnat accept",
         "ip6 daddr fdf3:6f62:ab7c::254 reject",
-        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark set meta mark",
+        "iifname @bridges ip6 daddr fd00:ec2::254 tcp dport 80 meta mark != 0x00000000 ct mark != 0x00000000 jump port_differs",
     ] {
         assert!(ip6.contains(&format!("\t\t{line}\n")), "{line:?} missing from:\n{ip6}");
     }
@@ -300,7 +397,7 @@ fn the_ip6_table_intercepts_the_aws_ipv6_address_like_the_ip_table() {
     let shape = |chains: &[Chain]| {
         chains
             .iter()
-            .map(|c| (c.name, c.kind, c.hook, c.priority, c.rules.len()))
+            .map(|c| (c.name, c.base, c.rules.len()))
             .collect::<Vec<_>>()
     };
     assert_eq!(shape(&rs.chains), shape(rs.chains6.as_deref().unwrap()));

@@ -275,8 +275,7 @@ fn assumed_role(
 }
 
 /// The container behind the request, if any; callers that cannot be served at all
-/// (a forged source, a taken-over connection, one Docker has not reported yet) are
-/// answered here.
+/// (a forged source, one Docker has not reported yet) are answered here.
 fn known_caller(caller: &Caller, provider: Provider) -> Result<Option<&Endpoint>, Box<Local>> {
     match caller {
         Caller::Container(e) => Ok(Some(e)),
@@ -284,12 +283,6 @@ fn known_caller(caller: &Caller, provider: Provider) -> Result<Option<&Endpoint>
         Caller::Forged { claimed, .. } => Err(Local::deny(
             provider,
             format!("source address {claimed} is not the calling container's"),
-        )),
-        Caller::Moved { accepted, now } => Err(Local::deny(
-            provider,
-            format!(
-                "the connection was opened from {accepted:?} but this request came from {now:?}"
-            ),
         )),
         Caller::NotYetReported => Err(Box::new(Local {
             decision: Decision::Retry,

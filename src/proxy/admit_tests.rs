@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use super::admit::{admit, BackendKind, Context, Gates, Head, Local, Plan};
-use super::identify::{Caller, Origin};
+use super::identify::Caller;
 use super::{ClientAddr, RateKey};
 use crate::assume::spec::AwsSettings;
 use crate::docker::{ContainerId, Endpoint};
@@ -212,10 +212,6 @@ fn each_request_is_decided_as_the_table_says() {
         },
         claimed: "172.17.0.9".parse().unwrap(),
     };
-    let moved = || Caller::Moved {
-        accepted: Origin::Port(BridgePort(7)),
-        now: Origin::Port(BridgePort(8)),
-    };
     let cases = [
         // The provider's own protocol comes before anything about the caller.
         row(host(), &get, "/metadata/instance?api-version=2021-02-01", &[], up, ok, "refuse 400", &[]),
@@ -223,7 +219,6 @@ fn each_request_is_decided_as_the_table_says() {
         row(host(), &get, "/computeMetadata/v1/project/", &[("x-forwarded-for", "1.2.3.4")], up, ok, "refuse 403", &[]),
         // Callers that cannot be served.
         row(forged(), &get, "/latest/meta-data/", &[], up, ok, "deny 403", &[]),
-        row(moved(), &get, "/latest/meta-data/", &[], up, ok, "deny 403", &[]),
         row(Caller::NotYetReported, &get, "/latest/meta-data/", &[], up, ok, "retry 503", &[]),
         row(Caller::Unknown, &get, "/latest/meta-data/", &[], up, ok, "deny 403", &[]),
         // Policy, then the rate budget (only of a policy that has one, only if allowed).

@@ -93,7 +93,7 @@ impl Audit {
     }
 
     /// Writes the event: at info, or at warn when the request failed. A forged source
-    /// and a taken-over connection get a line of their own naming both sides.
+    /// gets a line of its own naming both sides.
     pub(super) fn write(
         &self,
         caller: &Caller,
@@ -104,18 +104,13 @@ impl Audit {
         t: Timing,
     ) {
         let (container, container_id) = super::trail::names(caller);
-        match caller {
-            Caller::Forged {
-                port_owner,
-                claimed,
-            } => {
-                let claimed: &IpAddr = claimed;
-                warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
-            }
-            Caller::Moved { accepted, now } => {
-                warn!(%client, accepted = ?accepted, now = ?now, "refused a request on a connection taken over from another bridge port; closing it");
-            }
-            _ => {}
+        if let Caller::Forged {
+            port_owner,
+            claimed,
+        } = caller
+        {
+            let claimed: &IpAddr = claimed;
+            warn!(%client, %claimed, port_owner = %port_owner.name, port_owner_id = port_owner.container.short(), "refused a request whose source address is not the container's on that bridge port");
         }
         let path = self.path.as_deref().unwrap_or("-");
         let query_keys = self.query_keys.as_deref().unwrap_or("");

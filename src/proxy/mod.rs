@@ -332,35 +332,19 @@ impl Proxy {
         self.cache.as_ref().map(cache::Cache::census)
     }
 
-    /// Answers one request from `client`, whose connection came in from `origin`
-    /// (`addrs`: the connection's local and peer address, to check that it still does).
-    /// Never fails: errors become answers. Writes one audit event per request.
+    /// Answers one request from `client`, whose connection came in from `origin` (read
+    /// once, when it was accepted: the kernel drops a connection's packets that come in
+    /// by another bridge port). Never fails: errors become answers. Writes one audit
+    /// event per request.
     pub async fn handle(
         &self,
         client: ClientAddr,
         origin: Origin,
-        addrs: Option<(SocketAddr, SocketAddr)>,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let method = req.method().clone();
-        // Every packet re-stamps the connection with its bridge port: a connection that
-        // now comes in by another port than the one it was accepted from has been taken
-        // over by another container.
-        let moved = match (origin, addrs) {
-            (Origin::Port(_), Some((local, peer))) => {
-                let now = self.settings.origins.origin(local, peer);
-                (now != origin).then_some(now)
-            }
-            _ => None,
-        };
-        let caller = match moved {
-            Some(now) => Caller::Moved {
-                accepted: origin,
-                now,
-            },
-            None => self.identify(client, origin, started).await,
-        };
+        let caller = self.identify(client, origin, started).await;
         let identify = started.elapsed();
         let identify_us = identify.as_micros() as u64;
         // A GCE `wait_for_change` may hang by design, up to its own timeout.
@@ -376,7 +360,7 @@ impl Proxy {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(deadline)),
         };
-        let mut resp = match result {
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if e.is_busy() {
@@ -386,13 +370,6 @@ impl Proxy {
                 e.into_response()
             }
         };
-        if let Caller::Moved { .. } = &caller {
-            // Whoever holds it now gets no further answer on it.
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-        }
         let timing = audit::Timing {
             identify_us,
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -506,7 +483,6 @@ pub async fn serve(
             Some(local) => proxy.settings.origins.origin(local, peer),
             None => Origin::Elsewhere,
         };
-        let conn_addrs = local.map(|l| (l, peer));
         let Some(permit) = limits.admit(conn_key(origin, client)) else {
             // Closing at once costs the others nothing; the container sees a reset.
             warn!(%client, "connection refused: too many open connections");
@@ -519,7 +495,7 @@ pub async fn serve(
         let service = service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
             let span = info_span!("request", client.addr = %client, method = %req.method(), path = %req.uri().path());
-            async move { Ok::<_, Infallible>(proxy.handle(client, origin, conn_addrs, req).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(client, origin, req).await) }
                 .instrument(span)
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);

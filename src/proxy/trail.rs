@@ -265,7 +265,6 @@ pub(super) fn names(caller: &Caller) -> (&str, &str) {
         Caller::Container(e) => (e.name.as_str(), e.container.short()),
         Caller::Host => ("(host)", "-"),
         Caller::Forged { .. } => ("(forged source)", "-"),
-        Caller::Moved { .. } => ("(connection taken over)", "-"),
         _ => ("-", "-"),
     }
 }

@@ -34,11 +34,6 @@ pub enum Caller {
     },
     /// Docker has not said in time who owns the port: answer 503 and let the SDK retry.
     NotYetReported,
-    /// The connection no longer comes in by the port it was accepted from: refused.
-    Moved {
-        accepted: Origin,
-        now: Origin,
-    },
 }
 
 /// What one look at the inventory says. Pure.

@@ -3,7 +3,7 @@
 //! client sends from any of those addresses.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use imds_proxy::policy::select::Policies;
@@ -26,19 +26,11 @@ pub struct Running {
 #[derive(Debug, Default)]
 pub struct FakeOrigins {
     pub forged: std::collections::HashMap<std::net::IpAddr, u32>,
-    /// Connections from this address come in by the given port after their first
-    /// look-up: another container took them over.
-    pub taken_over: std::collections::HashMap<std::net::IpAddr, u32>,
-    pub looked_up: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl proxy::identify::Origins for FakeOrigins {
     fn origin(&self, _local: SocketAddr, peer: SocketAddr) -> proxy::identify::Origin {
         use proxy::identify::Origin;
-        let again = !self.looked_up.lock().unwrap().insert(peer);
-        if let (true, Some(p)) = (again, self.taken_over.get(&peer.ip())) {
-            return Origin::Port(BridgePort(*p));
-        }
         if let Some(p) = self.forged.get(&peer.ip()) {
             return Origin::Port(BridgePort(*p));
         }
