@@ -25,6 +25,8 @@ const EVENTS_KEPT: usize = 32;
 #[derive(Default)]
 pub(crate) struct Readiness {
     tables: Mutex<Tables>,
+    /// Why the daemon's own probe of the proxy failed, last time; `None`: answered.
+    probe: Mutex<Option<String>>,
 }
 
 /// The tables as the running loop last saw them.
@@ -77,6 +79,20 @@ impl Readiness {
         t.bridges = bridges;
     }
 
+    fn probed(&self, failure: Option<String>) {
+        *self
+            .probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    }
+
+    fn probe_failure(&self) -> Option<String> {
+        self.probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn tables(&self) -> Tables {
         self.lock().clone()
     }
@@ -109,6 +125,8 @@ pub(crate) struct Manage {
     pub inventory: InventoryHandle,
     /// The proxy's serving task has ended.
     pub proxy_gone: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The proxy, for how its exchanges with the real service went.
+    pub proxy: std::sync::Weak<crate::proxy::Proxy>,
 }
 
 impl Manage {
@@ -120,6 +138,11 @@ impl Manage {
         }
         if (self.proxy_gone)() {
             why.push("the proxy is not serving".into());
+        } else if let Some(e) = self.readiness.probe_failure() {
+            why.push(format!("the proxy does not answer on its own address: {e}"));
+        }
+        if let Some(e) = self.proxy.upgrade().and_then(|p| p.upstream_failing()) {
+            why.push(format!("the metadata service does not answer: {e}"));
         }
         if !self.inventory.rx.borrow().connected {
             why.push("Docker does not answer: new containers cannot be named".into());
@@ -200,4 +223,44 @@ pub(crate) async fn spawn(addr: SocketAddr, manage: Manage) {
             });
         }
     });
+}
+
+/// How often the daemon asks its own proxy, and how long it waits for the answer.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Asks the proxy at `addr`, once a second for the rest of the process, the way a
+/// host process would (a request with the probe key, answered `204` unaudited); what
+/// came of it is what `/readyz` says of the proxy.
+pub(crate) fn spawn_probe(addr: SocketAddr, key: String, readiness: Arc<Readiness>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tick.tick().await;
+            let outcome = tokio::time::timeout(PROBE_EVERY, probe(addr, &key)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{addr}: {e}")),
+                Err(_) => Some(format!("{addr}: no answer within {PROBE_EVERY:?}")),
+            };
+            readiness.probed(failure);
+        }
+    });
+}
+
+async fn probe(addr: SocketAddr, key: &str) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\n{}: {key}\r\nConnection: close\r\n\r\n",
+        crate::proxy::PROBE_HEADER
+    );
+    conn.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).await?;
+    if &head[..] == b"HTTP/1.1 204" {
+        Ok(())
+    } else {
+        let seen = String::from_utf8_lossy(&head).into_owned();
+        Err(std::io::Error::other(format!("answered {seen:?}")))
+    }
 }

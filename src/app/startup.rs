@@ -335,7 +335,13 @@ impl Steps for Kernel<'_> {
             readiness: self.readiness.clone(),
             inventory: inventory.clone(),
             proxy_gone: Arc::new(move || gone.load(std::sync::atomic::Ordering::Relaxed)),
+            proxy: Arc::downgrade(&proxy),
         };
+        super::manage::spawn_probe(
+            SocketAddr::from(self.cfg.listen),
+            proxy.probe_key().to_owned(),
+            self.readiness.clone(),
+        );
         if let Some(addr) = self.cfg.metrics_listen {
             super::manage::spawn(addr, manage.clone()).await;
         }

@@ -51,6 +51,9 @@ pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// What a caller Docker could not name in time is told to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 1;
+/// The header of the daemon's own readiness probe: a request from the host carrying the
+/// proxy's probe key is answered `204` at once, unaudited (see [`Proxy::probe_key`]).
+pub const PROBE_HEADER: &str = "imds-proxy-probe";
 /// A client must send its whole request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -274,6 +277,9 @@ pub struct Proxy {
     gce: Option<impersonated::GceSide>,
     /// Writes each request's audit event, or counts a routine one's repeats.
     trail: Arc<trail::Trail>,
+    /// What the daemon's own probe carries in [`PROBE_HEADER`]: random, known only to
+    /// this process.
+    probe_key: String,
 }
 
 /// Whose budget a request uses: each container its own; host processes share one,
@@ -319,7 +325,19 @@ impl Proxy {
             broker,
             gce,
             trail: trail::Trail::new(settings_audit_summary),
+            probe_key: format!("{:032x}", rand::random::<u128>()),
         }
+    }
+
+    /// The key of the daemon's own probe (see [`PROBE_HEADER`]).
+    pub fn probe_key(&self) -> &str {
+        &self.probe_key
+    }
+
+    /// Why the real service is not answering (its latest exchange failed lately);
+    /// `None` with the emulator, or while it answers.
+    pub fn upstream_failing(&self) -> Option<String> {
+        self.upstream.as_ref()?.failing()
     }
 
     /// The audit trail: the latest decision of each caller.
@@ -342,6 +360,12 @@ impl Proxy {
         origin: Origin,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
+        if origin == Origin::Host && self.is_probe(&req) {
+            return Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response parts are valid");
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let caller = self.identify(client, origin, started).await;
@@ -385,6 +409,12 @@ impl Proxy {
             timing,
         );
         resp
+    }
+
+    fn is_probe(&self, req: &Request<Incoming>) -> bool {
+        req.headers()
+            .get(PROBE_HEADER)
+            .is_some_and(|v| v.as_bytes() == self.probe_key.as_bytes())
     }
 
     /// The request's own time: AWS requests to a real service get the shorter AWS

@@ -6,6 +6,7 @@
 //! [`Protection`] (rate and requests in flight per provider class), and a transient
 //! failure is tried again while the caller's deadline allows (see [`retry`]).
 
+use std::sync::PoisonError;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -61,6 +62,39 @@ pub struct Upstream {
     session: tokio::sync::Mutex<Session>,
     /// The service's quotas, shared by every caller.
     protect: Protection,
+    /// How the latest exchange with the service went, for readiness.
+    health: Health,
+}
+
+/// How long a failed exchange with the service keeps the daemon not ready, unless one
+/// that is answered comes after it.
+pub const FAILURE_COUNTS_FOR: Duration = Duration::from_secs(30);
+
+/// The latest exchange with the service: answered, or why not and when.
+#[derive(Default)]
+struct Health {
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl Health {
+    fn record(&self, result: &Result<Answer, ProxyError>) {
+        let failure = match result {
+            Ok(_) => None,
+            Err(
+                e @ (ProxyError::UpstreamUnreachable(_)
+                | ProxyError::UpstreamTimeout(_)
+                | ProxyError::UpstreamFailed(_)),
+            ) => Some(super::error_chain(e)),
+            // The proxy's own refusals (its budget, a bad request) say nothing of the service.
+            Err(_) => return,
+        };
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        match failure {
+            None if failed.is_some() => *failed = None,
+            None => {}
+            Some(why) => *failed = Some((Instant::now(), why)),
+        }
+    }
 }
 
 /// One request to send, as the retry loop needs it.
@@ -94,6 +128,7 @@ impl Upstream {
             client,
             session: tokio::sync::Mutex::new(Session::None),
             protect: Protection::new(limits),
+            health: Health::default(),
         }
     }
 
@@ -209,6 +244,30 @@ impl Upstream {
     /// Sends `x`, once or, while it fails in a way worth retrying and the deadline
     /// allows, again; each attempt first passes the class's budget.
     async fn exchange(&self, x: &Exchange<'_>, deadline: Instant) -> Result<Answer, ProxyError> {
+        let result = self.exchange_retrying(x, deadline).await;
+        self.health.record(&result);
+        result
+    }
+
+    /// Why the service is not answering: its latest exchange failed, within
+    /// [`FAILURE_COUNTS_FOR`]; `None`: it answers (or nothing asked it lately).
+    pub fn failing(&self) -> Option<String> {
+        let failed = self
+            .health
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*failed {
+            Some((at, why)) if at.elapsed() < FAILURE_COUNTS_FOR => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    async fn exchange_retrying(
+        &self,
+        x: &Exchange<'_>,
+        deadline: Instant,
+    ) -> Result<Answer, ProxyError> {
         retrying(&self.protect, x, deadline, || {
             self.once(
                 x.method,

@@ -112,6 +112,9 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
         "{}",
         ready.body
     );
+    // Docker is the only reason: the tables are in force, the proxy answers its own
+    // probe, the metadata service answered.
+    assert_eq!(ready.body.lines().count(), 2, "{}", ready.body);
 
     // From a container: the host's bridge address has no such port, and the
     // container's own loopback is its own.
@@ -379,4 +382,46 @@ fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
         Duration::from_secs(1),
     );
     drop(d);
+}
+
+#[test]
+fn readyz_says_when_the_metadata_service_stops_answering_and_when_it_is_back() {
+    require_root!();
+    let tb = Testbed::new();
+    let _d = tb.daemon(&["--request-timeout-ms", "500"]);
+    let readyz = || {
+        http(&tb.host, MANAGE, "GET", "/readyz", &[])
+            .0
+            .expect("/readyz answers")
+            .body
+    };
+    let ask = || {
+        http(
+            &tb.container,
+            IMDS,
+            "GET",
+            "/computeMetadata/v1/instance/id",
+            &[("Metadata-Flavor", "Google")],
+        )
+        .0
+        .expect("answered")
+        .status
+    };
+    const DOWN: &str = "the metadata service does not answer";
+    assert_eq!(ask(), 200);
+    assert!(!readyz().contains(DOWN));
+    // The service's route goes: the proxy's requests to it find no way there.
+    tb.host.ip("route del 169.254.169.254/32");
+    assert!(ask() >= 500);
+    let body = readyz();
+    assert!(body.contains(DOWN), "{body}");
+    tb.host.ip("route add 169.254.169.254/32 via 10.99.0.2");
+    // The next answered request clears it.
+    until(
+        Duration::from_secs(3),
+        "an answer through the restored route",
+        || ask() == 200,
+    );
+    let body = readyz();
+    assert!(!body.contains(DOWN), "{body}");
 }
