@@ -223,7 +223,8 @@ impl Proxy {
             .expect("an upstream backend has a client");
         let path = &plan.path;
         let query = plan.query.as_deref();
-        let target = match query {
+        // Written out only when the service is asked (never on a hit).
+        let target = || match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
@@ -237,7 +238,7 @@ impl Proxy {
             let answer = upstream
                 .send(
                     method.clone(),
-                    &target,
+                    &target(),
                     headers,
                     read.body.clone(),
                     aws,
@@ -255,7 +256,7 @@ impl Proxy {
             let plain = || match query.and_then(cache::without_bypass) {
                 Some(q) if q.is_empty() => path.to_string(),
                 Some(q) => format!("{path}?{q}"),
-                None => target.clone(),
+                None => target(),
             };
             // A refresh outlives the request that started it: its own deadline, as the
             // request's would be (upstream mode).
@@ -265,7 +266,7 @@ impl Proxy {
                 self.settings.request_timeout
             };
             let (target, deadline) = match purpose {
-                Purpose::Bypass => (target.clone(), deadline),
+                Purpose::Bypass => (target(), deadline),
                 Purpose::Fill => (plain(), deadline),
                 Purpose::Refresh => (plain(), Instant::now() + timeout),
             };

@@ -109,12 +109,23 @@ impl fmt::Display for CanonicalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.segments {
             f.write_str("/")?;
-            for b in s.bytes() {
-                if is_pchar(b) {
-                    write!(f, "{}", b as char)?;
-                } else {
+            // Runs of path characters (ASCII, so the run is a whole `str`) at once; each
+            // other byte escaped.
+            let mut rest = s.as_str();
+            while !rest.is_empty() {
+                let run = rest.bytes().take_while(|b| is_pchar(*b)).count();
+                f.write_str(&rest[..run])?;
+                let Some(&b) = rest.as_bytes().get(run) else {
+                    break;
+                };
+                write!(f, "%{b:02X}")?;
+                // A byte that is no path character may start a multi-byte character:
+                // escape the whole character, byte by byte.
+                let width = rest[run..].chars().next().map_or(1, char::len_utf8);
+                for b in &rest.as_bytes()[run + 1..run + width] {
                     write!(f, "%{b:02X}")?;
                 }
+                rest = &rest[run + width..];
             }
         }
         if self.directory {
