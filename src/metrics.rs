@@ -42,6 +42,16 @@ pub struct FetchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub provider: &'static str,
     /// The status class (`2xx`, `4xx`, `429`, `5xx`) or `none` (no answer).
@@ -71,6 +81,14 @@ pub struct Metrics {
     pub containers: Gauge,
     /// The tables: applied, restored after drift, failed applies.
     pub tables: Family<KindLabels, Counter>,
+    /// Retries of requests to the real service (after a failure worth retrying).
+    pub upstream_retries: Family<ProviderLabels, Counter>,
+    /// Requests to the real service that waited for its request budget.
+    pub pacing_waits: Family<ClassLabels, Counter>,
+    /// Background refreshes of held tokens, by result.
+    pub refreshes: Family<ResultLabels, Counter>,
+    /// Times Docker stopped answering.
+    pub docker_outages: Counter,
 }
 
 impl Metrics {
@@ -88,6 +106,10 @@ impl Metrics {
             docker_calls: Family::default(),
             containers: Gauge::default(),
             tables: Family::default(),
+            upstream_retries: Family::default(),
+            pacing_waits: Family::default(),
+            refreshes: Family::default(),
+            docker_outages: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,8 +159,28 @@ impl Metrics {
         );
         registry.register(
             "table_events",
-            "The nftables tables: applied, restored after drift, failed applies",
+            "The nftables tables: applied, changed by another process (drift), restored, failed applies",
             m.tables.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests to the real metadata service sent again after a failure worth retrying",
+            m.upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_pacing_waits",
+            "Requests to the real metadata service that waited for its request budget, by class",
+            m.pacing_waits.clone(),
+        );
+        registry.register(
+            "cache_refreshes",
+            "Background refreshes of held tokens and credentials, by result",
+            m.refreshes.clone(),
+        );
+        registry.register(
+            "docker_outages",
+            "Times the Docker API stopped answering",
+            m.docker_outages.clone(),
         );
         Self { registry, ..m }
     }

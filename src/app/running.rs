@@ -173,6 +173,10 @@ impl Running {
         let verified = batch.iter().any(|e| matches!(e, Event::Verify));
         for e in &batch {
             if let Event::Drift(c) = e {
+                crate::metrics::get()
+                    .tables
+                    .get_or_create(&crate::metrics::KindLabels { kind: "drift" })
+                    .inc();
                 let detail = format!("{} by netlink port {}", c.what, c.by_portid);
                 self.readiness.table_event("drift", detail);
             }

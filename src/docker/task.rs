@@ -288,6 +288,7 @@ impl Task {
             self.publish();
         }
         if !self.was_down {
+            crate::metrics::get().docker_outages.inc();
             warn!(socket = %self.socket, error = %why, "Docker is unreachable; keeping the last known containers and retrying");
             self.was_down = true;
         }

@@ -143,6 +143,10 @@ impl Protection {
         }
         let waited = at.max(now) - asked;
         if !waited.is_zero() {
+            crate::metrics::get()
+                .pacing_waits
+                .get_or_create(&crate::metrics::ClassLabels { class: class.key() })
+                .inc();
             debug!(
                 class = class.key(),
                 waited_ms = waited.as_millis() as u64,

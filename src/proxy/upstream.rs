@@ -469,6 +469,12 @@ where
                 return result;
             }
             Next::Retry(wait) => {
+                crate::metrics::get()
+                    .upstream_retries
+                    .get_or_create(&crate::metrics::ProviderLabels {
+                        provider: x.provider.name(),
+                    })
+                    .inc();
                 debug!(class = x.class.key(), attempt = made, outcome = ?outcome, wait_ms = wait.as_millis() as u64, "retrying the metadata service");
                 last = Some(result);
                 tokio::time::sleep(wait).await;

@@ -31,6 +31,24 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
     let series = r#"imds_proxy_requests_total{provider="gce",decision="allow",status="200"}"#;
     let before = get("/metrics");
     assert_eq!(before.status, 200);
+    // The families without labels are there from the start, at zero if need be (one
+    // with labels appears with its first labelled sample).
+    for family in [
+        "identify_duration_seconds",
+        "upstream_duration_seconds",
+        "docker_outages",
+        "containers",
+    ] {
+        assert!(
+            before
+                .body
+                .contains(&format!("# TYPE imds_proxy_{family} ")),
+            "{family} missing:\n{}",
+            before.body
+        );
+    }
+    // No Docker here: the daemon has seen it missing once.
+    assert!(sample(&before.body, "imds_proxy_docker_outages_total") >= 1.0);
     let flavor = [("Metadata-Flavor", "Google")];
     for _ in 0..3 {
         let r = http(
@@ -351,6 +369,14 @@ fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
     let took = taken.elapsed();
     measure("table deleted to /readyz not ready (ms)", took.as_millis());
     assert!(took < Duration::from_secs(1), "{took:?}");
+    let metrics = http(&tb.host, MANAGE, "GET", "/metrics", &[])
+        .0
+        .unwrap()
+        .body;
+    assert!(
+        sample(&metrics, r#"imds_proxy_table_events_total{kind="drift"}"#) >= 1.0,
+        "{metrics}"
+    );
     let not_ready = readyz();
     assert!(
         not_ready.body.contains("the tables are not in force"),

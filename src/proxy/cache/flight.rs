@@ -60,6 +60,14 @@ pub fn start(inner: &Arc<Inner>, keyed: &Keyed, purpose: Purpose, fetch: Fetch) 
         let fetched_at = Instant::now();
         let outcome: Outcome = fetch.await.map(Arc::new).map_err(Arc::new);
         let note = landing.settle(kind, purpose, &outcome, fetched_at);
+        if purpose == Purpose::Refresh {
+            let answered = matches!(&outcome, Ok(s) if s.status.is_success());
+            let result = if answered { "ok" } else { "failed" };
+            crate::metrics::get()
+                .refreshes
+                .get_or_create(&crate::metrics::ResultLabels { result })
+                .inc();
+        }
         if let Some(note) = note {
             warn!(kind = kind.name(), path = %path, failure = %note, "refreshing a cached token failed: the cached one is served while it has enough life left, and the refresh is tried again");
         }
