@@ -30,10 +30,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why `status` could not say.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("no daemon runs in this network namespace ({0} is absent)")]
-    NotRunning(PathBuf),
-    #[error("the daemon's status socket {0} does not answer; is the daemon stopping?")]
-    Refused(PathBuf),
+    /// No socket, or one a daemon that ended left behind (nothing listens on it).
+    #[error("no daemon runs in this network namespace ({0}: {1})")]
+    NotRunning(PathBuf, &'static str),
     #[error("`status` needs root, as the daemon's socket {0} is root's only")]
     NotRoot(PathBuf),
     #[error("cannot ask the daemon at {0}")]
@@ -249,8 +248,10 @@ pub async fn ask() -> Result<Report, StatusError> {
     let mut stream = UnixStream::connect(&path)
         .await
         .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StatusError::NotRunning(path.clone()),
-            io::ErrorKind::ConnectionRefused => StatusError::Refused(path.clone()),
+            io::ErrorKind::NotFound => StatusError::NotRunning(path.clone(), "absent"),
+            io::ErrorKind::ConnectionRefused => {
+                StatusError::NotRunning(path.clone(), "nothing listens on it")
+            }
             io::ErrorKind::PermissionDenied => StatusError::NotRoot(path.clone()),
             _ => StatusError::Io(path.clone(), e),
         })?;

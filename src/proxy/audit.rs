@@ -55,7 +55,7 @@ pub(super) struct Timing {
 impl Audit {
     /// Whether the request is routine: allowed, and answered without asking the real
     /// service (from the cache, the emulator or credentials the proxy holds). Only a
-    /// routine request's repeats may be summarised (see [`super::trail`]).
+    /// routine request's repeats may be summarised (see `proxy::trail`).
     pub(super) fn is_routine(&self, status: StatusCode) -> bool {
         let unasked = match self.cache {
             Some(how) => how == cache::How::Hit,
@@ -103,7 +103,7 @@ impl Audit {
         status: StatusCode,
         t: Timing,
     ) {
-        let (container, container_id) = super::trail::names(caller);
+        let (container, container_id) = names(caller);
         if let Caller::Forged {
             port_owner,
             claimed,
@@ -130,6 +130,16 @@ impl Audit {
                 warn!(parent: None, %client, container_id = %container_id, container = %container, origin = ?origin, %method, path = %path, query_keys = %query_keys, decision = %decision, rule = %rule, status, upstream_status, cache, identify_us, elapsed_ms, error = %error, "request")
             }
         }
+    }
+}
+
+/// The caller's name and short container id as the audit writes them.
+pub(super) fn names(caller: &Caller) -> (&str, &str) {
+    match caller {
+        Caller::Container(e) => (e.name.as_str(), e.container.short()),
+        Caller::Host => ("(host)", "-"),
+        Caller::Forged { .. } => ("(forged source)", "-"),
+        _ => ("-", "-"),
     }
 }
 

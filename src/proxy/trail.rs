@@ -16,7 +16,7 @@ use http::{Method, StatusCode};
 use tracing::info;
 
 use super::admit::Decision;
-use super::audit::{Audit, Timing};
+use super::audit::{names, Audit, Timing};
 use super::cache;
 use super::identify::{Caller, Origin};
 use super::ClientAddr;
@@ -256,16 +256,6 @@ impl Window {
                 at,
             },
         );
-    }
-}
-
-/// The caller's name and short container id as the audit writes them.
-pub(super) fn names(caller: &Caller) -> (&str, &str) {
-    match caller {
-        Caller::Container(e) => (e.name.as_str(), e.container.short()),
-        Caller::Host => ("(host)", "-"),
-        Caller::Forged { .. } => ("(forged source)", "-"),
-        _ => ("-", "-"),
     }
 }
 

@@ -134,8 +134,12 @@ async fn no_attempt_is_started_that_the_deadline_cannot_fit() {
         "{answer:?}"
     );
     assert!((2..=4).contains(&started.len()), "{started:?}");
-    // The first gets 400 ms; the retry follows after a backoff under 50 ms.
-    assert!(started[1] >= ms(400) && started[1] < ms(450), "{started:?}");
+    // The first gets 400 ms; the retry follows after a backoff under 50 ms, which the
+    // timer, firing on whole milliseconds, may round up to 50.
+    assert!(
+        started[1] >= ms(400) && started[1] <= ms(450),
+        "{started:?}"
+    );
     // (Timers fire on whole milliseconds.)
     let took = t0.elapsed();
     assert!(took >= ms(800) && took < ms(801), "{took:?}");

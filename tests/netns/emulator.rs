@@ -25,20 +25,7 @@ fn without_a_cloud_run_serves_the_built_in_emulator_to_containers_and_the_host()
     require_root!();
     let tb = Testbed::new();
     // No cloud: nothing answers at 169.254.169.254.
-    tb.host.ip("route del 169.254.169.254/32");
-    let d = Daemon::spawn(
-        &tb.host,
-        &[
-            "run",
-            "--bridges",
-            "br0,br-*",
-            "--docker-socket",
-            "/nonexistent/docker.sock",
-            "--unknown-policy",
-            "allow",
-        ],
-    );
-    d.wait_for("interception live", Duration::from_secs(10));
+    let d = tb.emulator_daemon(&["--unknown-policy", "allow"]);
     assert_eq!(
         d.log_count("serving the built-in emulator"),
         1,

@@ -11,6 +11,13 @@ use harness::*;
 
 const MANAGE: &str = "127.0.0.1:9469";
 
+/// `GET path` on the management listener, from the host.
+fn manage(tb: &Testbed, path: &str) -> Answer {
+    http(&tb.host, MANAGE, "GET", path, &[])
+        .0
+        .unwrap_or_else(|e| panic!("GET {path} on {MANAGE}: {e}"))
+}
+
 /// The value of the sample `name{labels}` in the metrics text (0 when absent).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -23,11 +30,7 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
     require_root!();
     let tb = Testbed::new();
     let _d = tb.daemon(&[]);
-    let get = |path: &str| {
-        http(&tb.host, MANAGE, "GET", path, &[])
-            .0
-            .unwrap_or_else(|e| panic!("GET {path} on {MANAGE}: {e}"))
-    };
+    let get = |path: &str| manage(&tb, path);
     let series = r#"imds_proxy_requests_total{provider="gce",decision="allow",status="200"}"#;
     let before = get("/metrics");
     assert_eq!(before.status, 200);
@@ -204,22 +207,12 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     attach_container(&tb.host, &other, "br0", "vc1", "10.88.0.3/24", "10.88.0.1");
     // The emulator (no cloud): every allowed answer is routine. Unknown callers may
     // read metadata but not credentials.
-    tb.host.ip("route del 169.254.169.254/32");
-    let d = Daemon::spawn(
-        &tb.host,
-        &[
-            "run",
-            "--bridges",
-            "br0,br-*",
-            "--docker-socket",
-            "/nonexistent/docker.sock",
-            "--unknown-policy",
-            "metadata-only",
-            "--audit-summary-ms",
-            "1000",
-        ],
-    );
-    d.wait_for("interception live", Duration::from_secs(10));
+    let d = tb.emulator_daemon(&[
+        "--unknown-policy",
+        "metadata-only",
+        "--audit-summary-ms",
+        "1000",
+    ]);
     let before = d.log().len();
     const FLOOD: usize = 20_000;
     let started = Instant::now();
@@ -332,11 +325,7 @@ fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
     let tb = Testbed::new();
     // Plain tables, which another process may delete (owned ones it cannot).
     let d = tb.daemon(&["--table-owner", "off"]);
-    let readyz = || {
-        http(&tb.host, MANAGE, "GET", "/readyz", &[])
-            .0
-            .expect("/readyz answers")
-    };
+    let readyz = || manage(&tb, "/readyz");
     // There is no Docker in the namespace, which /readyz names as a reason of its own:
     // what this test watches is the tables' reason.
     let tables_down = || {
@@ -369,10 +358,7 @@ fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
     let took = taken.elapsed();
     measure("table deleted to /readyz not ready (ms)", took.as_millis());
     assert!(took < Duration::from_secs(1), "{took:?}");
-    let metrics = http(&tb.host, MANAGE, "GET", "/metrics", &[])
-        .0
-        .unwrap()
-        .body;
+    let metrics = manage(&tb, "/metrics").body;
     assert!(
         sample(&metrics, r#"imds_proxy_table_events_total{kind="drift"}"#) >= 1.0,
         "{metrics}"
@@ -415,12 +401,7 @@ fn readyz_says_when_the_metadata_service_stops_answering_and_when_it_is_back() {
     require_root!();
     let tb = Testbed::new();
     let _d = tb.daemon(&["--request-timeout-ms", "500"]);
-    let readyz = || {
-        http(&tb.host, MANAGE, "GET", "/readyz", &[])
-            .0
-            .expect("/readyz answers")
-            .body
-    };
+    let readyz = || manage(&tb, "/readyz").body;
     let ask = || {
         http(
             &tb.container,

@@ -110,6 +110,24 @@ impl Testbed {
         self.daemon_unready_env(extra, &[])
     }
 
+    /// The daemon where no cloud answers (the route to the fake service removed), so it
+    /// serves the built-in emulator; no Docker; `extra` arguments added. Waits until
+    /// the interception is live.
+    pub fn emulator_daemon(&self, extra: &[&str]) -> Daemon {
+        self.host.ip("route del 169.254.169.254/32");
+        let mut args = vec![
+            "run",
+            "--bridges",
+            "br0,br-*",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+        ];
+        args.extend_from_slice(extra);
+        let d = Daemon::spawn(&self.host, &args);
+        d.wait_for("interception live", std::time::Duration::from_secs(10));
+        d
+    }
+
     /// [`Testbed::daemon_unready`] with these environment variables added.
     pub fn daemon_unready_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         // No Docker here: the namespace tests must not see the host's engine.
