@@ -498,12 +498,15 @@ for c in 1 64; do
 done
 load_pid=$cpid
 hdr=(-H "$flavor")
-# Who asked STS how often: the daemon logs each AssumeRole; moto logs every call.
+# Who asked STS how often: the daemon logs each session it got from AssumeRole
+# (`credentials fetched ... got=arn:aws:sts::<account>:assumed-role/...`); moto logs
+# every call.
+assumed='credentials fetched .*:assumed-role/'
 {
-  echo "daemon_assume=$(grep -c " assumed role " "$work/daemon.log" || true)"
+  echo "daemon_assume=$(grep -c "$assumed" "$work/daemon.log" || true)"
   echo "sts_calls=$(tail -n +$((moto_setup_lines + 1)) "$work/moto.log" | grep -c '"POST / HTTP' || true)"
 } >"$res/aws.txt"
-grep " assumed role " "$work/daemon.log" | sed 's/^/  daemon: /' >&2 || true
+grep "$assumed" "$work/daemon.log" | sed 's/^/  daemon: /' >&2 || true
 echo "  STS calls: $(kv "$res/aws.txt" sts_calls), of them imds-proxy's AssumeRole: $(kv "$res/aws.txt" daemon_assume)" >&2
 
 # --- 4. memory, the machine, the report ---------------------------------------------
