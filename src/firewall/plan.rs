@@ -446,13 +446,14 @@ fn family_chains(s: &Snapshot, imds: IpAddr, listen: Option<SocketAddr>) -> Vec<
         // packet passes (its connection has no mark yet), and so the proxy reads a
         // connection's port only once, when it accepts it. Ordinary traffic pays this
         // one rule; only metadata connections run the comparison. It stays in closed
-        // mode, for the connections still draining.
+        // mode, for the connections still draining. A later packet without a stamp
+        // (one that skipped the bridge table, say in a VLAN tag) differs from the
+        // recorded port too, and is dropped.
         takeover.push(Rule {
             matches: vec![
                 Match::IifnameInSet(BRIDGE_SET),
                 Match::Daddr(imds),
                 Match::TcpDport(IMDS_PORT),
-                Match::MarkSet,
                 Match::CtMarkSet,
             ],
             action: Action::Jump(PORT_DIFFERS),
