@@ -218,6 +218,20 @@ run_step() {
   fi
 }
 
+# await_new_boot OLD SECONDS: the guest's boot id once it differs from OLD, or nothing
+# if the guest has not answered with a new one within SECONDS.
+await_new_boot() {
+  local old=$1 until=$(($(date +%s) + $2)) new
+  while [ "$(date +%s)" -lt "$until" ]; do
+    sleep 3
+    new=$(VM_TIMEOUT=15 vm imds-vmtest now 2>/dev/null | cut -d' ' -f1) || new=""
+    if [ -n "$new" ] && [ "$new" != "$old" ]; then
+      echo "$new"
+      return
+    fi
+  done
+}
+
 reboot_vm() {
   local i=$1 old new
   echo "== reboot $i"
@@ -226,13 +240,17 @@ reboot_vm() {
   t0=$(date +%s)
   # Returns at once; the reboot starts a second later.
   vm systemd-run --on-active=1 /bin/systemctl reboot >/dev/null 2>&1 || true
-  new=""
-  for _ in $(seq 120); do
-    sleep 3
-    new=$(VM_TIMEOUT=15 vm imds-vmtest now 2>/dev/null | cut -d' ' -f1) || new=""
-    [ -n "$new" ] && [ "$new" != "$old" ] && break
-    new=""
-  done
+  new=$(await_new_boot "$old" 420)
+  if [ -z "$new" ]; then
+    # Under software emulation a guest now and then never comes back from a reboot
+    # (no DHCP lease, as with `vagrant up` above). A hard reset is a harsher test of
+    # the same thing (a power cut), so the boot is checked as any other; the report
+    # says it happened, so a pattern would show.
+    echo "   not back within 420 s (domain $(virsh domstate "$domain" 2>/dev/null || echo unknown)): resetting it"
+    echo "measure: reboot${i}_hard_reset=1" >>"$report"
+    virsh reset "$domain" >/dev/null 2>&1 || virsh start "$domain" >/dev/null 2>&1 || true
+    new=$(await_new_boot "$old" 600)
+  fi
   if [ -z "$new" ]; then fail "reboot $i: the VM did not come back"; return; fi
   echo "   back after $(($(date +%s) - t0)) s: $(VM_TIMEOUT=200 vm systemctl is-system-running --wait 2>/dev/null || true)"
   run_step "reboot $i: containers refused until the daemon is live, then answered" boot-report "reboot${i}_"
