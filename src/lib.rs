@@ -29,6 +29,7 @@ pub mod addrs;
 pub mod app;
 pub mod assume;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod docker;

@@ -108,11 +108,8 @@ fn push(events: &mut std::collections::VecDeque<TableEvent>, kind: &str, detail:
     if events.len() == EVENTS_KEPT {
         events.pop_front();
     }
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     events.push_back(TableEvent {
-        at,
+        at: crate::clock::unix_now(),
         kind: kind.to_owned(),
         detail,
     });

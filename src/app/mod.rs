@@ -144,10 +144,7 @@ pub async fn status(json: bool) -> Result<(), AppError> {
         let text = serde_json::to_string_pretty(&report).expect("a report serialises");
         println!("{text}");
     } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        print!("{}", status_text::render(&report, now));
+        print!("{}", status_text::render(&report, crate::clock::unix_now()));
     }
     Ok(())
 }

@@ -301,7 +301,7 @@ impl Proxy {
             ))),
             Backend::Emulator(_) => None,
         };
-        let settings_audit_summary = settings.audit_summary;
+        let trail = trail::Trail::new(settings.audit_summary);
         let cache = (upstream.is_some() && settings.cache.enabled())
             .then(|| cache::Cache::new(settings.cache.clone()));
         // One HTTPS client (one read of the CA store) for STS and IAM Credentials.
@@ -324,7 +324,7 @@ impl Proxy {
             limiter: std::sync::Mutex::new(policy::RateLimiter::new()),
             broker,
             gce,
-            trail: trail::Trail::new(settings_audit_summary),
+            trail,
             probe_key: format!("{:032x}", rand::random::<u128>()),
         }
     }

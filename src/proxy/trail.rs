@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use tracing::info;
@@ -221,9 +221,7 @@ impl Window {
         decision: Decision,
         status: u16,
     ) {
-        let at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let at = crate::clock::unix_now();
         if let Some(last) = self.last.get_mut(&who) {
             if last.path != path {
                 path.clone_into(&mut last.path);

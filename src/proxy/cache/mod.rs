@@ -27,7 +27,7 @@ mod timing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -219,7 +219,7 @@ impl Inner {
 
 impl Cache {
     pub fn new(settings: CacheSettings) -> Self {
-        Self::with_calendar(settings, Box::new(unix_now))
+        Self::with_calendar(settings, Box::new(crate::clock::unix_now))
     }
 
     fn with_calendar(settings: CacheSettings, calendar: Calendar) -> Self {
@@ -418,13 +418,6 @@ fn useful_until(s: &Slot, now: Instant) -> Option<Instant> {
             .max()
             .unwrap_or(now),
     )
-}
-
-/// Seconds since the Unix epoch now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
