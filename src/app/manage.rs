@@ -130,7 +130,7 @@ impl Manage {
     /// Why the daemon is not ready; empty: ready.
     pub fn not_ready(&self) -> Vec<String> {
         let mut why = Vec::new();
-        if let Some(e) = self.readiness.tables().problem {
+        if let Some(e) = self.readiness.lock().problem.clone() {
             why.push(format!("the tables are not in force: {e}"));
         }
         if (self.proxy_gone)() {
