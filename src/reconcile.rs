@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::firewall::plan::{plan, EgressGuard, Mode, Snapshot};
-use crate::firewall::watch::ForeignChange;
+use crate::firewall::watch::{self, ForeignChange};
 use crate::firewall::{Firewall, FirewallError};
 use crate::link::LinkEvent;
 
@@ -95,6 +95,9 @@ impl Reconciler {
     pub async fn handle(&mut self, events: Vec<Event>) -> Result<Outcome, FirewallError> {
         let before = self.snapshot.clone();
         let mut restore: Option<String> = None;
+        if let Some(changes) = drift_in(&events) {
+            warn!(changes = %changes, "nftables table changed outside the daemon");
+        }
         for ev in events {
             match ev {
                 // The set holds the bridges that exist, up or down: membership follows
@@ -125,11 +128,6 @@ impl Reconciler {
                     }
                 }
                 Event::Drift(change) => {
-                    warn!(
-                        change = change.what,
-                        by_portid = change.by_portid,
-                        "nftables table changed outside the daemon"
-                    );
                     restore.get_or_insert_with(|| change.what.to_owned());
                 }
                 Event::Verify => match self.exists().await {
@@ -180,6 +178,14 @@ impl Reconciler {
         }
         Ok(Outcome::Unchanged)
     }
+}
+
+/// The foreign changes of a batch in one line (see [`watch::summarise`]).
+pub fn drift_in(events: &[Event]) -> Option<String> {
+    watch::summarise(events.iter().filter_map(|e| match e {
+        Event::Drift(c) => Some(c),
+        _ => None,
+    }))
 }
 
 #[cfg(test)]

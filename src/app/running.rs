@@ -171,15 +171,14 @@ impl Running {
         };
         repair::repair(&repair::Netlink(&self.handle), &wanted, &batch, resync).await;
         let verified = batch.iter().any(|e| matches!(e, Event::Verify));
-        for e in &batch {
-            if let Event::Drift(c) = e {
-                crate::metrics::get()
-                    .tables
-                    .get_or_create(&crate::metrics::KindLabels { kind: "drift" })
-                    .inc();
-                let detail = format!("{} by netlink port {}", c.what, c.by_portid);
-                self.readiness.table_event("drift", detail);
-            }
+        // A burst of changes (a deleted table reports each of its rules) is one event:
+        // a hundred of them would push the failure they cause out of status's record.
+        if let Some(changes) = crate::reconcile::drift_in(&batch) {
+            crate::metrics::get()
+                .tables
+                .get_or_create(&crate::metrics::KindLabels { kind: "drift" })
+                .inc();
+            self.readiness.table_event("drift", changes);
         }
         let result = self.rec.handle(batch).await;
         count_tables(&result);

@@ -70,6 +70,39 @@ pub fn foreign_change(msg: &nfnl::Msg<'_>, own_portid: u32) -> Option<ForeignCha
     })
 }
 
+/// One line for a burst of changes (deleting a table reports each of its rules): each
+/// kind once, with its count, then who made them. `None` for no changes.
+pub fn summarise<'a>(changes: impl IntoIterator<Item = &'a ForeignChange>) -> Option<String> {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    let mut ports: Vec<u32> = Vec::new();
+    for c in changes {
+        match kinds.iter_mut().find(|(what, _)| *what == c.what) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((c.what, 1)),
+        }
+        if !ports.contains(&c.by_portid) {
+            ports.push(c.by_portid);
+        }
+    }
+    if kinds.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = kinds
+        .iter()
+        .map(|(what, n)| match n {
+            1 => (*what).to_owned(),
+            n => format!("{what} ({n})"),
+        })
+        .collect();
+    let ports: Vec<String> = ports.iter().map(u32::to_string).collect();
+    let by = if ports.len() == 1 { "port" } else { "ports" };
+    Some(format!(
+        "{} by netlink {by} {}",
+        what.join(", "),
+        ports.join(", ")
+    ))
+}
+
 /// Starts the watcher thread. `report` is called for every foreign change, and with
 /// `what = "notifications lost"` if the kernel dropped some (the owner should then
 /// re-check everything).
@@ -179,5 +212,26 @@ mod tests {
             let c = classify(&notification(8, 7, family, TABLE), 42).unwrap();
             assert_eq!(c.what, "rule deleted");
         }
+    }
+
+    #[test]
+    fn a_burst_of_changes_is_one_line_with_counts_and_who() {
+        let c = |what, by_portid| ForeignChange { what, by_portid };
+        let burst = [
+            c("rule deleted", 7),
+            c("rule deleted", 7),
+            c("chain deleted", 7),
+            c("rule deleted", 7),
+            c("table deleted", 7),
+        ];
+        assert_eq!(
+            summarise(&burst).unwrap(),
+            "rule deleted (3), chain deleted, table deleted by netlink port 7"
+        );
+        assert_eq!(
+            summarise(&[c("table deleted", 7), c("table added", 0)]).unwrap(),
+            "table deleted, table added by netlink ports 7, 0"
+        );
+        assert_eq!(summarise(&[]), None);
     }
 }
