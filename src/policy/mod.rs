@@ -290,7 +290,7 @@ pub struct Decision {
 /// The decision for one request. Pure.
 pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
     let path = req.path.lower();
-    if let Some(rule) = policy.rules.iter().find(|r| r.pattern.matches(&path)) {
+    if let Some(rule) = policy.rules.iter().find(|r| r.pattern.matches(path)) {
         return Decision {
             verdict: rule.verdict,
             because: format!(
@@ -304,7 +304,7 @@ pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
     let denied_below: Vec<&Rule> = policy
         .rules
         .iter()
-        .filter(|r| r.verdict == Verdict::Deny && r.pattern.matches_below(&path))
+        .filter(|r| r.verdict == Verdict::Deny && r.pattern.matches_below(path))
         .collect();
     if !denied_below.is_empty() {
         match Provider::of(req.path) {
@@ -321,7 +321,7 @@ pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
             Provider::Azure if policy.default == Verdict::Allow => {
                 let redact = denied_below
                     .iter()
-                    .filter_map(|r| r.pattern.literal_rest_below(&path))
+                    .filter_map(|r| r.pattern.literal_rest_below(path))
                     .collect();
                 return Decision {
                     verdict: Verdict::Allow,

@@ -144,9 +144,9 @@ pub(super) struct Plan {
     pub identity: Identity,
     /// The query to send (an Azure token request gets the pinned identity's).
     pub query: Option<String>,
-    /// The path to send the real service and how to fix its answer (a pinned GCE
-    /// account is seen as `default`).
-    pub path: CanonicalPath,
+    /// The path to send the real service where it is not the request's own, and how
+    /// to fix its answer (a pinned GCE account is seen as `default`).
+    pub rewritten: Option<CanonicalPath>,
     pub fix: gce::Fix,
     /// JSON key paths the policy removes from the answer.
     pub redact: Vec<Vec<String>>,
@@ -210,7 +210,8 @@ pub(super) fn admit(
     };
     let assume = assumed_role(provider, head.path, who, &mut identity, &chosen, cx)?;
     let query = provider_gates(provider, head, cx, &chosen, &identity, gates)?;
-    let (path, fix) = upstream_route(provider, head.path, query.as_deref(), &identity, cx.backend)?;
+    let (rewritten, fix) =
+        upstream_route(provider, head.path, query.as_deref(), &identity, cx.backend)?;
     let gce_impersonate = provider == Provider::Gce
         && cx.backend == BackendKind::Upstream
         && identity
@@ -222,7 +223,7 @@ pub(super) fn admit(
         rule,
         identity,
         query,
-        path,
+        rewritten,
         fix,
         redact: decision.redact,
         assume,
@@ -367,10 +368,10 @@ fn upstream_route(
     query: Option<&str>,
     identity: &Identity,
     backend: BackendKind,
-) -> Result<(CanonicalPath, gce::Fix), Box<Local>> {
+) -> Result<(Option<CanonicalPath>, gce::Fix), Box<Local>> {
     let pinned = identity.gce_service_account.as_deref();
     let (Provider::Gce, Some(email), BackendKind::Upstream) = (provider, pinned, backend) else {
-        return Ok((path.clone(), gce::Fix::None));
+        return Ok((None, gce::Fix::None));
     };
     let recursive = query::get(&query::pairs(query), "recursive") == Some("true");
     match gce::route(path, recursive, email) {
@@ -378,7 +379,7 @@ fn upstream_route(
             let rule = "GCE service account other than the container's";
             Err(Local::answer(Decision::Refuse, rule, gce::not_found()))
         }
-        gce::Route::Pass(fix) => Ok((path.clone(), fix)),
-        gce::Route::Rewrite(p, fix) => Ok((p, fix)),
+        gce::Route::Pass(fix) => Ok((None, fix)),
+        gce::Route::Rewrite(p, fix) => Ok((Some(p), fix)),
     }
 }

@@ -100,7 +100,7 @@ fn policies() -> Policies {
 }
 
 /// What the decision came to, in a few words.
-fn summary(r: &Result<Plan, Box<Local>>) -> String {
+fn summary(r: &Result<Plan, Box<Local>>, asked: &CanonicalPath) -> String {
     match r {
         Ok(p) => {
             let q = p
@@ -113,7 +113,8 @@ fn summary(r: &Result<Plan, Box<Local>>) -> String {
                 .as_ref()
                 .map(|a| format!(" assume {} as {}", a.role_name(), a.session_name))
                 .unwrap_or_default();
-            format!("forward {}{q} {:?}{assume}", p.path, p.fix)
+            let path = p.rewritten.as_ref().unwrap_or(asked);
+            format!("forward {path}{q} {:?}{assume}", p.fix)
         }
         Err(l) => match &l.answer {
             Ok(resp) => format!("{} {}", l.decision.name(), resp.status().as_u16()),
@@ -167,7 +168,9 @@ fn decide(case: &Case) -> (Result<Plan, Box<Local>>, Vec<String>) {
 
 fn run(case: &Case) -> (String, Vec<String>) {
     let (r, asked) = decide(case);
-    (summary(&r), asked)
+    let uri: http::Uri = case.target.parse().unwrap();
+    let path = CanonicalPath::parse(uri.path()).unwrap();
+    (summary(&r, &path), asked)
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::{Backend, ClientAddr, Proxy, ProxyError, RateKey};
 use crate::emulator::EmuRequest;
 use crate::policy::RateLimit;
 use crate::providers::aws;
-use crate::request::canonical::CanonicalPath;
+use crate::request::canonical::{CanonicalError, CanonicalPath};
 use crate::request::Provider;
 
 /// The proxy's rate budgets and AWS session tokens, as the decision consults them.
@@ -58,13 +58,14 @@ impl Proxy {
     pub(super) async fn forward(
         &self,
         req: Request<Incoming>,
+        path: Result<CanonicalPath, CanonicalError>,
         client: ClientAddr,
         deadline: Instant,
         caller: &Caller,
         audit: &mut Audit,
     ) -> Result<Response<Full<Bytes>>, ProxyError> {
         audit.query_keys = req.uri().query().map(query_keys);
-        let read = self.read(req, deadline).await?;
+        let read = self.read(req, path, deadline).await?;
         audit.path = Some(read.path.to_string());
         audit.provider = Some(Provider::of(&read.path));
         let policies = self.settings.policies.borrow().clone();
@@ -108,7 +109,12 @@ impl Proxy {
 
     /// The request's head and whole body, and its canonical path: what policy sees and
     /// what the upstream receives, so the two can never read the request differently.
-    async fn read(&self, req: Request<Incoming>, deadline: Instant) -> Result<Read, ProxyError> {
+    async fn read(
+        &self,
+        req: Request<Incoming>,
+        path: Result<CanonicalPath, CanonicalError>,
+        deadline: Instant,
+    ) -> Result<Read, ProxyError> {
         let (parts, body) = req.into_parts();
         if parts.method == http::Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method));
@@ -127,7 +133,7 @@ impl Proxy {
             }
             Ok(Err(e)) => return Err(ProxyError::BadRequestBody(e)),
         };
-        let path = CanonicalPath::parse(parts.uri.path()).map_err(ProxyError::BadPath)?;
+        let path = path.map_err(ProxyError::BadPath)?;
         Ok(Read { parts, path, body })
     }
 
@@ -221,7 +227,7 @@ impl Proxy {
             .upstream
             .as_ref()
             .expect("an upstream backend has a client");
-        let path = &plan.path;
+        let path = plan.rewritten.as_ref().unwrap_or(&read.path);
         let query = plan.query.as_deref();
         // Written out only when the service is asked (never on a hit).
         let target = || match query {

@@ -371,13 +371,15 @@ impl Proxy {
         let caller = self.identify(client, origin, started).await;
         let identify = started.elapsed();
         let identify_us = identify.as_micros() as u64;
+        // Canonical once: the deadline depends on the provider, and the decision reads it.
+        let path = CanonicalPath::parse(req.uri().path());
         // A GCE `wait_for_change` may hang by design, up to its own timeout.
         let deadline =
-            self.request_timeout(req.uri()) + crate::providers::gce::long_poll(req.uri());
+            self.request_timeout(path.as_ref().ok()) + crate::providers::gce::long_poll(req.uri());
         let mut audit = Audit::default();
         let result = match tokio::time::timeout_at(
             (started + deadline).into(),
-            self.forward(req, client, started + deadline, &caller, &mut audit),
+            self.forward(req, path, client, started + deadline, &caller, &mut audit),
         )
         .await
         {
@@ -420,8 +422,8 @@ impl Proxy {
     /// The request's own time: AWS requests to a real service get the shorter AWS
     /// deadline (the emulator's answers may run a credential command, which takes what
     /// it takes).
-    fn request_timeout(&self, uri: &Uri) -> Duration {
-        let aws = CanonicalPath::parse(uri.path()).is_ok_and(|p| Provider::of(&p) == Provider::Aws);
+    fn request_timeout(&self, path: Option<&CanonicalPath>) -> Duration {
+        let aws = path.is_some_and(|p| Provider::of(p) == Provider::Aws);
         if aws && matches!(self.settings.backend, Backend::Upstream(_)) {
             self.settings.aws_request_timeout
         } else {

@@ -37,6 +37,9 @@ pub enum CanonicalError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalPath {
     segments: Vec<String>,
+    /// The segments lower-cased, once, where that changes any (the policies, the
+    /// provider and the cache all match without case, several times per request).
+    lower: Option<Vec<String>>,
     directory: bool,
 }
 
@@ -54,8 +57,10 @@ impl CanonicalPath {
         if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
             return Err(CanonicalError::ControlCharacter);
         }
-        let decoded = String::from_utf8(decoded).map_err(|_| CanonicalError::NotUtf8)?;
-        let unified = decoded.replace('\\', "/");
+        let mut unified = String::from_utf8(decoded).map_err(|_| CanonicalError::NotUtf8)?;
+        if unified.contains('\\') {
+            unified = unified.replace('\\', "/");
+        }
         let mut segments: Vec<String> = Vec::new();
         for seg in unified.split('/') {
             match seg {
@@ -72,10 +77,22 @@ impl CanonicalPath {
         // `/a/b/` and `/a/b/.` name the directory; `/a/b/..` names `/a/`.
         let last = unified.rsplit('/').next().unwrap_or("");
         let directory = segments.is_empty() || matches!(last, "" | "." | "..");
-        Ok(Self {
+        Ok(Self::new(segments, directory))
+    }
+
+    fn new(segments: Vec<String>, directory: bool) -> Self {
+        // Exactly when `str::to_lowercase` would change a segment (titlecase letters
+        // included, which are not upper case).
+        let changes = |s: &String| s.chars().flat_map(char::to_lowercase).ne(s.chars());
+        let lower = segments
+            .iter()
+            .any(changes)
+            .then(|| segments.iter().map(|s| s.to_lowercase()).collect());
+        Self {
             segments,
+            lower,
             directory,
-        })
+        }
     }
 
     /// The segments, decoded.
@@ -84,8 +101,8 @@ impl CanonicalPath {
     }
 
     /// Lower-case segments, for matching.
-    pub fn lower(&self) -> Vec<String> {
-        self.segments.iter().map(|s| s.to_lowercase()).collect()
+    pub fn lower(&self) -> &[String] {
+        self.lower.as_deref().unwrap_or(&self.segments)
     }
 
     /// Whether the path ends with `/` (a directory listing).
@@ -96,11 +113,11 @@ impl CanonicalPath {
     /// The same path with segment `i` replaced (a proxy rewriting an alias to the name
     /// it stands for). The segment is taken as decoded text.
     pub fn with_segment(&self, i: usize, segment: &str) -> Self {
-        let mut out = self.clone();
-        if let Some(s) = out.segments.get_mut(i) {
+        let mut segments = self.segments.clone();
+        if let Some(s) = segments.get_mut(i) {
             *s = segment.to_owned();
         }
-        out
+        Self::new(segments, self.directory)
     }
 }
 
@@ -206,6 +223,11 @@ mod tests {
             "/latest/meta-data/iam/security-credentials/MyRole"
         );
         assert_eq!(p.lower().last().unwrap(), "myrole");
+        // Titlecase is not upper case, and still folds; a lower-case path is its own.
+        let t = CanonicalPath::parse("/a/\u{1c5}x").unwrap();
+        assert_eq!(t.lower(), ["a", "\u{1c6}x"]);
+        let l = CanonicalPath::parse("/latest/meta-data").unwrap();
+        assert_eq!(l.lower(), l.segments());
     }
 
     #[test]
