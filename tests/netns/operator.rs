@@ -200,6 +200,24 @@ fn summarised(d: &Daemon, client: &str) -> u64 {
 }
 
 #[test]
+fn repeats_still_counted_when_the_daemon_stops_are_written_as_it_stops() {
+    require_root!();
+    let tb = Testbed::new();
+    // The default interval (a minute): no summary is due before the stop.
+    let d = tb.emulator_daemon(&["--unknown-policy", "allow"]);
+    let seen = tb
+        .container
+        .run(|| keep_alive_gets(50, "/computeMetadata/v1/instance/id"));
+    assert_eq!(seen.get(&200), Some(&50), "{seen:?}");
+    d.wait_for(" request client=10.88.0.2 ", Duration::from_secs(2));
+    assert_eq!(summarised(&d, "10.88.0.2"), 0, "nothing summarised yet");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait(Duration::from_secs(10)).success());
+    d.wait_for(" repeated ", Duration::from_secs(2));
+    assert_eq!(summarised(&d, "10.88.0.2"), 49, "{:#?}", d.log());
+}
+
+#[test]
 fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_written() {
     require_root!();
     let tb = Testbed::new();
