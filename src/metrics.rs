@@ -182,7 +182,37 @@ impl Metrics {
             "Times the Docker API stopped answering",
             m.docker_outages.clone(),
         );
-        Self { registry, ..m }
+        let m = Self { registry, ..m };
+        m.seed();
+        m
+    }
+
+    /// The series an alert watches exist from the start, at zero: a series that first
+    /// appears at 1 has no increase for Prometheus to see, so the first failed apply or
+    /// refresh would go unnoticed. The values are the ones the callers count under.
+    fn seed(&self) {
+        for kind in ["applied", "drift", "restored", "failed"] {
+            let _ = self.tables.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["hit", "miss", "joined", "bypass", "error", "full"] {
+            let _ = self.cache.get_or_create(&KindLabels { kind });
+        }
+        for result in ["ok", "failed"] {
+            let _ = self.refreshes.get_or_create(&ResultLabels { result });
+        }
+        for service in ["sts", "iam_credentials"] {
+            for result in ["ok", "refused", "failed"] {
+                let _ = self.fetches.get_or_create(&FetchLabels { service, result });
+            }
+        }
+        for provider in ["azure", "gce", "aws"] {
+            let _ = self
+                .upstream_retries
+                .get_or_create(&ProviderLabels { provider });
+        }
+        for class in ["azure", "azure_identity", "gce", "aws"] {
+            let _ = self.pacing_waits.get_or_create(&ClassLabels { class });
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -239,6 +269,15 @@ mod tests {
         assert!(text.contains("imds_proxy_containers 3"), "{text}");
         assert!(text.contains("imds_proxy_request_duration_seconds_count{provider=\"gce\"} 1"));
         assert!(text.ends_with("# EOF\n"));
+        // What an alert watches is there before anything happened.
+        for series in [
+            "imds_proxy_table_events_total{kind=\"failed\"} 0",
+            "imds_proxy_cache_refreshes_total{result=\"failed\"} 0",
+            "imds_proxy_credential_fetches_total{service=\"sts\",result=\"failed\"} 0",
+            "imds_proxy_upstream_pacing_waits_total{class=\"azure_identity\"} 0",
+        ] {
+            assert!(text.contains(series), "{series}:\n{text}");
+        }
         assert_eq!(status_class(429), "429");
         assert_eq!(status_class(503), "5xx");
     }

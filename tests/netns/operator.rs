@@ -34,13 +34,16 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
     let series = r#"imds_proxy_requests_total{provider="gce",decision="allow",status="200"}"#;
     let before = get("/metrics");
     assert_eq!(before.status, 200);
-    // The families without labels are there from the start, at zero if need be (one
-    // with labels appears with its first labelled sample).
+    // The families without labels are there from the start, at zero if need be, and
+    // so are the series an alert watches (a failed apply, refresh or STS call).
     for family in [
         "identify_duration_seconds",
         "upstream_duration_seconds",
         "docker_outages",
         "containers",
+        "table_events",
+        "cache_refreshes",
+        "credential_fetches",
     ] {
         assert!(
             before
@@ -50,6 +53,16 @@ fn metrics_and_health_answer_on_the_hosts_loopback_and_never_to_a_container() {
             before.body
         );
     }
+    assert_eq!(
+        sample(
+            &before.body,
+            r#"imds_proxy_table_events_total{kind="failed"}"#
+        ),
+        0.0
+    );
+    assert!(before
+        .body
+        .contains(r#"imds_proxy_cache_refreshes_total{result="failed"} 0"#));
     // No Docker here: the daemon has seen it missing once.
     assert!(sample(&before.body, "imds_proxy_docker_outages_total") >= 1.0);
     let flavor = [("Metadata-Flavor", "Google")];
