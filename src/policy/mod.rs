@@ -291,13 +291,18 @@ pub struct Decision {
 pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
     let path = req.path.lower();
     if let Some(rule) = policy.rules.iter().find(|r| r.pattern.matches(path)) {
+        let mut because = format!(
+            "policy {}: {:?} {}",
+            policy.name, rule.verdict, rule.pattern.text
+        );
+        if because.is_ascii() {
+            because.make_ascii_lowercase();
+        } else {
+            because = because.to_lowercase();
+        }
         return Decision {
             verdict: rule.verdict,
-            because: format!(
-                "policy {}: {:?} {}",
-                policy.name, rule.verdict, rule.pattern.text
-            )
-            .to_lowercase(),
+            because,
             redact: vec![],
         };
     }

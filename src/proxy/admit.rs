@@ -181,8 +181,11 @@ pub(super) fn admit(
         path: head.path,
         query: head.query,
     };
-    let decision = policy::decide(&chosen, &request);
-    let rule = format!("{} ({why})", decision.because);
+    let mut decision = policy::decide(&chosen, &request);
+    let mut rule = std::mem::take(&mut decision.because);
+    rule.push_str(" (");
+    rule.push_str(&why);
+    rule.push(')');
     if decision.verdict == Verdict::Deny {
         return Err(Local::deny(provider, rule));
     }

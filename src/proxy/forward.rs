@@ -99,9 +99,9 @@ impl Proxy {
                 audit.rule = rule;
                 answer
             }
-            Ok(plan) => {
+            Ok(mut plan) => {
                 audit.decision = Decision::Allow;
-                audit.rule = plan.rule.clone();
+                audit.rule = std::mem::take(&mut plan.rule);
                 self.answer(&read, &plan, deadline, audit).await
             }
         }
