@@ -460,7 +460,7 @@ pub static IDENTIFY_WAIT: Key<Duration> = Key {
 
 pub static AUDIT_SUMMARY: Key<Duration> = Key {
     name: "audit_summary_ms",
-    help: "Every denial, refusal, error and request to the real service is logged on its own; a routine request (allowed, answered from the cache, the emulator or held credentials) on its first occurrence per container, method, path, decision and status, and its repeats as one line with their count per this interval, in milliseconds (0: every request on its own)",
+    help: "A routine request (allowed, answered from the cache, the emulator or held credentials) is logged on its first occurrence per container, method, path, decision and status, any other (a denial, a refusal, an error, a request to the real service) its first 10 times, and their further repeats as one line with their count per this interval, in milliseconds (0: every request on its own)",
     form: Form::Flag,
     default: DefaultValue::Text("60000"),
     parse: |r| millis(r, 0, 3_600_000),

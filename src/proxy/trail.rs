@@ -1,10 +1,12 @@
-//! The audit trail under load: every request that is not routine (a denial, a refusal,
-//! an error, a request that reached the real service) gets its own line, always; a
-//! routine one (allowed and answered without the real service: a cache hit, the
-//! emulator, a held credential) gets one on its first occurrence per caller, method,
-//! path, decision and status, and its repeats are counted and written as one line per
-//! interval. So a chatty container costs the journal a few lines per interval, and
-//! cannot crowd out another container's denial.
+//! The audit trail under load: a routine request (allowed and answered without the
+//! real service: a cache hit, the emulator, a held credential) gets a line on its first
+//! occurrence per caller, method, path, decision and status, and its repeats are
+//! counted and written as one line per interval; any other (a denial, a refusal, an
+//! error, a request that reached the real service) gets its own line the first
+//! [`IN_FULL_NOT_ROUTINE`] times, then is counted the same way. Each is written again
+//! in full once it has paused for an interval. So a chatty container costs the journal
+//! a few lines per interval, whatever it asks, and cannot crowd out another
+//! container's denial.
 //!
 //! The trail also remembers each caller's latest decision, for `status`.
 
@@ -27,6 +29,11 @@ use super::ClientAddr;
 pub const DISTINCT_PER_CALLER: usize = 64;
 /// Callers whose latest decision is remembered (the oldest are forgotten first).
 const CALLERS_REMEMBERED: usize = 4096;
+/// The lines in full a request that is not routine (a denial, a refusal, an error, a
+/// request to the real service) gets while it keeps repeating; past them it is counted
+/// like a routine one, so a container hammering a denied path cannot flood the
+/// journal either.
+pub const IN_FULL_NOT_ROUTINE: u32 = 10;
 /// What a caller's routine requests past [`DISTINCT_PER_CALLER`] are counted under.
 const OTHER_PATHS: &str = "(other paths)";
 
@@ -47,6 +54,8 @@ struct Seen {
     container: String,
     container_id: String,
     cache: Option<cache::How>,
+    /// Lines written in full for it since it was first seen.
+    written: u32,
     repeats: u64,
 }
 
@@ -112,7 +121,13 @@ impl Trail {
         let mut w = self.window.lock().expect("audit trail lock");
         let path = audit.path.as_deref().unwrap_or("");
         w.remember(who, caller, method, path, audit.decision, status_code);
-        if self.every.is_some() && audit.is_routine(status) {
+        if self.every.is_some() {
+            // A routine request is written once; any other the first few times.
+            let in_full = if audit.is_routine(status) {
+                1
+            } else {
+                IN_FULL_NOT_ROUTINE
+            };
             // The path moves into the key: a repeat allocates nothing.
             let key = Key {
                 caller: who,
@@ -122,7 +137,14 @@ impl Trail {
                 status: status_code,
             };
             if let Some(seen) = w.seen.get_mut(&key) {
-                seen.repeats += 1;
+                if seen.written >= in_full {
+                    seen.repeats += 1;
+                    return;
+                }
+                seen.written += 1;
+                audit.path = Some(key.path);
+                drop(w);
+                audit.write(caller, client, origin, method, status, t);
                 return;
             }
             if w.per_caller.get(&who).copied().unwrap_or(0) >= DISTINCT_PER_CALLER {
@@ -151,8 +173,8 @@ impl Trail {
         w.last.values().cloned().collect()
     }
 
-    /// Writes one line for each routine request that came again since the last
-    /// summary, with how often; forgets those that did not.
+    /// Writes one line for each request counted since the last summary, with how
+    /// often; forgets those that did not come again.
     pub fn summarise(&self, interval: Duration) {
         let repeated: Vec<(Key, String, String, Option<cache::How>, u64)> = {
             let mut w = self.window.lock().expect("audit trail lock");
@@ -204,6 +226,7 @@ impl Seen {
             container: container.to_owned(),
             container_id: container_id.to_owned(),
             cache,
+            written: 1,
             repeats: 0,
         }
     }

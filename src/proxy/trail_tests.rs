@@ -91,9 +91,16 @@ fn repeats_of_a_routine_request_are_counted_and_others_are_not() {
         ..hit("/passed")
     };
     from(&trail, 3, passed, StatusCode::OK);
+    // Each written in full: seen, but nothing counted.
     assert_eq!(
         entries(&trail),
-        [("2:/token".to_owned(), 999), ("3:/emulated".to_owned(), 0)]
+        [
+            ("2:/token".to_owned(), 0),
+            ("2:/token".to_owned(), 999),
+            ("3:/emulated".to_owned(), 0),
+            ("3:/passed".to_owned(), 0),
+            ("3:/secret".to_owned(), 0)
+        ]
     );
     // A summary writes the count and starts again; an entry without repeats goes.
     trail.summarise(Duration::from_secs(60));
@@ -127,4 +134,37 @@ fn without_an_interval_nothing_is_counted_and_the_latest_decision_is_kept() {
     assert_eq!(last[0].path, "/b");
     assert_eq!(last[0].decision, "allow");
     assert_eq!(last[0].client, "10.0.0.2");
+}
+
+#[test]
+fn a_denial_hammered_is_written_the_first_times_then_counted() {
+    let trail = Trail::new(Duration::from_secs(60));
+    let denied = || Audit {
+        decision: Decision::Deny,
+        ..hit("/token")
+    };
+    for _ in 0..1000 {
+        from(&trail, 2, denied(), StatusCode::FORBIDDEN);
+    }
+    let written = trail
+        .window
+        .lock()
+        .unwrap()
+        .seen
+        .values()
+        .next()
+        .unwrap()
+        .written;
+    assert_eq!(written, IN_FULL_NOT_ROUTINE);
+    let counted = 1000 - u64::from(IN_FULL_NOT_ROUTINE);
+    assert_eq!(entries(&trail), [("2:/token".to_owned(), counted)]);
+    // Another caller's first denial is its own, written in full.
+    from(&trail, 3, denied(), StatusCode::FORBIDDEN);
+    assert!(entries(&trail).contains(&("3:/token".to_owned(), 0)));
+    // Once the hammering pauses for an interval, the next one is written again.
+    trail.summarise(Duration::from_secs(60));
+    trail.summarise(Duration::from_secs(60));
+    assert!(entries(&trail).is_empty());
+    from(&trail, 2, denied(), StatusCode::FORBIDDEN);
+    assert_eq!(entries(&trail), [("2:/token".to_owned(), 0)]);
 }

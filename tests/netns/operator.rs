@@ -312,6 +312,56 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
     );
 }
 
+#[test]
+fn a_container_hammering_a_denied_path_cannot_flood_the_log_either() {
+    require_root!();
+    let tb = Testbed::new();
+    let other = Netns::new("ctr2");
+    attach_container(&tb.host, &other, "br0", "vc1", "10.88.0.3/24", "10.88.0.1");
+    let d = tb.emulator_daemon(&[
+        "--unknown-policy",
+        "metadata-only",
+        "--audit-summary-ms",
+        "1000",
+    ]);
+    const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+    const FLOOD: usize = 5_000;
+    let (flood, denied) = std::thread::scope(|s| {
+        let flood = s.spawn(|| tb.container.run(|| keep_alive_gets(FLOOD, TOKEN)));
+        std::thread::sleep(Duration::from_millis(200));
+        let denied = http(&other, IMDS, "GET", TOKEN, &[("Metadata-Flavor", "Google")]);
+        (flood.join().unwrap(), denied.0.expect("answered"))
+    });
+    // Every request still denied: counting changes the log, never the answer.
+    assert_eq!(flood.get(&403), Some(&FLOOD), "{flood:?}");
+    assert_eq!(denied.status, 403);
+    let denial = |client: &str| {
+        d.log()
+            .iter()
+            .filter(|l| l.contains(&format!(" request client={client} ")))
+            .filter(|l| l.contains("decision=deny") && l.contains("rule=policy"))
+            .count()
+    };
+    assert_eq!(
+        denial("10.88.0.3"),
+        1,
+        "the other container's denial is written"
+    );
+    let in_full = denial("10.88.0.2");
+    assert_eq!(in_full, 10, "the first denials in full, with their rule");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while summarised(&d, "10.88.0.2") < (FLOOD - in_full) as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(summarised(&d, "10.88.0.2"), (FLOOD - in_full) as u64);
+    let repeated = d
+        .log()
+        .into_iter()
+        .find(|l| l.contains(" repeated ") && l.contains("client=10.88.0.2 "))
+        .unwrap();
+    assert!(repeated.contains("decision=deny status=403"), "{repeated}");
+}
+
 /// `imds-proxy status` in the daemon's namespace: the emulator, no cache, the latest
 /// decision of callers no container owns; refused to others than root; and in a
 /// namespace without a daemon, says so.
