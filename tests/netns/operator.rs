@@ -230,20 +230,26 @@ fn repeats_still_counted_when_the_daemon_stops_are_written_as_it_stops() {
     assert_eq!(summarised(&d, "10.88.0.2"), 49, "{:#?}", d.log());
 }
 
-#[test]
-fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_written() {
-    require_root!();
-    let tb = Testbed::new();
+/// A second container (10.88.0.3) beside the test bed's, and the daemon on the emulator
+/// (no cloud: every allowed answer is routine), summarising each second. Unknown
+/// callers may read metadata but not credentials.
+fn two_callers_summarised_each_second(tb: &Testbed) -> (Netns, Daemon) {
     let other = Netns::new("ctr2");
     attach_container(&tb.host, &other, "br0", "vc1", "10.88.0.3/24", "10.88.0.1");
-    // The emulator (no cloud): every allowed answer is routine. Unknown callers may
-    // read metadata but not credentials.
     let d = tb.emulator_daemon(&[
         "--unknown-policy",
         "metadata-only",
         "--audit-summary-ms",
         "1000",
     ]);
+    (other, d)
+}
+
+#[test]
+fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_written() {
+    require_root!();
+    let tb = Testbed::new();
+    let (other, d) = two_callers_summarised_each_second(&tb);
     let before = d.log().len();
     const FLOOD: usize = 20_000;
     let started = Instant::now();
@@ -316,14 +322,7 @@ fn a_chatty_container_cannot_flood_the_log_and_another_containers_denial_is_writ
 fn a_container_hammering_a_denied_path_cannot_flood_the_log_either() {
     require_root!();
     let tb = Testbed::new();
-    let other = Netns::new("ctr2");
-    attach_container(&tb.host, &other, "br0", "vc1", "10.88.0.3/24", "10.88.0.1");
-    let d = tb.emulator_daemon(&[
-        "--unknown-policy",
-        "metadata-only",
-        "--audit-summary-ms",
-        "1000",
-    ]);
+    let (other, d) = two_callers_summarised_each_second(&tb);
     const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
     const FLOOD: usize = 5_000;
     let (flood, denied) = std::thread::scope(|s| {
