@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::admit::Decision;
 use super::audit::{names, Audit, Timing};
@@ -34,8 +34,11 @@ const CALLERS_REMEMBERED: usize = 4096;
 /// like a routine one, so a container hammering a denied path cannot flood the
 /// journal either.
 pub const IN_FULL_NOT_ROUTINE: u32 = 10;
-/// What a caller's routine requests past [`DISTINCT_PER_CALLER`] are counted under.
+/// What a caller's requests past [`DISTINCT_PER_CALLER`] are counted under.
 const OTHER_PATHS: &str = "(other paths)";
+/// Entries kept at most, all callers together; past it a new request is written in
+/// full and not kept, so neither memory nor what is hidden can grow without bound.
+const SEEN_MAX: usize = 16_384;
 
 /// Who called: what the kernel and the proxy know of the connection.
 type CallerKey = (Origin, ClientAddr);
@@ -43,17 +46,23 @@ type CallerKey = (Origin, ClientAddr);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     caller: CallerKey,
+    /// Routine or not: the two never share an entry (a cache miss is not a repeat of
+    /// the hits on its path), and each has its own share per caller, so routine
+    /// requests can never push a denial into `(other paths)`.
+    routine: bool,
     method: Method,
     path: String,
     decision: Decision,
     status: u16,
 }
 
-/// One routine request seen this interval, and how often it came again.
+/// One request seen this interval, and how often it came again.
 struct Seen {
     container: String,
     container_id: String,
     cache: Option<cache::How>,
+    /// The first one's error, for the summary of one that failed.
+    error: Option<String>,
     /// Lines written in full for it since it was first seen.
     written: u32,
     repeats: u64,
@@ -77,8 +86,8 @@ pub struct Last {
 #[derive(Default)]
 struct Window {
     seen: HashMap<Key, Seen>,
-    /// Entries each caller has in `seen`.
-    per_caller: HashMap<CallerKey, usize>,
+    /// Entries each caller has in `seen`, routine and not apart.
+    per_caller: HashMap<(CallerKey, bool), usize>,
     last: HashMap<CallerKey, Last>,
 }
 
@@ -122,46 +131,19 @@ impl Trail {
         let path = audit.path.as_deref().unwrap_or("");
         w.remember(who, caller, method, path, audit.decision, status_code);
         if self.every.is_some() {
-            // A routine request is written once; any other the first few times.
-            let in_full = if audit.is_routine(status) {
-                1
-            } else {
-                IN_FULL_NOT_ROUTINE
-            };
             // The path moves into the key: a repeat allocates nothing.
             let key = Key {
                 caller: who,
+                routine: audit.is_routine(status),
                 method: method.clone(),
                 path: audit.path.take().unwrap_or_default(),
                 decision: audit.decision,
                 status: status_code,
             };
-            if let Some(seen) = w.seen.get_mut(&key) {
-                if seen.written >= in_full {
-                    seen.repeats += 1;
-                    return;
-                }
-                seen.written += 1;
-                audit.path = Some(key.path);
-                drop(w);
-                audit.write(caller, client, origin, method, status, t);
-                return;
+            match w.place(key, caller, &audit) {
+                Some(path) => audit.path = Some(path),
+                None => return,
             }
-            if w.per_caller.get(&who).copied().unwrap_or(0) >= DISTINCT_PER_CALLER {
-                let other = Key {
-                    path: OTHER_PATHS.to_owned(),
-                    ..key
-                };
-                let seen = w
-                    .seen
-                    .entry(other)
-                    .or_insert_with(|| Seen::of(caller, None));
-                seen.repeats += 1;
-                return;
-            }
-            *w.per_caller.entry(who).or_insert(0) += 1;
-            audit.path = Some(key.path.clone());
-            w.seen.insert(key, Seen::of(caller, audit.cache));
         }
         drop(w);
         audit.write(caller, client, origin, method, status, t);
@@ -176,7 +158,7 @@ impl Trail {
     /// Writes one line for each request counted since the last summary, with how
     /// often; forgets those that did not come again.
     pub fn summarise(&self, interval: Duration) {
-        let repeated: Vec<(Key, String, String, Option<cache::How>, u64)> = {
+        let repeated: Vec<(Key, Seen)> = {
             let mut w = self.window.lock().expect("audit trail lock");
             let Window {
                 seen, per_caller, ..
@@ -184,28 +166,40 @@ impl Trail {
             let mut out = Vec::new();
             seen.retain(|key, s| {
                 if s.repeats == 0 {
-                    if let Some(n) = per_caller.get_mut(&key.caller) {
-                        *n = n.saturating_sub(1);
+                    // `(other paths)` takes no place in the share.
+                    if key.path != OTHER_PATHS {
+                        if let Some(n) = per_caller.get_mut(&(key.caller, key.routine)) {
+                            *n = n.saturating_sub(1);
+                        }
                     }
                     return false;
                 }
-                out.push((
-                    key.clone(),
-                    s.container.clone(),
-                    s.container_id.clone(),
-                    s.cache,
-                    s.repeats,
-                ));
-                s.repeats = 0;
+                out.push((key.clone(), s.take_repeats()));
                 true
             });
             per_caller.retain(|_, n| *n > 0);
             out
         };
-        for (key, container, container_id, cache, count) in repeated {
+        let interval_s = interval.as_secs_f64();
+        for (key, s) in repeated {
             let (origin, client) = key.caller;
-            let cache = cache.map_or("-", cache::How::name);
-            info!(parent: None, %client, container_id = %container_id, container = %container, origin = ?origin, method = %key.method, path = %key.path, decision = %key.decision.name(), status = key.status, cache, count, interval_s = interval.as_secs_f64(), "repeated");
+            let (container, container_id) = (&s.container, &s.container_id);
+            let (method, path, status) = (&key.method, &key.path, key.status);
+            let (decision, cache, count) = (
+                key.decision.name(),
+                s.cache.map_or("-", cache::How::name),
+                s.repeats,
+            );
+            // At the level of the request lines it stands for: a warning where they had
+            // an error (a denial, a refusal, a failure).
+            match &s.error {
+                None => {
+                    info!(parent: None, %client, %container_id, %container, ?origin, %method, %path, %decision, status, cache, count, interval_s, "repeated")
+                }
+                Some(error) => {
+                    warn!(parent: None, %client, %container_id, %container, ?origin, %method, %path, %decision, status, cache, count, interval_s, %error, "repeated")
+                }
+            }
         }
     }
 }
@@ -220,19 +214,72 @@ impl Drop for Trail {
 }
 
 impl Seen {
-    fn of(caller: &Caller, cache: Option<cache::How>) -> Self {
+    fn of(caller: &Caller, audit: Option<&Audit>) -> Self {
         let (container, container_id) = names(caller);
         Self {
             container: container.to_owned(),
             container_id: container_id.to_owned(),
-            cache,
+            cache: audit.and_then(|a| a.cache),
+            error: audit.and_then(|a| a.error.clone()),
             written: 1,
             repeats: 0,
+        }
+    }
+
+    /// A copy for the summary, its count taken (this one starts again from 0).
+    fn take_repeats(&mut self) -> Self {
+        Self {
+            container: self.container.clone(),
+            container_id: self.container_id.clone(),
+            cache: self.cache,
+            error: self.error.clone(),
+            written: self.written,
+            repeats: std::mem::take(&mut self.repeats),
         }
     }
 }
 
 impl Window {
+    /// Whether a request gets its line in full (its path handed back) or is counted
+    /// (`None`): a routine one in full once, any other its first
+    /// [`IN_FULL_NOT_ROUTINE`] times; a caller's new requests past its share are
+    /// counted under `(other paths)`.
+    fn place(&mut self, mut key: Key, caller: &Caller, audit: &Audit) -> Option<String> {
+        let in_full = if key.routine { 1 } else { IN_FULL_NOT_ROUTINE };
+        if let Some(seen) = self.seen.get_mut(&key) {
+            if seen.written >= in_full {
+                seen.repeats += 1;
+                return None;
+            }
+            seen.written += 1;
+            return Some(key.path);
+        }
+        let share = (key.caller, key.routine);
+        let full = self.seen.len() >= SEEN_MAX;
+        if self.per_caller.get(&share).copied().unwrap_or(0) >= DISTINCT_PER_CALLER {
+            let path = std::mem::replace(&mut key.path, OTHER_PATHS.to_owned());
+            let other = key;
+            if let Some(seen) = self.seen.get_mut(&other) {
+                seen.repeats += 1;
+                return None;
+            }
+            if !full {
+                let mut seen = Seen::of(caller, None);
+                seen.repeats = 1;
+                self.seen.insert(other, seen);
+                return None;
+            }
+            return Some(path);
+        }
+        if full {
+            return Some(key.path);
+        }
+        *self.per_caller.entry(share).or_insert(0) += 1;
+        let path = key.path.clone();
+        self.seen.insert(key, Seen::of(caller, Some(audit)));
+        Some(path)
+    }
+
     /// Notes the caller's latest decision; allocates only when the caller is new or
     /// asked for another path.
     fn remember(

@@ -91,10 +91,12 @@ fn repeats_of_a_routine_request_are_counted_and_others_are_not() {
         ..hit("/passed")
     };
     from(&trail, 3, passed, StatusCode::OK);
-    // Each written in full: seen, but nothing counted.
+    // Each written in full: seen, but nothing counted. The miss is not a repeat of the
+    // hits on its path.
     assert_eq!(
         entries(&trail),
         [
+            ("2:/token".to_owned(), 0),
             ("2:/token".to_owned(), 0),
             ("2:/token".to_owned(), 999),
             ("3:/emulated".to_owned(), 0),
@@ -167,4 +169,43 @@ fn a_denial_hammered_is_written_the_first_times_then_counted() {
     assert!(entries(&trail).is_empty());
     from(&trail, 2, denied(), StatusCode::FORBIDDEN);
     assert_eq!(entries(&trail), [("2:/token".to_owned(), 0)]);
+}
+
+#[test]
+fn routine_requests_cannot_push_a_denial_out_of_its_own_line() {
+    let trail = Trail::new(Duration::from_secs(60));
+    // A caller uses up its share of distinct routine requests, and more.
+    for i in 0..(DISTINCT_PER_CALLER + 10) {
+        from(&trail, 2, hit(&format!("/p{i}")), StatusCode::OK);
+    }
+    let denied = Audit {
+        decision: Decision::Deny,
+        ..hit("/token")
+    };
+    from(&trail, 2, denied, StatusCode::FORBIDDEN);
+    let e = entries(&trail);
+    assert!(e.contains(&("2:/token".to_owned(), 0)), "{e:?}");
+    assert!(e.contains(&("2:(other paths)".to_owned(), 10)), "{e:?}");
+}
+
+#[test]
+fn forgetting_the_other_paths_entry_gives_a_caller_no_new_share() {
+    let trail = Trail::new(Duration::from_secs(60));
+    let share = |trail: &Trail| {
+        for i in 0..DISTINCT_PER_CALLER {
+            from(trail, 2, hit(&format!("/p{i}")), StatusCode::OK);
+        }
+    };
+    share(&trail);
+    share(&trail);
+    from(&trail, 2, hit("/new"), StatusCode::OK);
+    trail.summarise(Duration::from_secs(60));
+    // The share keeps repeating; `(other paths)` does not, and is forgotten.
+    share(&trail);
+    trail.summarise(Duration::from_secs(60));
+    assert!(!entries(&trail).iter().any(|(k, _)| k == "2:(other paths)"));
+    from(&trail, 2, hit("/newer"), StatusCode::OK);
+    let e = entries(&trail);
+    assert!(e.contains(&("2:(other paths)".to_owned(), 1)), "{e:?}");
+    assert!(!e.iter().any(|(k, _)| k == "2:/newer"), "{e:?}");
 }

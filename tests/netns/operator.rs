@@ -324,16 +324,22 @@ fn a_container_hammering_a_denied_path_cannot_flood_the_log_either() {
     let tb = Testbed::new();
     let (other, d) = two_callers_summarised_each_second(&tb);
     const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
-    const FLOOD: usize = 5_000;
-    let (flood, denied) = std::thread::scope(|s| {
-        let flood = s.spawn(|| tb.container.run(|| keep_alive_gets(FLOOD, TOKEN)));
-        std::thread::sleep(Duration::from_millis(200));
+    const FLOOD: usize = 10_000;
+    let ((flood, flood_ended), (denied, denied_at)) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let seen = tb.container.run(|| keep_alive_gets(FLOOD, TOKEN));
+            (seen, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
         let denied = http(&other, IMDS, "GET", TOKEN, &[("Metadata-Flavor", "Google")]);
-        (flood.join().unwrap(), denied.0.expect("answered"))
+        let at = Instant::now();
+        (flood.join().unwrap(), (denied.0.expect("answered"), at))
     });
     // Every request still denied: counting changes the log, never the answer.
     assert_eq!(flood.get(&403), Some(&FLOOD), "{flood:?}");
     assert_eq!(denied.status, 403);
+    assert!(denied_at < flood_ended, "denied during the flood");
+    d.wait_for(" request client=10.88.0.3 ", Duration::from_secs(2));
     let denial = |client: &str| {
         d.log()
             .iter()
@@ -347,7 +353,9 @@ fn a_container_hammering_a_denied_path_cannot_flood_the_log_either() {
         "the other container's denial is written"
     );
     let in_full = denial("10.88.0.2");
-    assert_eq!(in_full, 10, "the first denials in full, with their rule");
+    // The first 10 in full, with their rule (a summary falling among them, before any
+    // repeat, forgets them, and the next 10 are written in full again).
+    assert!((10..=20).contains(&in_full), "{in_full} lines in full");
     let deadline = Instant::now() + Duration::from_secs(5);
     while summarised(&d, "10.88.0.2") < (FLOOD - in_full) as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -461,7 +469,7 @@ fn readyz_turns_not_ready_within_a_second_when_the_tables_cannot_be_put_back() {
     // The table's deletion reported each of its hundred-odd rules: status records the
     // burst, not every rule of it.
     let drifts = kinds.iter().filter(|k| **k == "drift").count();
-    assert!((1..=4).contains(&drifts), "{report:#}");
+    assert!((1..=12).contains(&drifts), "{report:#}");
     // The other process ends, its table with it: the daemon puts its own back.
     drop(usurper.stdin.take());
     usurper.wait().unwrap();
