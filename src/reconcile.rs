@@ -95,9 +95,6 @@ impl Reconciler {
     pub async fn handle(&mut self, events: Vec<Event>) -> Result<Outcome, FirewallError> {
         let before = self.snapshot.clone();
         let mut restore: Option<String> = None;
-        if let Some(changes) = drift_in(&events) {
-            warn!(changes = %changes, "nftables table changed outside the daemon");
-        }
         for ev in events {
             match ev {
                 // The set holds the bridges that exist, up or down: membership follows

@@ -174,6 +174,7 @@ impl Running {
         // A burst of changes (a deleted table reports each of its rules) is one event:
         // a hundred of them would push the failure they cause out of status's record.
         if let Some(changes) = crate::reconcile::drift_in(&batch) {
+            warn!(changes = %changes, "nftables table changed outside the daemon");
             crate::metrics::get()
                 .tables
                 .get_or_create(&crate::metrics::KindLabels { kind: "drift" })

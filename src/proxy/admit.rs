@@ -8,6 +8,7 @@
 //! rate budgets and the AWS session tokens) are reached through [`Gates`], so the whole
 //! decision is table-tested without sockets (`admit_tests`).
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -183,9 +184,7 @@ pub(super) fn admit(
     };
     let mut decision = policy::decide(&chosen, &request);
     let mut rule = std::mem::take(&mut decision.because);
-    rule.push_str(" (");
-    rule.push_str(&why);
-    rule.push(')');
+    let _ = write!(rule, " ({why})");
     if decision.verdict == Verdict::Deny {
         return Err(Local::deny(provider, rule));
     }

@@ -57,6 +57,7 @@ struct Key {
 }
 
 /// One request seen this interval, and how often it came again.
+#[derive(Clone)]
 struct Seen {
     container: String,
     container_id: String,
@@ -99,7 +100,7 @@ pub struct Trail {
 }
 
 impl Trail {
-    /// A trail summarising routine requests every `every` (zero: never, every request
+    /// A trail summarising repeated requests every `every` (zero: never, every request
     /// written in full). With a summary interval, a task writes the summaries while the
     /// trail lives (inside a tokio runtime); what is left is written when it is dropped.
     pub fn new(every: Duration) -> Arc<Self> {
@@ -113,7 +114,7 @@ impl Trail {
         trail
     }
 
-    /// Writes the request's event, or counts it as a repeat of a routine one.
+    /// Writes the request's event, or counts it as a repeat (see [`Window::place`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record(
         &self,
@@ -174,7 +175,8 @@ impl Trail {
                     }
                     return false;
                 }
-                out.push((key.clone(), s.take_repeats()));
+                out.push((key.clone(), s.clone()));
+                s.repeats = 0;
                 true
             });
             per_caller.retain(|_, n| *n > 0);
@@ -223,18 +225,6 @@ impl Seen {
             error: audit.and_then(|a| a.error.clone()),
             written: 1,
             repeats: 0,
-        }
-    }
-
-    /// A copy for the summary, its count taken (this one starts again from 0).
-    fn take_repeats(&mut self) -> Self {
-        Self {
-            container: self.container.clone(),
-            container_id: self.container_id.clone(),
-            cache: self.cache,
-            error: self.error.clone(),
-            written: self.written,
-            repeats: std::mem::take(&mut self.repeats),
         }
     }
 }
